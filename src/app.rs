@@ -1,0 +1,163 @@
+//! Startup: turns a validated [`Config`] into the running parts (state store,
+//! token sources, activity log client, poller, forwarder), the way zero2prod's
+//! `startup.rs` does, so that `main` and the tests build the same thing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::azure::{ActivityLogClient, CredentialError, TokenSource};
+use crate::config::{Config, SubscriptionConfig};
+use crate::event::Timestamp;
+use crate::forward::Forwarder;
+use crate::poll::Poller;
+use crate::store::{Store, StoreError};
+
+/// Why the poller cannot start. Each maps to a sysexits code in `main`.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{}", refusal(.0))]
+    HandlersActive(Vec<String>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Credential(#[from] CredentialError),
+    #[error("cannot build the HTTP client: {0}")]
+    Http(String),
+    #[error("--since {0}: more than 90 days ago; the activity log keeps 90 days")]
+    SinceTooOld(String),
+    #[error(
+        "--since {0:?}: not a duration (\"2h\") or an RFC 3339 time (\"2026-11-20T00:00:00Z\")"
+    )]
+    SinceInvalid(String),
+}
+
+fn refusal(subs: &[String]) -> String {
+    format!(
+        "refusing to start: Guardrails event handlers are active for {} ({}); \
+         the poller and the event handlers must never both feed a subscription, or Guardrails receives every event twice. \
+         Disable the event handlers (policy Azure > Turbot > Event Handlers) and set event_handlers = false, or remove the subscription from this file",
+        if subs.len() == 1 {
+            "subscription"
+        } else {
+            "subscriptions"
+        },
+        subs.join(", ")
+    )
+}
+
+/// Everything a run needs, built once.
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub poller: Arc<Poller>,
+    pub forwarder: Arc<Forwarder>,
+    pub tokens: BTreeMap<String, Arc<TokenSource>>,
+    pub outbox_ready: Arc<Notify>,
+}
+
+/// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
+pub fn http_client() -> Result<reqwest::Client, StartError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("azure-activity-poller/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .map_err(|e| StartError::Http(e.to_string()))
+}
+
+/// Refuses subscriptions with active event handlers: exit 78, nothing polled.
+pub fn refuse_handler_conflicts(config: &Config) -> Result<(), StartError> {
+    let conflicts: Vec<String> = config
+        .handler_conflicts()
+        .iter()
+        .map(|s| s.label())
+        .collect();
+    if conflicts.is_empty() {
+        Ok(())
+    } else {
+        Err(StartError::HandlersActive(conflicts))
+    }
+}
+
+/// Parses `--since`: a duration back from now, or an RFC 3339 time.
+pub fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, StartError> {
+    let t = match humantime::parse_duration(s) {
+        Ok(d) => {
+            let d = chrono::Duration::from_std(d).map_err(|_| StartError::SinceTooOld(s.into()))?;
+            now.checked_sub_signed(d)
+                .ok_or_else(|| StartError::SinceTooOld(s.into()))?
+        }
+        Err(_) => {
+            crate::event::parse_timestamp(s).ok_or_else(|| StartError::SinceInvalid(s.into()))?
+        }
+    };
+    let oldest = now - chrono::Duration::days(90);
+    if t < oldest {
+        return Err(StartError::SinceTooOld(s.into()));
+    }
+    Ok(t.min(now))
+}
+
+impl App {
+    pub fn build(config: Config) -> Result<App, StartError> {
+        refuse_handler_conflicts(&config)?;
+        let store = Store::open(&config.state_path)?;
+        let http = http_client()?;
+        let scope = config.azure.scope();
+        let mut tokens = BTreeMap::new();
+        let used: std::collections::BTreeSet<&str> = config
+            .subscriptions
+            .iter()
+            .map(|s| s.credential.as_str())
+            .collect();
+        for name in used {
+            let Some(cred) = config.credentials.get(name) else {
+                continue;
+            };
+            let source = TokenSource::new(
+                name,
+                cred.clone(),
+                config.azure.authority_host.clone(),
+                scope.clone(),
+                http.clone(),
+                config.azure.request_timeout,
+            )?;
+            tokens.insert(name.to_string(), Arc::new(source));
+        }
+        let outbox_ready = Arc::new(Notify::new());
+        let client = ActivityLogClient::new(
+            http.clone(),
+            config.azure.resource_manager_url.clone(),
+            config.azure.backoff,
+            config.azure.request_timeout,
+        );
+        let poller = Arc::new(Poller {
+            client,
+            store: store.clone(),
+            outbox_ready: outbox_ready.clone(),
+        });
+        let forwarder = Arc::new(Forwarder::new(
+            http,
+            &config.guardrails,
+            store.clone(),
+            config.guardrails.backoff,
+        ));
+        Ok(App {
+            config,
+            store,
+            poller,
+            forwarder,
+            tokens,
+            outbox_ready,
+        })
+    }
+
+    pub fn tokens_for(&self, sub: &SubscriptionConfig) -> Option<Arc<TokenSource>> {
+        self.tokens.get(&sub.credential).cloned()
+    }
+}

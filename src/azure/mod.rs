@@ -1,0 +1,8 @@
+//! Everything that talks to Azure: tokens ([`credential`]) and the activity log
+//! List call ([`activity_log`]).
+
+pub mod activity_log;
+pub mod credential;
+
+pub use activity_log::{ActivityLogClient, AzureError, Fetched};
+pub use credential::{CredentialError, TokenSource};

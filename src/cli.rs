@@ -1,0 +1,86 @@
+//! The command line (clap): the daemon, `--once`, and `check-config`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  # Run as a daemon (systemd starts it this way):
+  azure-activity-poller --config /etc/azure-activity-poller/poller.toml
+
+  # Catch up every subscription from its watermark to now, deliver, exit:
+  azure-activity-poller --config poller.toml --once
+
+  # First run: start two hours back instead of one window back:
+  azure-activity-poller --config poller.toml --once --since 2h
+
+  # Validate a configuration file:
+  azure-activity-poller check-config --config poller.toml
+
+Exit codes: 0 success; 64 usage; 69 Azure or the endpoint refused us;
+74 state database I/O; 75 temporary failure (retry later);
+78 configuration problem, including a refusal because event handlers are active.";
+
+/// Polls the Azure activity log and forwards `Succeeded` entries to Turbot
+/// Guardrails, exactly once, resuming from a watermark kept in SQLite.
+#[derive(Debug, Parser)]
+#[command(name = "azure-activity-poller", version, about, long_about = None, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration file (poller.toml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Poll every subscription once, from its watermark up to now, deliver
+    /// everything, and exit (0 only if every subscription succeeded).
+    #[arg(long)]
+    pub once: bool,
+
+    /// Where a subscription without a watermark starts: a duration back from now
+    /// ("2h", "3days") or an RFC 3339 time. Default: one window back. At most 90 days.
+    #[arg(long, value_name = "DURATION|RFC3339")]
+    pub since: Option<String>,
+
+    /// With --once: stop retrying delivery after the endpoint made no progress
+    /// for this long; undelivered events stay queued for the next run.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub give_up_after: Duration,
+
+    /// On SIGTERM/SIGINT: how long work in flight may take to finish.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration file, and that its secrets are readable; print
+    /// every problem with its line and column.
+    #[command(
+        after_help = "Example:\n  azure-activity-poller check-config --config /etc/azure-activity-poller/poller.toml\n\nExit codes: 0 valid; 78 invalid (every problem is printed)."
+    )]
+    CheckConfig {
+        /// The configuration file to check.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+    },
+}

@@ -1,0 +1,206 @@
+//! What each command does, and the exit code it ends with (sysexits).
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::app::{App, StartError, parse_since, refuse_handler_conflicts};
+use crate::cli::{Cli, Command, RunArgs};
+use crate::config::{Config, ConfigError, ProcessEnv};
+use crate::scheduler;
+use crate::store::StoreError;
+
+/// sysexits.h
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const USAGE: u8 = 64;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const SOFTWARE: u8 = 70;
+    pub const IOERR: u8 = 74;
+    pub const TEMPFAIL: u8 = 75;
+    pub const CONFIG: u8 = 78;
+}
+
+fn start_exit_code(e: &StartError) -> u8 {
+    match e {
+        StartError::Config(_)
+        | StartError::HandlersActive(_)
+        | StartError::SinceTooOld(_)
+        | StartError::SinceInvalid(_) => exit::CONFIG,
+        StartError::Store(StoreError::NotADatabase { .. } | StoreError::NewerSchema { .. }) => {
+            exit::CONFIG
+        }
+        StartError::Store(_) => exit::IOERR,
+        StartError::Credential(_) => exit::CONFIG,
+        StartError::Http(_) => exit::SOFTWARE,
+    }
+}
+
+fn fail(e: &StartError) -> ExitCode {
+    eprintln!("azure-activity-poller: {e}");
+    ExitCode::from(start_exit_code(e))
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Some(Command::CheckConfig { config }) => check_config(&config),
+        None => match &cli.run.config {
+            Some(path) => run_poller(path, &cli.run),
+            None => {
+                eprintln!("azure-activity-poller: --config FILE is required (see --help)");
+                ExitCode::from(exit::USAGE)
+            }
+        },
+    }
+}
+
+fn check_config(path: &Path) -> ExitCode {
+    match Config::load(path, &ProcessEnv) {
+        Ok(config) => {
+            let conflicts = config.handler_conflicts();
+            println!(
+                "{}: valid; {} subscription(s), {} credential(s)",
+                path.display(),
+                config.subscriptions.len(),
+                config.credentials.len()
+            );
+            if conflicts.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                if let Err(e) = refuse_handler_conflicts(&config) {
+                    eprintln!("{e}");
+                }
+                ExitCode::from(exit::CONFIG)
+            }
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(match e {
+                ConfigError::Read { .. } => exit::CONFIG,
+                ConfigError::Invalid { .. } => exit::CONFIG,
+            })
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
+    let config = match Config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => return fail(&StartError::Config(e)),
+    };
+    let since = match args
+        .since
+        .as_deref()
+        .map(|s| parse_since(s, Utc::now()))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    rt.block_on(async move {
+        let app = match App::build(config) {
+            Ok(app) => Arc::new(app),
+            Err(e) => return fail(&e),
+        };
+        tracing::info!(
+            config = %path.display(),
+            state = %app.store.path().display(),
+            subscriptions = app.config.subscriptions.len(),
+            endpoint = %app.config.guardrails.ingest_url.redacted(),
+            format = ?app.config.guardrails.format,
+            mode = if args.once { "once" } else { "daemon" },
+            "starting"
+        );
+        if args.once {
+            once(app, since, args).await
+        } else {
+            daemon(app, since, args).await
+        }
+    })
+}
+
+async fn once(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunArgs) -> ExitCode {
+    let summary = scheduler::run_once(app, since, args.give_up_after).await;
+    let mut code = exit::OK;
+    for p in &summary.polls {
+        if let Err(e) = &p.outcome {
+            eprintln!(
+                "azure-activity-poller: subscription {} failed: {e}",
+                p.subscription
+            );
+            let c = if e.is_transient() {
+                exit::TEMPFAIL
+            } else {
+                exit::UNAVAILABLE
+            };
+            code = code.max(c);
+        }
+    }
+    match &summary.delivery {
+        Ok(n) => tracing::info!(delivered = n, "once: delivery complete"),
+        Err(e) => {
+            eprintln!("azure-activity-poller: delivery incomplete: {e}");
+            code = code.max(exit::TEMPFAIL);
+        }
+    }
+    if summary.succeeded() {
+        eprintln!(
+            "azure-activity-poller: {} subscription(s) caught up; everything delivered",
+            summary.polls.len()
+        );
+    }
+    ExitCode::from(code)
+}
+
+async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunArgs) -> ExitCode {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received");
+        let _ = tx.send(true);
+    });
+    match scheduler::run_daemon(app, since, rx, args.shutdown_grace).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("azure-activity-poller: {e}");
+            ExitCode::from(exit::IOERR)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The forwarder: drains the outbox to the Guardrails ingestion endpoint.
+//!
+//! Events leave oldest first, one per POST, `concurrency` at a time, rendered in
+//! the configured [`Format`]. An event is removed from the outbox only after the
+//! endpoint answers 2xx, so a crash at any moment can at worst send again the
+//! events whose POST succeeded just before it.
+//!
+//! What each answer means:
+//! - 2xx: delivered; the row is deleted.
+//! - 400, 409, 413, 415, 422 and other 4xx about the event itself: rejected for
+//!   good; the event moves to the dead-letter table (see `dead-letters`), is
+//!   logged, and is not retried.
+//! - 401, 403, 404, 405: the URL or its token is wrong, not the event. Nothing is
+//!   dead-lettered; delivery pauses and retries with backoff, loudly, until the
+//!   operator fixes the URL (events keep accumulating in the outbox meanwhile).
+//! - 408, 429, 5xx, timeouts, refused connections: retried with backoff,
+//!   honouring `Retry-After`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+use tokio::sync::{Notify, watch};
+
+use crate::azure::activity_log::describe;
+use crate::config::{Format, GuardrailsConfig, IngestUrl};
+use crate::format::render;
+use crate::retry::{Backoff, retry_after};
+use crate::store::{OutboxEvent, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "the ingestion endpoint is unavailable ({last}); {pending} event(s) stay in the outbox for the next run"
+    )]
+    Unavailable { pending: i64, last: String },
+}
+
+/// The outcome of one POST.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    Acked,
+    /// Rejected for good: dead-letter it.
+    Rejected(String),
+    /// Try again later; the endpoint may have said when.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+}
+
+/// Delivered-event counts per subscription, read and reset by the poll log line.
+#[derive(Debug, Default, Clone)]
+pub struct Delivered(Arc<Mutex<HashMap<String, u64>>>);
+
+impl Delivered {
+    fn add(&self, subscription: &str) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry(subscription.to_string()).or_default() += 1;
+    }
+    pub fn take(&self, subscription: &str) -> u64 {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        m.remove(subscription).unwrap_or(0)
+    }
+}
+
+/// What one round of delivery did.
+#[derive(Debug, Default)]
+struct Round {
+    attempted: usize,
+    acked: usize,
+    retry: Option<(String, Option<Duration>)>,
+}
+
+pub struct Forwarder {
+    http: reqwest::Client,
+    url: IngestUrl,
+    format: Format,
+    concurrency: usize,
+    timeout: Duration,
+    store: Store,
+    backoff: Backoff,
+    pub delivered: Delivered,
+}
+
+impl Forwarder {
+    pub fn new(
+        http: reqwest::Client,
+        config: &GuardrailsConfig,
+        store: Store,
+        backoff: Backoff,
+    ) -> Self {
+        Forwarder {
+            http,
+            url: config.ingest_url.clone(),
+            format: config.format,
+            concurrency: config.concurrency,
+            timeout: config.timeout,
+            store,
+            backoff,
+            delivered: Delivered::default(),
+        }
+    }
+
+    /// POSTs one event.
+    pub async fn deliver(&self, event: &OutboxEvent) -> Delivery {
+        let entry: Map<String, Value> = match serde_json::from_str(&event.entry) {
+            Ok(m) => m,
+            Err(e) => return Delivery::Rejected(format!("stored entry is not a JSON object: {e}")),
+        };
+        let body = render(self.format, &entry);
+        let sent = self
+            .http
+            .post(self.url.expose())
+            .json(&body)
+            .timeout(self.timeout)
+            .send()
+            .await;
+        let resp = match sent {
+            // reqwest errors print their URL, which holds the endpoint's token.
+            Err(e) => {
+                return Delivery::Retry {
+                    reason: describe(&e.without_url()),
+                    after: None,
+                };
+            }
+            Ok(r) => r,
+        };
+        let status = resp.status();
+        if status.is_success() {
+            return Delivery::Acked;
+        }
+        let after = retry_after(resp.headers());
+        let reason = format!("HTTP {status}");
+        match status {
+            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+                Delivery::Retry { reason, after }
+            }
+            StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED => Delivery::Retry {
+                reason: format!(
+                    "{reason}: the ingestion URL or its token is not accepted; check [guardrails] ingest_url"
+                ),
+                after,
+            },
+            s if s.is_client_error() => Delivery::Rejected(reason),
+            _ => Delivery::Retry { reason, after },
+        }
+    }
+
+    /// Delivers up to a batch of the oldest events.
+    async fn round(&self) -> Result<Round, StoreError> {
+        let limit = self.concurrency * 4;
+        let batch = self.store.call(move |s| s.next_batch(limit, &[])).await?;
+        let mut round = Round {
+            attempted: batch.len(),
+            ..Round::default()
+        };
+        let mut results = futures::stream::iter(batch)
+            .map(|ev| async move {
+                let outcome = self.deliver(&ev).await;
+                (ev, outcome)
+            })
+            .buffer_unordered(self.concurrency);
+        while let Some((ev, outcome)) = results.next().await {
+            let seq = ev.seq;
+            match outcome {
+                Delivery::Acked => {
+                    self.store.call(move |s| s.ack(seq)).await?;
+                    self.delivered.add(&ev.subscription_id);
+                    round.acked += 1;
+                }
+                Delivery::Rejected(reason) => {
+                    tracing::error!(
+                        subscription = %ev.subscription_id,
+                        event_data_id = %ev.event_data_id,
+                        %reason,
+                        "the ingestion endpoint rejected an event; moved to the dead-letter table"
+                    );
+                    self.store.call(move |s| s.reject(seq, &reason)).await?;
+                }
+                Delivery::Retry { reason, after } => {
+                    let r = reason.clone();
+                    self.store.call(move |s| s.note_failure(seq, &r)).await?;
+                    let after = round.retry.as_ref().and_then(|(_, a)| *a).max(after);
+                    round.retry = Some((reason, after));
+                }
+            }
+        }
+        Ok(round)
+    }
+
+    /// Runs until `shutdown` turns true, waking when `ready` is notified.
+    pub async fn run(
+        &self,
+        ready: Arc<Notify>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), StoreError> {
+        let mut delays = self.backoff.delays();
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let round = self.round().await?;
+            let pause = if let Some((reason, after)) = round.retry {
+                let backoff = delays.next().unwrap_or(self.backoff.max);
+                let delay = after.unwrap_or(backoff);
+                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "delivery to the ingestion endpoint failed; will retry");
+                Some(delay)
+            } else if round.attempted == 0 {
+                None
+            } else {
+                delays = self.backoff.delays();
+                continue;
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {}
+                _ = ready.notified(), if pause.is_none() => {}
+                _ = tokio::time::sleep(pause.unwrap_or(Duration::from_secs(60))) => {}
+            }
+        }
+    }
+
+    /// Delivers everything in the outbox, giving up once the endpoint has made no
+    /// progress for `give_up_after`.
+    pub async fn drain(&self, give_up_after: Duration) -> Result<u64, ForwardError> {
+        let mut delays = self.backoff.delays();
+        let mut delivered = 0u64;
+        let mut stalled_since: Option<tokio::time::Instant> = None;
+        loop {
+            let round = self.round().await?;
+            delivered += round.acked as u64;
+            if round.attempted == 0 {
+                return Ok(delivered);
+            }
+            let Some((reason, after)) = round.retry else {
+                stalled_since = None;
+                delays = self.backoff.delays();
+                continue;
+            };
+            if round.acked > 0 {
+                stalled_since = None;
+            }
+            let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= give_up_after {
+                let pending = self.store.call(|s| s.outbox_depth()).await?;
+                return Err(ForwardError::Unavailable {
+                    pending,
+                    last: reason,
+                });
+            }
+            let delay = after
+                .unwrap_or_else(|| delays.next().unwrap_or(self.backoff.max))
+                .min(
+                    give_up_after
+                        .saturating_sub(since.elapsed())
+                        .max(Duration::from_millis(10)),
+                );
+            tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "delivery to the ingestion endpoint failed; will retry");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}

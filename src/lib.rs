@@ -1,0 +1,18 @@
+#![forbid(unsafe_code)]
+//! azure-activity-poller: keeps Turbot Guardrails current with the Azure
+//! activity log. See `ARCHITECTURE.md` for the map; the path of one event is
+//! `poll` (query) -> `event` (keep) -> `store` (record) -> `forward` (deliver).
+
+pub mod app;
+pub mod azure;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod event;
+pub mod format;
+pub mod forward;
+pub mod poll;
+pub mod retry;
+pub mod scheduler;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,10 @@
+#![forbid(unsafe_code)]
+//! `azure-activity-poller`: parse the command line, set up logging, run.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = azure_activity_poller::cli::Cli::parse();
+    azure_activity_poller::telemetry::init(cli.log_format);
+    azure_activity_poller::commands::run(cli)
+}

@@ -1,0 +1,665 @@
+//! The state database: per subscription a [`Cursor`] (the watermark), the
+//! `eventDataId`s already recorded within the look-back, an outbox of events not
+//! yet acknowledged by the endpoint, and a dead-letter table of events the
+//! endpoint rejected or the poller could not identify.
+//!
+//! SQLite in WAL mode with `synchronous = FULL`: a transaction that returned is on
+//! disk. The poller records each page's new entries (seen ids and outbox rows) in
+//! one transaction, and the last page of a window moves the watermark in that same
+//! transaction; the forwarder deletes an outbox row only after a 2xx. A kill at any
+//! moment therefore loses nothing: an uncommitted page is fetched again, and the
+//! seen ids keep an already-recorded entry from being queued twice.
+//!
+//! The connection is synchronous; async callers go through [`Store::call`], which
+//! runs the closure on tokio's blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
+
+/// The schema this build reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: cannot open: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: cannot create its directory: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state database {path} is not an SQLite database (refusing to overwrite it; move it away to start afresh)"
+    )]
+    NotADatabase { path: PathBuf },
+    #[error(
+        "state database {path} has schema version {found}, newer than this build's {supported}; run a newer azure-activity-poller"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("state database: {context}: {source}")]
+    Sqlite {
+        context: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("state database: a background task failed: {0}")]
+    Task(String),
+}
+
+trait Context<T> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, rusqlite::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Sqlite { context, source })
+    }
+}
+
+/// Where a subscription's polling stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Every entry with an `eventTimestamp` at or before this was visible to a
+    /// completed, recorded query (subject to the look-back window for late ones).
+    pub watermark: Timestamp,
+    /// Seen ids older than this were pruned: no query may start before it, or
+    /// entries could be delivered twice.
+    pub pruned_before: Timestamp,
+}
+
+/// The watermark move that closes a window, committed with its last page.
+#[derive(Debug, Clone, Copy)]
+pub struct Advance {
+    pub watermark: Timestamp,
+    /// Seen ids with an `eventTimestamp` before this are dropped.
+    pub prune_before: Timestamp,
+}
+
+/// What recording one page did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Entries queued for delivery.
+    pub new: usize,
+    /// Entries already recorded by an earlier query.
+    pub duplicate: usize,
+    /// Unidentifiable entries newly put in the dead-letter table.
+    pub quarantined: usize,
+}
+
+/// An event waiting for the endpoint's acknowledgement.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub seq: i64,
+    pub subscription_id: String,
+    pub event_data_id: String,
+    pub entry: String,
+    pub attempts: i64,
+}
+
+/// A dead letter, for `status` and `dead-letters list`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub subscription_id: String,
+    pub event_data_id: String,
+    pub reason: String,
+    pub failed_at: Timestamp,
+}
+
+/// The last poll of a subscription, as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionState {
+    pub subscription_id: String,
+    pub cursor: Option<Cursor>,
+    pub last_poll_at: Option<Timestamp>,
+    pub last_result: Option<String>,
+    pub outbox: i64,
+    pub dead_letters: i64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cursor (
+    subscription_id  TEXT PRIMARY KEY,
+    watermark_ns     INTEGER NOT NULL,
+    pruned_before_ns INTEGER NOT NULL,
+    last_poll_at_ns  INTEGER,
+    last_result      TEXT
+);
+CREATE TABLE IF NOT EXISTS seen (
+    subscription_id TEXT NOT NULL,
+    event_data_id   TEXT NOT NULL,
+    event_ts_ns     INTEGER NOT NULL,
+    PRIMARY KEY (subscription_id, event_data_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (subscription_id, event_ts_ns);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id TEXT NOT NULL,
+    event_data_id   TEXT NOT NULL,
+    event_ts_ns     INTEGER NOT NULL,
+    entry           TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (event_ts_ns, seq);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    subscription_id TEXT NOT NULL,
+    event_data_id   TEXT NOT NULL,
+    event_ts_ns     INTEGER,
+    entry           TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    failed_at_ns    INTEGER NOT NULL
+);
+";
+
+impl Store {
+    /// Opens (creating if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::init(conn, path)
+    }
+
+    /// Opens an existing database without creating or migrating anything, for
+    /// `status` next to a running daemon.
+    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::init(conn, path)
+    }
+
+    fn init(conn: Connection, path: &Path) -> Result<Store, StoreError> {
+        let not_db = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::NotADatabase) => StoreError::NotADatabase {
+                path: path.to_path_buf(),
+            },
+            _ => StoreError::Open {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(not_db)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(not_db)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(not_db)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(not_db)?;
+        conn.execute_batch(SCHEMA).map_err(not_db)?;
+        if version < SCHEMA_VERSION {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(not_db)?;
+        }
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        // A panic while holding the lock cannot leave a half-done transaction
+        // committed (rusqlite rolls back on drop), so a poisoned lock is usable.
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+
+    /// Runs `f` on the blocking pool, so that disk waits do not stall the runtime.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    pub fn cursor(&self, subscription_id: &str) -> Result<Option<Cursor>, StoreError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT watermark_ns, pruned_before_ns FROM cursor WHERE subscription_id = ?1",
+                [subscription_id],
+                |r| {
+                    Ok(Cursor {
+                        watermark: from_nanos(r.get(0)?),
+                        pruned_before: from_nanos(r.get(1)?),
+                    })
+                },
+            )
+            .optional()
+            .ctx("reading cursor")
+        })
+    }
+
+    /// Creates a subscription's cursor at `since` if it has none; returns the cursor.
+    pub fn init_cursor(
+        &self,
+        subscription_id: &str,
+        since: Timestamp,
+    ) -> Result<Cursor, StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR IGNORE INTO cursor (subscription_id, watermark_ns, pruned_before_ns) VALUES (?1, ?2, ?2)",
+                params![subscription_id, to_nanos(since)],
+            )
+            .ctx("creating cursor")?;
+            Ok(())
+        })?;
+        self.cursor(subscription_id)?.ok_or(StoreError::Sqlite {
+            context: "creating cursor",
+            source: rusqlite::Error::QueryReturnedNoRows,
+        })
+    }
+
+    /// Records one page's kept entries and quarantined ones in one transaction;
+    /// with `advance`, moves the watermark and prunes seen ids in the same one.
+    pub fn record_page(
+        &self,
+        subscription_id: &str,
+        entries: &[Entry],
+        malformed: &[(Malformed, Timestamp)],
+        advance: Option<Advance>,
+    ) -> Result<Recorded, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            let mut rec = Recorded::default();
+            {
+                let mut seen = tx
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES (?1, ?2, ?3)",
+                    )
+                    .ctx("preparing seen insert")?;
+                let mut outbox = tx
+                    .prepare_cached(
+                        "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry) VALUES (?1, ?2, ?3, ?4)",
+                    )
+                    .ctx("preparing outbox insert")?;
+                for e in entries {
+                    let ts = to_nanos(e.event_timestamp);
+                    if seen
+                        .execute(params![subscription_id, e.event_data_id, ts])
+                        .ctx("recording a seen id")?
+                        == 0
+                    {
+                        rec.duplicate += 1;
+                        continue;
+                    }
+                    let body = serde_json::to_string(&e.fields).unwrap_or_default();
+                    outbox
+                        .execute(params![subscription_id, e.event_data_id, ts, body])
+                        .ctx("queueing an event")?;
+                    rec.new += 1;
+                }
+                let mut dead = tx
+                    .prepare_cached(
+                        "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+                         VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
+                    )
+                    .ctx("preparing dead-letter insert")?;
+                for (m, seen_at) in malformed {
+                    // Keyed by content and remembered like an id, so that the next
+                    // query of the same window does not quarantine it again.
+                    let ts = to_nanos(*seen_at);
+                    if seen
+                        .execute(params![subscription_id, m.key, ts])
+                        .ctx("recording a seen id")?
+                        == 0
+                    {
+                        continue;
+                    }
+                    let body = serde_json::to_string(&m.fields).unwrap_or_default();
+                    dead.execute(params![subscription_id, m.key, body, m.reason, to_nanos(chrono::Utc::now())])
+                        .ctx("quarantining an entry")?;
+                    rec.quarantined += 1;
+                }
+            }
+            if let Some(a) = advance {
+                // The watermark never moves back, and pruning never un-prunes.
+                tx.execute(
+                    "UPDATE cursor SET watermark_ns = MAX(watermark_ns, ?2),
+                                       pruned_before_ns = MAX(pruned_before_ns, ?3)
+                     WHERE subscription_id = ?1",
+                    params![subscription_id, to_nanos(a.watermark), to_nanos(a.prune_before)],
+                )
+                .ctx("moving the watermark")?;
+                let pruned_before: i64 = tx
+                    .query_row(
+                        "SELECT pruned_before_ns FROM cursor WHERE subscription_id = ?1",
+                        [subscription_id],
+                        |r| r.get(0),
+                    )
+                    .ctx("reading cursor")?;
+                tx.execute(
+                    "DELETE FROM seen WHERE subscription_id = ?1 AND event_ts_ns < ?2",
+                    params![subscription_id, pruned_before],
+                )
+                .ctx("pruning seen ids")?;
+            }
+            tx.commit().ctx("committing a page")?;
+            Ok(rec)
+        })
+    }
+
+    /// Notes how a poll ended, for `status` and readiness.
+    pub fn note_poll(
+        &self,
+        subscription_id: &str,
+        at: Timestamp,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE cursor SET last_poll_at_ns = ?2, last_result = ?3 WHERE subscription_id = ?1",
+                params![subscription_id, to_nanos(at), result],
+            )
+            .ctx("noting a poll")?;
+            Ok(())
+        })
+    }
+
+    /// The oldest events waiting for delivery, skipping the ones in flight.
+    pub fn next_batch(
+        &self,
+        limit: usize,
+        in_flight: &[i64],
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT seq, subscription_id, event_data_id, entry, attempts FROM outbox
+                     ORDER BY event_ts_ns, seq LIMIT ?1",
+                )
+                .ctx("preparing outbox read")?;
+            let want = limit + in_flight.len();
+            let rows = stmt
+                .query_map([i64::try_from(want).unwrap_or(i64::MAX)], |r| {
+                    Ok(OutboxEvent {
+                        seq: r.get(0)?,
+                        subscription_id: r.get(1)?,
+                        event_data_id: r.get(2)?,
+                        entry: r.get(3)?,
+                        attempts: r.get(4)?,
+                    })
+                })
+                .ctx("reading the outbox")?;
+            let mut out = Vec::with_capacity(limit);
+            for row in rows {
+                let row = row.ctx("reading the outbox")?;
+                if !in_flight.contains(&row.seq) {
+                    out.push(row);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// The endpoint acknowledged the event: forget it.
+    pub fn ack(&self, seq: i64) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute("DELETE FROM outbox WHERE seq = ?1", [seq])
+                .ctx("acknowledging an event")?;
+            Ok(())
+        })
+    }
+
+    /// A delivery attempt failed in a way worth retrying.
+    pub fn note_failure(&self, seq: i64, error: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1",
+                params![seq, error],
+            )
+            .ctx("noting a failed delivery")?;
+            Ok(())
+        })
+    }
+
+    /// The endpoint rejected the event for good: move it to the dead letters.
+    pub fn reject(&self, seq: i64, reason: &str) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            tx.execute(
+                "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+                 SELECT subscription_id, event_data_id, event_ts_ns, entry, ?2, ?3 FROM outbox WHERE seq = ?1",
+                params![seq, reason, to_nanos(chrono::Utc::now())],
+            )
+            .ctx("dead-lettering an event")?;
+            tx.execute("DELETE FROM outbox WHERE seq = ?1", [seq])
+                .ctx("dead-lettering an event")?;
+            tx.commit().ctx("dead-lettering an event")?;
+            Ok(())
+        })
+    }
+
+    pub fn outbox_depth(&self) -> Result<i64, StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
+                .ctx("counting the outbox")
+        })
+    }
+
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare("SELECT seq, subscription_id, event_data_id, reason, failed_at_ns FROM dead_letter ORDER BY seq")
+                .ctx("reading dead letters")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(DeadLetter {
+                        seq: r.get(0)?,
+                        subscription_id: r.get(1)?,
+                        event_data_id: r.get(2)?,
+                        reason: r.get(3)?,
+                        failed_at: from_nanos(r.get(4)?),
+                    })
+                })
+                .ctx("reading dead letters")?;
+            rows.collect::<Result<Vec<_>, _>>().ctx("reading dead letters")
+        })
+    }
+
+    /// Every subscription the database knows, with its counts.
+    pub fn states(&self) -> Result<Vec<SubscriptionState>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT s.id, cu.watermark_ns, cu.pruned_before_ns, cu.last_poll_at_ns, cu.last_result,
+                            (SELECT COUNT(*) FROM outbox o WHERE o.subscription_id = s.id),
+                            (SELECT COUNT(*) FROM dead_letter d WHERE d.subscription_id = s.id)
+                     FROM (SELECT subscription_id AS id FROM cursor
+                           UNION SELECT subscription_id FROM outbox
+                           UNION SELECT subscription_id FROM dead_letter) s
+                     LEFT JOIN cursor cu ON cu.subscription_id = s.id
+                     ORDER BY s.id",
+                )
+                .ctx("reading subscription states")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let wm: Option<i64> = r.get(1)?;
+                    let pb: Option<i64> = r.get(2)?;
+                    Ok(SubscriptionState {
+                        subscription_id: r.get(0)?,
+                        cursor: wm.zip(pb).map(|(w, p)| Cursor {
+                            watermark: from_nanos(w),
+                            pruned_before: from_nanos(p),
+                        }),
+                        last_poll_at: r.get::<_, Option<i64>>(3)?.map(from_nanos),
+                        last_result: r.get(4)?,
+                        outbox: r.get(5)?,
+                        dead_letters: r.get(6)?,
+                    })
+                })
+                .ctx("reading subscription states")?;
+            rows.collect::<Result<Vec<_>, _>>()
+                .ctx("reading subscription states")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::parse_timestamp;
+    use serde_json::{Map, json};
+
+    fn entry(id: &str, ts: &str) -> Entry {
+        Entry {
+            event_data_id: id.into(),
+            event_timestamp: parse_timestamp(ts).unwrap(),
+            status: Some("Succeeded".into()),
+            fields: json!({"eventDataId": id})
+                .as_object()
+                .cloned()
+                .unwrap_or_else(Map::new),
+        }
+    }
+
+    #[test]
+    fn an_entry_is_queued_once_and_pruned_after_the_lookback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let t0 = parse_timestamp("2026-01-01T00:00:00Z").unwrap();
+        store.init_cursor("sub", t0).unwrap();
+        let a = entry("a", "2026-01-01T00:01:00Z");
+        let r = store.record_page("sub", std::slice::from_ref(&a), &[], None).unwrap();
+        assert_eq!((r.new, r.duplicate), (1, 0));
+        let r = store.record_page("sub", std::slice::from_ref(&a), &[], None).unwrap();
+        assert_eq!((r.new, r.duplicate), (0, 1));
+        assert_eq!(store.outbox_depth().unwrap(), 1);
+        // Prune past the entry: the cursor refuses queries before it from now on.
+        let later = parse_timestamp("2026-01-01T00:02:00Z").unwrap();
+        store
+            .record_page(
+                "sub",
+                &[],
+                &[],
+                Some(Advance {
+                    watermark: later,
+                    prune_before: later,
+                }),
+            )
+            .unwrap();
+        let c = store.cursor("sub").unwrap().unwrap();
+        assert_eq!(c.pruned_before, later);
+        assert_eq!(c.watermark, later);
+        // The watermark never moves back.
+        store
+            .record_page(
+                "sub",
+                &[],
+                &[],
+                Some(Advance {
+                    watermark: t0,
+                    prune_before: t0,
+                }),
+            )
+            .unwrap();
+        assert_eq!(store.cursor("sub").unwrap().unwrap().watermark, later);
+    }
+
+    #[test]
+    fn not_a_database_and_newer_schema_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.db");
+        std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
+        assert!(matches!(
+            Store::open(&junk),
+            Err(StoreError::NotADatabase { .. })
+        ));
+        // The file is left as it was.
+        assert_eq!(std::fs::read(&junk).unwrap(), vec![b'x'; 4096]);
+
+        let newer = dir.path().join("newer.db");
+        {
+            let c = Connection::open(&newer).unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+                .unwrap();
+        }
+        let err = Store::open(&newer).unwrap_err();
+        assert!(
+            matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1)
+        );
+    }
+
+    #[test]
+    fn ack_and_reject_empty_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        store
+            .record_page(
+                "sub",
+                &[
+                    entry("a", "2026-01-01T00:00:02Z"),
+                    entry("b", "2026-01-01T00:00:01Z"),
+                ],
+                &[],
+                None,
+            )
+            .unwrap();
+        let batch = store.next_batch(10, &[]).unwrap();
+        // Oldest first, whatever order they were recorded in.
+        let ids: Vec<_> = batch.iter().map(|e| e.event_data_id.as_str()).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert_eq!(store.next_batch(10, &[batch[0].seq]).unwrap().len(), 1);
+        store.ack(batch[0].seq).unwrap();
+        store.reject(batch[1].seq, "HTTP 400").unwrap();
+        assert_eq!(store.outbox_depth().unwrap(), 0);
+        let dead = store.dead_letters().unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].event_data_id, "a");
+        assert_eq!(dead[0].reason, "HTTP 400");
+    }
+}
