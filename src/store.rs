@@ -574,9 +574,13 @@ mod tests {
         let t0 = parse_timestamp("2026-01-01T00:00:00Z").unwrap();
         store.init_cursor("sub", t0).unwrap();
         let a = entry("a", "2026-01-01T00:01:00Z");
-        let r = store.record_page("sub", std::slice::from_ref(&a), &[], None).unwrap();
+        let r = store
+            .record_page("sub", std::slice::from_ref(&a), &[], None)
+            .unwrap();
         assert_eq!((r.new, r.duplicate), (1, 0));
-        let r = store.record_page("sub", std::slice::from_ref(&a), &[], None).unwrap();
+        let r = store
+            .record_page("sub", std::slice::from_ref(&a), &[], None)
+            .unwrap();
         assert_eq!((r.new, r.duplicate), (0, 1));
         assert_eq!(store.outbox_depth().unwrap(), 1);
         // Prune past the entry: the cursor refuses queries before it from now on.

@@ -1,0 +1,823 @@
+//! Fake Azure and a fake Guardrails endpoint, on 127.0.0.1 with port 0, and a
+//! harness that runs the real binary against them (as linkerd2-proxy's
+//! integration crate does: the product carries no test hooks).
+//!
+//! - ARM: the Activity Logs - List call, newest first, paged by an opaque
+//!   `$skiptoken` over a snapshot taken at the first page, `Date` headers from
+//!   a possibly skewed clock, entries visible only from their `visible_at`,
+//!   and a queue of faults (status codes with `Retry-After`, cut connections,
+//!   malformed pages).
+//! - Entra ID: `/{tenant}/oauth2/v2.0/token` over TLS, with a CA written to a
+//!   file that the binary trusts through `SSL_CERT_FILE`.
+//! - Guardrails: `POST /api/v5/events/raw?token=...`, which checks the token,
+//!   records every body, and can be taken down or made to reject events.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const CLIENT_ID: &str = "11112222-bbbb-3333-cccc-4444dddd5555";
+pub const CLIENT_SECRET: &str = "s3cr3t-client-value-DO-NOT-LOG";
+pub const INGEST_TOKEN: &str = "ingest-token-DO-NOT-LOG-0123456789";
+
+pub fn ticks(t: DateTime<Utc>) -> String {
+    format!(
+        "{}.{:07}Z",
+        t.format("%Y-%m-%dT%H:%M:%S"),
+        t.timestamp_subsec_nanos() / 100
+    )
+}
+
+// ---------------------------------------------------------------- Azure ----
+
+#[derive(Debug, Clone)]
+pub struct FakeEntry {
+    pub subscription: String,
+    pub id: String,
+    pub ts: DateTime<Utc>,
+    pub status: String,
+    pub visible_at: DateTime<Utc>,
+    pub body: Value,
+}
+
+/// An entry shaped like the Administrative sample of the activity log schema.
+pub fn entry(subscription: &str, id: &str, ts: DateTime<Utc>, status: &str) -> FakeEntry {
+    let rg = "MSSupportGroup";
+    let resource = format!(
+        "/subscriptions/{subscription}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/vm-{id}"
+    );
+    let body = json!({
+        "authorization": {
+            "action": "Microsoft.Compute/virtualMachines/write",
+            "scope": resource,
+        },
+        "caller": "admin@contoso.com",
+        "channels": "Operation",
+        "claims": {
+            "aud": "https://management.core.windows.net/",
+            "iss": "https://sts.windows.net/72f988bf-86f1-41af-91ab-2d7cd011db47/",
+            "appid": "c44b4083-3bb0-49c1-b47d-974e53cbdf3c",
+            "http://schemas.microsoft.com/identity/claims/scope": "user_impersonation"
+        },
+        "correlationId": format!("corr-{id}"),
+        "description": "",
+        "eventDataId": id,
+        "eventName": {"value": "EndRequest", "localizedValue": "End request"},
+        "category": {"value": "Administrative", "localizedValue": "Administrative"},
+        "eventTimestamp": ticks(ts),
+        "id": format!("{resource}/events/{id}/ticks/{}", ts.timestamp_nanos_opt().unwrap_or(0) / 100),
+        "level": "Informational",
+        "operationId": format!("op-{id}"),
+        "operationName": {"value": "Microsoft.Compute/virtualMachines/write", "localizedValue": "Create or Update Virtual Machine"},
+        "resourceGroupName": rg,
+        "resourceProviderName": {"value": "Microsoft.Compute", "localizedValue": "Microsoft.Compute"},
+        "resourceType": {"value": "Microsoft.Compute/virtualMachines", "localizedValue": "Microsoft.Compute/virtualMachines"},
+        "resourceId": resource,
+        "status": {"value": status, "localizedValue": status},
+        "subStatus": {"value": "Created", "localizedValue": "Created (HTTP Status Code: 201)"},
+        "submissionTimestamp": ticks(ts + chrono::Duration::seconds(5)),
+        "subscriptionId": subscription,
+        "tenantId": TENANT,
+        "properties": {"statusCode": "Created", "serviceRequestId": null},
+        "relatedEvents": [],
+        "httpRequest": {"clientRequestId": format!("req-{id}"), "clientIpAddress": "192.168.35.115", "method": "PUT"}
+    });
+    FakeEntry {
+        subscription: subscription.to_string(),
+        id: id.to_string(),
+        ts,
+        status: status.to_string(),
+        visible_at: ts,
+        body,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// Answer with this status (and `Retry-After` seconds, if any).
+    Status(u16, Option<u64>),
+    /// Start a 200 response and cut the connection mid-body.
+    Cut,
+    /// Answer 200 with this body.
+    Body(&'static str),
+}
+
+#[derive(Debug, Clone)]
+pub struct ArmRequest {
+    pub at: std::time::Instant,
+    pub subscription: String,
+    pub filter: Option<String>,
+    pub skiptoken: Option<String>,
+    pub bearer: Option<String>,
+    pub status: u16,
+}
+
+#[derive(Default)]
+pub struct AzureState {
+    pub entries: Vec<FakeEntry>,
+    pub page_size: usize,
+    pub faults: VecDeque<Fault>,
+    pub requests: Vec<ArmRequest>,
+    pub token_forms: Vec<HashMap<String, String>>,
+    pub issued: Vec<String>,
+    /// Azure's clock minus ours.
+    pub skew: chrono::Duration,
+    snapshots: HashMap<String, Vec<Value>>,
+    next_snapshot: usize,
+}
+
+impl AzureState {
+    pub fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.skew
+    }
+}
+
+pub type Shared<T> = Arc<Mutex<T>>;
+
+fn lock<T>(m: &Shared<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Parses the spec's `eventTimestamp ge '<t>' and eventTimestamp le '<t>'`.
+fn parse_filter(f: &str) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+    let mut ge = None;
+    let mut le = None;
+    for clause in f.split(" and ") {
+        let parts: Vec<&str> = clause.trim().splitn(3, ' ').collect();
+        if parts.len() != 3 || parts[0] != "eventTimestamp" {
+            continue;
+        }
+        let t = DateTime::parse_from_rfc3339(parts[2].trim_matches('\'')).ok()?;
+        match parts[1] {
+            "ge" => ge = Some(t.with_timezone(&Utc)),
+            "le" => le = Some(t.with_timezone(&Utc)),
+            _ => return None,
+        }
+    }
+    Some((ge?, le?))
+}
+
+fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        [("content-type", "application/json")],
+        json!({"error": {"code": code, "message": message}}).to_string(),
+    )
+        .into_response()
+}
+
+async fn list(
+    State(st): State<Shared<AzureState>>,
+    UrlPath(subscription): UrlPath<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let mut s = lock(&st);
+    let date = s.now().to_rfc2822().replace("+0000", "GMT");
+    let record = ArmRequest {
+        at: std::time::Instant::now(),
+        subscription: subscription.clone(),
+        filter: q.get("$filter").cloned(),
+        skiptoken: q.get("$skiptoken").cloned(),
+        bearer: bearer.clone(),
+        status: 200,
+    };
+    let respond = |s: &mut AzureState, mut record: ArmRequest, resp: Response| {
+        record.status = resp.status().as_u16();
+        s.requests.push(record);
+        resp
+    };
+    if q.get("api-version").map(String::as_str) != Some("2015-04-01") {
+        let r = arm_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidApiVersionParameter",
+            "api-version must be 2015-04-01",
+        );
+        return respond(&mut s, record, r);
+    }
+    if !bearer.as_ref().is_some_and(|b| s.issued.contains(b)) {
+        let r = arm_error(
+            StatusCode::UNAUTHORIZED,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        );
+        return respond(&mut s, record, r);
+    }
+    if let Some(fault) = s.faults.pop_front() {
+        let r = match fault {
+            Fault::Status(code, retry_after) => {
+                let status =
+                    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut r = arm_error(status, "Injected", "injected fault");
+                if let Some(secs) = retry_after
+                    && let Ok(v) = secs.to_string().parse()
+                {
+                    r.headers_mut().insert("retry-after", v);
+                }
+                r
+            }
+            Fault::Cut => {
+                let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+                    Ok(bytes::Bytes::from_static(b"{\"value\": [")),
+                    Err(std::io::Error::other("connection cut by the fake")),
+                ];
+                Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from_stream(futures_util::stream::iter(chunks)))
+                    .unwrap_or_default()
+            }
+            Fault::Body(b) => {
+                (StatusCode::OK, [("content-type", "application/json")], b).into_response()
+            }
+        };
+        return respond(&mut s, record, r);
+    }
+    let (key, offset) = match q.get("$skiptoken") {
+        Some(tok) => {
+            let Some((k, o)) = tok.rsplit_once('.') else {
+                let r = arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidSkipToken",
+                    "bad $skiptoken",
+                );
+                return respond(&mut s, record, r);
+            };
+            (k.to_string(), o.parse::<usize>().unwrap_or(0))
+        }
+        None => {
+            let Some((ge, le)) = q.get("$filter").and_then(|f| parse_filter(f)) else {
+                let r = arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidFilter",
+                    "$filter must hold eventTimestamp ge and le",
+                );
+                return respond(&mut s, record, r);
+            };
+            if ge < s.now() - chrono::Duration::days(90) {
+                let r = arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "start time older than 90 days",
+                );
+                return respond(&mut s, record, r);
+            }
+            let now = s.now();
+            let mut matching: Vec<&FakeEntry> = s
+                .entries
+                .iter()
+                .filter(|e| {
+                    e.subscription == subscription
+                        && e.ts >= ge
+                        && e.ts <= le
+                        && e.visible_at <= now
+                })
+                .collect();
+            matching.sort_by(|a, b| b.ts.cmp(&a.ts));
+            let snapshot: Vec<Value> = matching.into_iter().map(|e| e.body.clone()).collect();
+            let key = format!("snap{}", s.next_snapshot);
+            s.next_snapshot += 1;
+            s.snapshots.insert(key.clone(), snapshot);
+            (key, 0)
+        }
+    };
+    let page_size = s.page_size.max(1);
+    let all = s.snapshots.get(&key).cloned().unwrap_or_default();
+    let page: Vec<Value> = all.iter().skip(offset).take(page_size).cloned().collect();
+    let mut body = json!({ "value": page });
+    if offset + page_size < all.len() {
+        body["nextLink"] = Value::String(format!(
+            "http://{}/subscriptions/{subscription}/providers/microsoft.insights/eventtypes/management/values?api-version=2015-04-01&$skiptoken={key}.{}",
+            host,
+            offset + page_size
+        ));
+    }
+    let mut r = (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        body.to_string(),
+    )
+        .into_response();
+    if let Ok(v) = date.parse() {
+        r.headers_mut().insert("date", v);
+    }
+    r.headers_mut().insert(
+        "x-ms-ratelimit-remaining-subscription-reads",
+        axum::http::HeaderValue::from_static("249"),
+    );
+    respond(&mut s, record, r)
+}
+
+async fn token(
+    State(st): State<Shared<AzureState>>,
+    UrlPath(tenant): UrlPath<String>,
+    body: String,
+) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let mut s = lock(&st);
+    s.token_forms.push(form.clone());
+    let ok = tenant == TENANT
+        && form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+        && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET)
+        && form.get("grant_type").map(String::as_str) == Some("client_credentials");
+    if !ok {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("content-type", "application/json")],
+            json!({"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."}).to_string(),
+        )
+            .into_response();
+    }
+    let n = s.issued.len();
+    let t = format!("bearer-token-{n}-DO-NOT-LOG");
+    s.issued.push(t.clone());
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": t}).to_string(),
+    )
+        .into_response()
+}
+
+// ----------------------------------------------------------- Guardrails ----
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngestMode {
+    Up,
+    Down(u16),
+}
+
+#[derive(Default)]
+pub struct IngestState {
+    pub received: Vec<Value>,
+    pub attempts: usize,
+    pub mode: Option<IngestMode>,
+    /// eventDataIds answered with 400.
+    pub reject: HashSet<String>,
+    pub delay: Option<Duration>,
+}
+
+/// The eventDataId of a posted document, whatever its format.
+pub fn posted_id(doc: &Value) -> Option<String> {
+    let candidates = [
+        doc.pointer("/data/context/activityLog/eventDataId"),
+        doc.pointer("/data/alertContext/eventDataId"),
+        doc.get("eventDataId"),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .find_map(|v| v.as_str().map(str::to_string))
+}
+
+async fn ingest_handler(
+    State(st): State<Shared<IngestState>>,
+    Query(q): Query<HashMap<String, String>>,
+    body: String,
+) -> Response {
+    let delay = lock(&st).delay;
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let mut s = lock(&st);
+    s.attempts += 1;
+    if q.get("token").map(String::as_str) != Some(INGEST_TOKEN) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if let Some(IngestMode::Down(code)) = s.mode {
+        return StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+            .into_response();
+    }
+    let Ok(doc) = serde_json::from_str::<Value>(&body) else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    if posted_id(&doc).is_some_and(|id| s.reject.contains(&id)) {
+        return StatusCode::BAD_REQUEST.into_response();
+    }
+    s.received.push(doc);
+    StatusCode::ACCEPTED.into_response()
+}
+
+// ---------------------------------------------------------------- TLS ------
+
+pub struct Tls {
+    pub ca_pem: String,
+    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
+}
+
+pub fn tls() -> Tls {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "azure-activity-poller test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf_params =
+        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("leaf params");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &issuer)
+        .expect("leaf cert");
+    let der_key =
+        tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
+            .expect("leaf key der");
+    let config = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], der_key)
+        .expect("server config");
+    Tls {
+        ca_pem: ca.pem(),
+        config: Arc::new(config),
+    }
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+        });
+    }
+}
+
+// -------------------------------------------------------------- Servers ----
+
+pub struct Fakes {
+    pub azure: Shared<AzureState>,
+    pub ingest: Shared<IngestState>,
+    pub arm_addr: SocketAddr,
+    pub login_addr: SocketAddr,
+    pub ingest_addr: SocketAddr,
+    pub ca_pem: String,
+}
+
+impl Fakes {
+    pub async fn start() -> Fakes {
+        let azure = Arc::new(Mutex::new(AzureState {
+            page_size: 200,
+            ..AzureState::default()
+        }));
+        let ingest = Arc::new(Mutex::new(IngestState::default()));
+
+        let arm = Router::new()
+            .route(
+                "/subscriptions/{sub}/providers/Microsoft.Insights/eventtypes/management/values",
+                get(list),
+            )
+            .route(
+                "/subscriptions/{sub}/providers/microsoft.insights/eventtypes/management/values",
+                get(list),
+            )
+            .with_state(azure.clone());
+        let login = Router::new()
+            .route("/{tenant}/oauth2/v2.0/token", post(token))
+            .with_state(azure.clone());
+        let guardrails = Router::new()
+            .route("/api/v5/events/raw", post(ingest_handler))
+            .with_state(ingest.clone());
+
+        let bind = || async {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1:0")
+        };
+        let (l_arm, l_login, l_ingest) = (bind().await, bind().await, bind().await);
+        let arm_addr = l_arm.local_addr().expect("addr");
+        let login_addr = l_login.local_addr().expect("addr");
+        let ingest_addr = l_ingest.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(l_arm, arm).await });
+        tokio::spawn(async move { axum::serve(l_ingest, guardrails).await });
+        let tls = tls();
+        tokio::spawn(serve_tls(l_login, login, tls.config.clone()));
+        Fakes {
+            azure,
+            ingest,
+            arm_addr,
+            login_addr,
+            ingest_addr,
+            ca_pem: tls.ca_pem,
+        }
+    }
+
+    pub fn add(&self, entries: impl IntoIterator<Item = FakeEntry>) {
+        lock(&self.azure).entries.extend(entries);
+    }
+
+    pub fn azure_now(&self) -> DateTime<Utc> {
+        lock(&self.azure).now()
+    }
+
+    pub fn fault(&self, f: Fault) {
+        lock(&self.azure).faults.push_back(f);
+    }
+
+    pub fn arm_requests(&self) -> Vec<ArmRequest> {
+        lock(&self.azure).requests.clone()
+    }
+
+    pub fn set_ingest(&self, mode: IngestMode) {
+        lock(&self.ingest).mode = Some(mode);
+    }
+
+    pub fn received(&self) -> Vec<Value> {
+        lock(&self.ingest).received.clone()
+    }
+
+    pub fn received_ids(&self) -> Vec<String> {
+        self.received().iter().filter_map(posted_id).collect()
+    }
+
+    pub fn ingest_url(&self) -> String {
+        format!(
+            "http://{}/api/v5/events/raw?token={INGEST_TOKEN}",
+            self.ingest_addr
+        )
+    }
+}
+
+/// Counts of each id; an exactly-once delivery has every count at 1.
+pub fn counts(ids: &[String]) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for id in ids {
+        *m.entry(id.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Asserts that `delivered` holds every id of `expected` exactly once and nothing else.
+pub fn assert_exactly_once(delivered: &[String], expected: &[String]) {
+    let c = counts(delivered);
+    let dup: Vec<_> = c.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "delivered more than once: {dup:?}");
+    let want: HashSet<&String> = expected.iter().collect();
+    let got: HashSet<&String> = delivered.iter().collect();
+    let missing: Vec<_> = want.difference(&got).collect();
+    let extra: Vec<_> = got.difference(&want).collect();
+    assert!(missing.is_empty(), "never delivered: {missing:?}");
+    assert!(extra.is_empty(), "delivered but not expected: {extra:?}");
+}
+
+// -------------------------------------------------------------- Harness ----
+
+pub const SUB_A: &str = "089bd33f-d4ec-47fe-8ba5-0753aa5c5b33";
+pub const SUB_B: &str = "1e8d8218-c5e7-4578-9acc-9abbd5d23315";
+
+pub struct Harness {
+    pub fakes: Fakes,
+    pub dir: tempfile::TempDir,
+    pub format: &'static str,
+    pub interval: &'static str,
+    pub window: &'static str,
+    pub subscriptions: Vec<(String, bool)>,
+    pub extra: String,
+    runs: usize,
+}
+
+pub struct Run {
+    pub code: Option<i32>,
+    pub stderr: String,
+    pub stdout: String,
+}
+
+impl Harness {
+    pub async fn new() -> Harness {
+        let fakes = Fakes::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("ca.pem"), &fakes.ca_pem).expect("write CA");
+        std::fs::write(
+            dir.path().join("client-secret"),
+            format!("{CLIENT_SECRET}\n"),
+        )
+        .expect("write secret");
+        std::fs::write(dir.path().join("ingest-url"), fakes.ingest_url()).expect("write url");
+        Harness {
+            fakes,
+            dir,
+            format: "activity-log-alert",
+            interval: "1s",
+            window: "10s",
+            subscriptions: vec![(SUB_A.to_string(), false)],
+            extra: String::new(),
+            runs: 0,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn config_text(&self) -> String {
+        let mut s = format!(
+            r#"[state]
+path = "{state}"
+
+[azure]
+cloud = "custom"
+resource_manager_url = "http://{arm}"
+authority_host = "https://{login}"
+retry_base = "50ms"
+max_retries = 4
+request_timeout = "5s"
+
+[credentials.main]
+kind = "client_secret"
+tenant_id = "{TENANT}"
+client_id = "{CLIENT_ID}"
+client_secret_file = "{secret}"
+
+[guardrails]
+ingest_url_file = "{url}"
+format = "{format}"
+concurrency = 4
+timeout = "5s"
+retry_base = "50ms"
+retry_max = "300ms"
+
+[defaults]
+credential = "main"
+interval = "{interval}"
+window = "{window}"
+statuses = ["Succeeded"]
+{extra}
+"#,
+            state = self.path("state.db").display(),
+            arm = self.fakes.arm_addr,
+            login = self.fakes.login_addr,
+            secret = self.path("client-secret").display(),
+            url = self.path("ingest-url").display(),
+            format = self.format,
+            interval = self.interval,
+            window = self.window,
+            extra = self.extra,
+        );
+        for (id, handlers) in &self.subscriptions {
+            s.push_str(&format!(
+                "\n[[subscription]]\nid = \"{id}\"\nname = \"sub-{}\"\nevent_handlers = {handlers}\n",
+                &id[..8]
+            ));
+        }
+        s
+    }
+
+    pub fn write_config(&self) -> PathBuf {
+        let p = self.path("poller.toml");
+        std::fs::write(&p, self.config_text()).expect("write config");
+        p
+    }
+
+    pub fn command(&mut self, args: &[&str]) -> (tokio::process::Command, PathBuf) {
+        self.runs += 1;
+        let log = self.path(&format!("run-{}.log", self.runs));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_azure-activity-poller"));
+        cmd.args(args)
+            .env("SSL_CERT_FILE", self.path("ca.pem"))
+            .env_remove("SSL_CERT_DIR")
+            .env("RUST_LOG", "debug")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(file)
+            .kill_on_drop(true);
+        (cmd, log)
+    }
+
+    /// Runs `--once` (plus `args`) to completion, within two minutes.
+    pub async fn once(&mut self, args: &[&str]) -> Run {
+        let config = self.write_config();
+        let config = config.display().to_string();
+        let mut all = vec![
+            "--config",
+            config.as_str(),
+            "--once",
+            "--give-up-after",
+            "2s",
+        ];
+        all.extend_from_slice(args);
+        self.run(&all).await
+    }
+
+    pub async fn run(&mut self, args: &[&str]) -> Run {
+        let (mut cmd, log) = self.command(args);
+        let child = cmd.spawn().expect("spawn the poller");
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("the poller did not finish within 2 minutes")
+            .expect("wait for the poller");
+        Run {
+            code: out.status.code(),
+            stderr: std::fs::read_to_string(&log).unwrap_or_default(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        }
+    }
+
+    /// Starts the daemon; the caller stops or kills it.
+    pub fn daemon(&mut self, args: &[&str]) -> Daemon {
+        let config = self.write_config();
+        let config = config.display().to_string();
+        let mut all = vec!["--config", config.as_str()];
+        all.extend_from_slice(args);
+        let (mut cmd, log) = self.command(&all);
+        let child = cmd.spawn().expect("spawn the daemon");
+        Daemon { child, log }
+    }
+}
+
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit code.
+    pub async fn stop(mut self) -> (Option<i32>, String) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the daemon did not stop within 60s after SIGTERM")
+            .expect("wait for the daemon");
+        (status.code(), self.log())
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub async fn kill(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        self.log()
+    }
+}
+
+/// Polls `check` until it holds, or panics with `what` after `limit`.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures")
+        .join(rel)
+}
