@@ -140,6 +140,7 @@ impl App {
             client,
             store: store.clone(),
             outbox_ready: outbox_ready.clone(),
+            skew: std::sync::Mutex::new(None),
         });
         let forwarder = Arc::new(Forwarder::new(
             http,

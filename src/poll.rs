@@ -28,6 +28,9 @@ use crate::store::{Advance, Cursor, Store, StoreError};
 /// The longest stretch one query covers beyond the look-back.
 pub const CATCH_UP_CHUNK: Duration = Duration::from_secs(3600);
 
+/// Skews within this are the `Date` header's own imprecision, not a clock problem.
+const SKEW_TOLERANCE: chrono::Duration = chrono::Duration::seconds(2);
+
 /// Margin kept from the 90-day retention edge, so a query is never refused for
 /// starting a moment too early.
 const RETENTION_MARGIN: Duration = Duration::from_secs(600);
@@ -83,6 +86,8 @@ pub struct Poller {
     pub store: Store,
     /// Woken whenever new events are queued.
     pub outbox_ready: Arc<Notify>,
+    /// Azure's clock minus ours, from the last `Date` header seen.
+    pub skew: std::sync::Mutex<Option<chrono::Duration>>,
 }
 
 impl Poller {
@@ -96,9 +101,21 @@ impl Poller {
         let id = sub.id.as_str().to_string();
         let window =
             chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let existing = {
+            let id = id.clone();
+            self.store.call(move |s| s.cursor(&id)).await?
+        };
+        if existing.is_none() && since.is_none() && self.skew().is_none() {
+            // A first run starts one window before Azure's "now", not ours:
+            // ask Azure for the time with an empty query before placing it.
+            let now = to_ticks(Utc::now());
+            let probe = self.client.first_page(&id, now, now);
+            let fetched = self.client.fetch(&probe, tokens).await?;
+            self.learn_skew(fetched.server_date);
+        }
         let mut cursor = {
             let id = id.clone();
-            let start = since.unwrap_or_else(|| Utc::now() - window);
+            let start = since.unwrap_or_else(|| self.now() - window);
             self.store
                 .call(move |s| match s.cursor(&id)? {
                     Some(c) => Ok(c),
@@ -108,7 +125,7 @@ impl Poller {
         };
         let mut report = PollReport::default();
         loop {
-            let now = to_ticks(Utc::now());
+            let now = to_ticks(self.now());
             let (start, end) = self.bounds(sub, &cursor, now);
             report.window_start.get_or_insert(start);
             report.window_end = Some(end);
@@ -123,6 +140,31 @@ impl Poller {
             }
         }
         Ok(report)
+    }
+
+    /// The last known difference between Azure's clock and ours.
+    pub fn skew(&self) -> Option<chrono::Duration> {
+        *self.skew.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// "Now" for query ends and first placements: our clock, unless Azure's is
+    /// known to be behind it by more than the `Date` header's resolution; then
+    /// Azure's, so that a host clock running ahead never skips entries.
+    pub fn now(&self) -> Timestamp {
+        let local = Utc::now();
+        match self.skew() {
+            Some(skew) if skew < -SKEW_TOLERANCE => local + skew,
+            _ => local,
+        }
+    }
+
+    fn learn_skew(&self, server_date: Option<Timestamp>) {
+        if let Some(date) = server_date {
+            // `Date` is truncated to the second and stamped before we read it:
+            // this errs toward "Azure is behind", the safe side.
+            let skew = date - Utc::now();
+            *self.skew.lock().unwrap_or_else(|p| p.into_inner()) = Some(skew);
+        }
     }
 
     /// The next query's `[start, end]`.
@@ -175,6 +217,7 @@ impl Poller {
             report.requests += fetched.requests;
             report.bytes += fetched.bytes;
             report.throttled += fetched.throttled;
+            self.learn_skew(fetched.server_date);
             if first {
                 first = false;
                 if let Some(date) = fetched.server_date {

@@ -75,13 +75,13 @@ async fn poll_and_log(
                 duplicate = r.duplicate,
                 quarantined = r.quarantined,
                 delivered,
-                lag_s = r.lag(now).map(|d| d.as_secs()).unwrap_or_default(),
+                lag_s = r.lag(app.poller.now()).map(|d| d.as_secs()).unwrap_or_default(),
                 throttled_s = r.throttled.as_secs_f64(),
                 took_ms = started.elapsed().as_millis() as u64,
                 "poll complete"
             );
             if let Some(skew) = r.skew
-                && skew.num_seconds().abs() > 60
+                && skew.num_seconds().abs() > 5
             {
                 tracing::warn!(
                     subscription = %sub.label(),

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use chrono::Utc;
 use support::*;
 
@@ -33,13 +35,13 @@ async fn once_delivers_a_multi_page_window_exactly_once() {
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
     assert_exactly_once(&h.fakes.received_ids(), &ids(&good));
     // 230 entries at 50 a page: 5 pages, every nextLink followed.
-    let pages = h
+    let next_pages = h
         .fakes
         .arm_requests()
         .iter()
-        .filter(|r| r.status == 200)
+        .filter(|r| r.skiptoken.is_some())
         .count();
-    assert_eq!(pages, 5, "requests: {:?}", h.fakes.arm_requests());
+    assert_eq!(next_pages, 4, "requests: {:?}", h.fakes.arm_requests());
     assert!(run.stderr.contains("poll complete"), "{}", run.stderr);
 }
 
@@ -94,4 +96,464 @@ async fn refusal_exits_78_and_polls_and_sends_nothing() {
         "not even a token request"
     );
     assert_eq!(h.fakes.ingest.lock().unwrap().attempts, 0);
+}
+
+/// Every secret the run could have seen: none may appear in its output.
+fn assert_no_secrets(h: &Harness, output: &str) {
+    let mut secrets = vec![CLIENT_SECRET.to_string(), INGEST_TOKEN.to_string()];
+    secrets.extend(h.fakes.azure.lock().unwrap().issued.clone());
+    for s in secrets {
+        assert!(!output.contains(&s), "a secret leaked into the output: {s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_client_secret_credential_signs_in_and_its_token_is_used() {
+    let mut h = Harness::new().await;
+    h.fakes.add(spread(SUB_A, "a", 3, 5, "Succeeded"));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let az = h.fakes.azure.lock().unwrap();
+    let form = az.token_forms.first().expect("a token request");
+    assert_eq!(form.get("client_id").map(String::as_str), Some(CLIENT_ID));
+    assert_eq!(
+        form.get("grant_type").map(String::as_str),
+        Some("client_credentials")
+    );
+    let scope = format!("http://{}/.default", h.fakes.arm_addr);
+    assert_eq!(form.get("scope"), Some(&scope));
+    // The credential caches its token: one sign-in for the whole run.
+    assert_eq!(az.issued.len(), 1);
+    assert!(
+        az.requests
+            .iter()
+            .all(|r| r.bearer.as_deref() == Some(az.issued[0].as_str()))
+    );
+    drop(az);
+    assert_no_secrets(&h, &run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_client_secret_fails_clearly_without_printing_it() {
+    let mut h = Harness::new().await;
+    std::fs::write(h.path("client-secret"), "not-the-secret-DO-NOT-LOG").unwrap();
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(69), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("credential \"main\""), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("not-the-secret-DO-NOT-LOG"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(h.fakes.ingest.lock().unwrap().attempts, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_from_the_watermark_without_gap_or_duplicate() {
+    let mut h = Harness::new().await;
+    h.window = "30s";
+    let first = spread(SUB_A, "first", 40, 20, "Succeeded");
+    h.fakes.add(first.clone());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&first));
+
+    // New entries, and one that is late: stamped before the first run ended,
+    // visible only now.
+    let mut second = spread(SUB_A, "second", 25, 2, "Succeeded");
+    let mut late = entry(
+        SUB_A,
+        "late-1",
+        Utc::now() - chrono::Duration::seconds(15),
+        "Succeeded",
+    );
+    late.visible_at = Utc::now();
+    second.push(late);
+    h.fakes.add(second.clone());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let mut expected = ids(&first);
+    expected.extend(ids(&second));
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+
+    // The second run's query looked back a whole window before the first run's end.
+    let bounds: Vec<(String, String)> = h
+        .fakes
+        .arm_requests()
+        .iter()
+        .filter_map(|r| r.filter.clone())
+        .filter_map(|f| {
+            let q: Vec<&str> = f.split('\'').collect();
+            (q.len() >= 4).then(|| (q[1].to_string(), q[3].to_string()))
+        })
+        .collect();
+    let parse = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+    let (first_end, second_start) = (
+        parse(&bounds[bounds.len() - 2].1),
+        parse(&bounds[bounds.len() - 1].0),
+    );
+    assert!(
+        second_start <= first_end - chrono::Duration::seconds(29),
+        "second run starts at {second_start}, first ended at {first_end}"
+    );
+    assert_no_secrets(&h, &run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_delivers_a_late_entry_exactly_once() {
+    let mut h = Harness::new().await;
+    h.interval = "1s";
+    h.window = "20s";
+    let early = spread(SUB_A, "early", 10, 5, "Succeeded");
+    h.fakes.add(early.clone());
+    let d = h.daemon(&[]);
+    eventually(
+        Duration::from_secs(30),
+        "the first entries are delivered",
+        || h.fakes.received_ids().len() >= early.len(),
+    )
+    .await;
+    // An entry stamped 8 s ago appears now: Azure received it late.
+    let mut late = entry(
+        SUB_A,
+        "late",
+        Utc::now() - chrono::Duration::seconds(8),
+        "Succeeded",
+    );
+    late.visible_at = Utc::now();
+    h.fakes.add([late]);
+    eventually(
+        Duration::from_secs(30),
+        "the late entry is delivered",
+        || h.fakes.received_ids().iter().any(|i| i == "late"),
+    )
+    .await;
+    // Let several more polls re-query the window that holds it.
+    let seen = h.fakes.arm_requests().len();
+    eventually(Duration::from_secs(30), "five more polls", || {
+        h.fakes.arm_requests().len() >= seen + 5
+    })
+    .await;
+    let (code, log) = d.stop().await;
+    assert_eq!(code, Some(0), "log:\n{log}");
+    let mut expected = ids(&early);
+    expected.push("late".into());
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+    assert!(log.contains("shutting down"), "{log}");
+    assert_no_secrets(&h, &log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_down_then_up_delivers_everything_once() {
+    let mut h = Harness::new().await;
+    h.interval = "1s";
+    h.window = "20s";
+    h.fakes.set_ingest(IngestMode::Down(503));
+    let before = spread(SUB_A, "before", 15, 5, "Succeeded");
+    h.fakes.add(before.clone());
+    let d = h.daemon(&[]);
+    // Polling goes on while the endpoint is down.
+    eventually(
+        Duration::from_secs(30),
+        "several polls and delivery attempts",
+        || h.fakes.arm_requests().len() >= 3 && h.fakes.ingest.lock().unwrap().attempts >= 3,
+    )
+    .await;
+    let during = spread(SUB_A, "during", 10, 1, "Succeeded");
+    h.fakes.add(during.clone());
+    let seen = h.fakes.arm_requests().len();
+    eventually(Duration::from_secs(30), "a poll after new entries", || {
+        h.fakes.arm_requests().len() >= seen + 2
+    })
+    .await;
+    assert!(h.fakes.received_ids().is_empty());
+    h.fakes.set_ingest(IngestMode::Up);
+    let mut expected = ids(&before);
+    expected.extend(ids(&during));
+    eventually(
+        Duration::from_secs(30),
+        "everything delivered after the endpoint returns",
+        || h.fakes.received_ids().len() >= expected.len(),
+    )
+    .await;
+    let (code, log) = d.stop().await;
+    assert_eq!(code, Some(0), "log:\n{log}");
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+    assert_no_secrets(&h, &log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_with_the_endpoint_down_exits_75_and_the_next_run_delivers() {
+    let mut h = Harness::new().await;
+    h.window = "30s";
+    h.fakes.set_ingest(IngestMode::Down(500));
+    let entries = spread(SUB_A, "e", 12, 5, "Succeeded");
+    h.fakes.add(entries.clone());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(75), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("12 event(s) stay in the outbox"),
+        "{}",
+        run.stderr
+    );
+    h.fakes.set_ingest(IngestMode::Up);
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+    assert_no_secrets(&h, &run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_honours_retry_after() {
+    let mut h = Harness::new().await;
+    let entries = spread(SUB_A, "t", 5, 5, "Succeeded");
+    h.fakes.add(entries.clone());
+    h.fakes.fault(Fault::Status(429, Some(1)));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let reqs = h.fakes.arm_requests();
+    assert_eq!(reqs[0].status, 429);
+    assert_eq!(reqs[1].status, 200);
+    let waited = reqs[1].at - reqs[0].at;
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before Retry-After"
+    );
+    assert!(run.stderr.contains("throttling"), "{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_and_cut_connections_are_retried() {
+    let mut h = Harness::new().await;
+    h.fakes.azure.lock().unwrap().page_size = 4;
+    let entries = spread(SUB_A, "r", 10, 5, "Succeeded");
+    h.fakes.add(entries.clone());
+    for f in [
+        Fault::Status(500, None),
+        Fault::Status(503, None),
+        Fault::Cut,
+        Fault::Status(502, None),
+    ] {
+        h.fakes.fault(f);
+    }
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_server_errors_fail_the_subscription_with_75_and_keep_the_watermark() {
+    let mut h = Harness::new().await;
+    let entries = spread(SUB_A, "p", 6, 5, "Succeeded");
+    h.fakes.add(entries.clone());
+    for _ in 0..5 {
+        h.fakes.fault(Fault::Status(500, None));
+    }
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(75), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("sub-089bd33f"),
+        "names the subscription: {}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("HTTP 500"), "{}", run.stderr);
+    assert!(h.fakes.received_ids().is_empty());
+    // Nothing was lost: the next run starts where the failed one did.
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_refreshes_the_token_once() {
+    let mut h = Harness::new().await;
+    let entries = spread(SUB_A, "u", 3, 5, "Succeeded");
+    h.fakes.add(entries.clone());
+    h.fakes.fault(Fault::Status(401, None));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_eq!(
+        h.fakes.azure.lock().unwrap().issued.len(),
+        2,
+        "a second token was requested"
+    );
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+
+    // A 403 is not retried: it needs a person.
+    h.fakes.fault(Fault::Status(403, None));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(69), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("HTTP 403"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_page_fails_the_poll_without_moving_the_watermark() {
+    let mut h = Harness::new().await;
+    h.window = "30s";
+    let entries = spread(SUB_A, "m", 8, 5, "Succeeded");
+    h.fakes.add(entries.clone());
+    for body in ["{\"value\": [", "{\"nothing\": []}", "{\"value\": [1, 2]}"] {
+        h.fakes.fault(Fault::Body(body));
+        let run = h.once(&[]).await;
+        assert_eq!(run.code, Some(75), "stderr:\n{}", run.stderr);
+        assert!(run.stderr.contains("malformed page"), "{}", run.stderr);
+        assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
+    }
+    assert!(h.fakes.received_ids().is_empty());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unidentifiable_entries_and_rejected_events_go_to_dead_letters() {
+    let mut h = Harness::new().await;
+    let good = spread(SUB_A, "g", 6, 5, "Succeeded");
+    let mut no_id = entry(
+        SUB_A,
+        "x",
+        Utc::now() - chrono::Duration::seconds(2),
+        "Succeeded",
+    );
+    no_id.body.as_object_mut().unwrap().remove("eventDataId");
+    no_id.body.as_object_mut().unwrap().remove("id");
+    let mut bad_time = entry(
+        SUB_A,
+        "bad-time",
+        Utc::now() - chrono::Duration::seconds(2),
+        "Succeeded",
+    );
+    bad_time.body["eventTimestamp"] = "yesterday".into();
+    let rejected = entry(
+        SUB_A,
+        "rejected",
+        Utc::now() - chrono::Duration::seconds(3),
+        "Succeeded",
+    );
+    h.fakes
+        .ingest
+        .lock()
+        .unwrap()
+        .reject
+        .insert("rejected".into());
+    h.fakes.add(good.clone());
+    h.fakes.add([no_id, bad_time, rejected]);
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&good));
+    assert!(
+        run.stderr.contains("entry has no eventDataId"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("unparseable eventTimestamp"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("rejected an event"), "{}", run.stderr);
+    // The rejected event was tried once, not forever.
+    let attempts = h.fakes.ingest.lock().unwrap().attempts;
+    assert_eq!(attempts, good.len() + 1);
+    // All three are kept where people can see them.
+    let db = rusqlite::Connection::open(h.path("state.db")).unwrap();
+    let dead: i64 = db
+        .query_row("SELECT COUNT(*) FROM dead_letter", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(dead, 3);
+    // A second run quarantines nothing twice.
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let dead: i64 = db
+        .query_row("SELECT COUNT(*) FROM dead_letter", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(dead, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_clock_ahead_of_azure_loses_nothing() {
+    let mut h = Harness::new().await;
+    h.interval = "1s";
+    h.window = "5s";
+    // Azure's clock is a minute behind this host's.
+    h.fakes.azure.lock().unwrap().skew = chrono::Duration::seconds(-60);
+    let d = h.daemon(&[]);
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        let seen = h.fakes.arm_requests().len();
+        eventually(Duration::from_secs(30), "two more polls", || {
+            h.fakes.arm_requests().len() >= seen + 2
+        })
+        .await;
+        // Azure stamps new entries with its own clock.
+        let e = entry(
+            SUB_A,
+            &format!("skew-{round}"),
+            h.fakes.azure_now(),
+            "Succeeded",
+        );
+        expected.push(e.id.clone());
+        h.fakes.add([e]);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while h.fakes.received_ids().len() < expected.len() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, log) = d.stop().await;
+    if h.fakes.received_ids().len() < expected.len() {
+        let f: Vec<_> = h
+            .fakes
+            .arm_requests()
+            .iter()
+            .map(|r| (r.filter.clone(), r.status))
+            .collect();
+        panic!(
+            "received {:?}\nfilters {f:#?}\nlog:\n{log}",
+            h.fakes.received_ids()
+        );
+    }
+    assert_eq!(code, Some(0), "log:\n{log}");
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+    assert!(log.contains("clock differs from Azure's"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_link_to_another_host_is_refused() {
+    let mut h = Harness::new().await;
+    h.fakes.fault(Fault::Body(
+        "{\"value\": [], \"nextLink\": \"http://127.0.0.2:1/subscriptions/x?$skiptoken=1\"}",
+    ));
+    let run = h.once(&["--since", "5m"]).await;
+    assert_eq!(run.code, Some(69), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("refusing to send the token there"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_places_the_first_query_and_is_bounded_by_90_days() {
+    let mut h = Harness::new().await;
+    let old = entry(
+        SUB_A,
+        "two-hours-ago",
+        Utc::now() - chrono::Duration::minutes(110),
+        "Succeeded",
+    );
+    h.fakes.add([old]);
+    let run = h.once(&["--since", "2h"]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &["two-hours-ago".to_string()]);
+    // Caught up in one-hour chunks.
+    assert!(h.fakes.arm_requests().len() >= 2);
+
+    let mut h = Harness::new().await;
+    for bad in ["91days", "2020-01-01T00:00:00Z", "yesterday-ish"] {
+        let run = h.once(&["--since", bad]).await;
+        assert_eq!(run.code, Some(78), "--since {bad}: stderr:\n{}", run.stderr);
+        assert!(run.stderr.contains("--since"), "{}", run.stderr);
+    }
+    assert!(h.fakes.arm_requests().is_empty());
 }
