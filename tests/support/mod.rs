@@ -297,7 +297,7 @@ async fn list(
                         && e.visible_at <= now
                 })
                 .collect();
-            matching.sort_by(|a, b| b.ts.cmp(&a.ts));
+            matching.sort_by_key(|e| std::cmp::Reverse(e.ts));
             let snapshot: Vec<Value> = matching.into_iter().map(|e| e.body.clone()).collect();
             let key = format!("snap{}", s.next_snapshot);
             s.next_snapshot += 1;
