@@ -318,7 +318,6 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialConfig>,
     pub guardrails: GuardrailsConfig,
     pub subscriptions: Vec<SubscriptionConfig>,
-    pub telemetry_listen: Option<std::net::SocketAddr>,
 }
 
 mod raw {
@@ -335,7 +334,6 @@ mod raw {
         pub defaults: Option<Defaults>,
         #[serde(default)]
         pub subscription: Vec<Spanned<Subscription>>,
-        pub telemetry: Option<Telemetry>,
     }
 
     #[derive(Deserialize)]
@@ -401,12 +399,6 @@ mod raw {
         pub interval: Option<Spanned<String>>,
         pub window: Option<Spanned<String>>,
         pub statuses: Option<Spanned<Vec<String>>>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct Telemetry {
-        pub listen: Option<Spanned<String>>,
     }
 }
 
@@ -748,24 +740,6 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         }
     }
 
-    let telemetry_listen = file
-        .telemetry
-        .as_ref()
-        .and_then(|t| t.listen.as_ref())
-        .and_then(|l| match l.get_ref().parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
-                ck.at(
-                    l.span(),
-                    format!(
-                        "[telemetry] listen {:?} is not an address like \"127.0.0.1:9464\"",
-                        l.get_ref()
-                    ),
-                );
-                None
-            }
-        });
-
     Some(Config {
         path: path.to_path_buf(),
         state_path: state_path?,
@@ -784,7 +758,6 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         credentials,
         guardrails: guardrails?,
         subscriptions,
-        telemetry_listen,
     })
 }
 
