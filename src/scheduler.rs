@@ -155,28 +155,32 @@ pub async fn run_once(
 
 /// The daemon: polls every subscription on its interval and delivers
 /// continuously until `shutdown` turns true; then finishes within `grace`.
+/// If the forwarder cannot go on (the state database failed), everything stops
+/// and the error is returned, so that the service manager restarts us.
 pub async fn run_daemon(
     app: Arc<App>,
     since: Option<Timestamp>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> Result<(), crate::store::StoreError> {
+    // Tasks listen to `stop`, which the caller's `shutdown` or a failure sets.
+    let (stop_tx, stop) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(app.config.azure.concurrency));
     let mut polls = JoinSet::new();
     for i in 0..app.config.subscriptions.len() {
         let app = app.clone();
         let permits = permits.clone();
-        let mut shutdown = shutdown.clone();
+        let mut stop = stop.clone();
         polls.spawn(async move {
             let sub = &app.config.subscriptions[i];
             let mut tick = tokio::time::interval(sub.schedule.interval());
             tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = shutdown.changed() => break,
+                    _ = stop.changed() => break,
                     _ = tick.tick() => {}
                 }
-                if *shutdown.borrow() {
+                if *stop.borrow() {
                     break;
                 }
                 let Ok(_permit) = permits.clone().acquire_owned().await else {
@@ -186,17 +190,29 @@ pub async fn run_daemon(
             }
         });
     }
-    let forwarder = {
+    let mut forwarder = {
         let app = app.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.forwarder.run(app.outbox_ready.clone(), shutdown).await })
+        let stop = stop.clone();
+        tokio::spawn(async move { app.forwarder.run(app.outbox_ready.clone(), stop).await })
     };
 
-    let mut shutdown = shutdown;
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
+    let failed = tokio::select! {
+        _ = async {
+            while !*shutdown.borrow() {
+                if shutdown.changed().await.is_err() {
+                    break;
+                }
+            }
+        } => None,
+        ended = &mut forwarder => Some(match ended {
+            Ok(Ok(())) => crate::store::StoreError::Task("the forwarder stopped".into()),
+            Ok(Err(e)) => e,
+            Err(e) => crate::store::StoreError::Task(e.to_string()),
+        }),
+    };
+    let _ = stop_tx.send(true);
+    if let Some(e) = &failed {
+        tracing::error!(error = %e, "delivery cannot continue; stopping");
     }
     tracing::info!(
         grace_s = grace.as_secs(),
@@ -212,6 +228,9 @@ pub async fn run_daemon(
             "grace period over: abandoning polls in flight (their windows are queried again on the next start)"
         );
         polls.abort_all();
+    }
+    if let Some(e) = failed {
+        return Err(e);
     }
     match tokio::time::timeout_at(deadline + Duration::from_secs(1), forwarder).await {
         Ok(Ok(r)) => r,

@@ -627,3 +627,111 @@ async fn killed_while_delivering_loses_nothing_and_repeats_only_cut_posts() {
         "{duplicates} duplicates after {kills} kills"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_subscription_does_not_stop_the_others() {
+    let mut h = Harness::new().await;
+    const SUB_C: &str = "31522864-0578-4ea0-9fdc-e66cc564d18c";
+    h.subscriptions = vec![
+        (SUB_A.to_string(), false),
+        (SUB_B.to_string(), false),
+        (SUB_C.to_string(), false),
+    ];
+    h.fakes.azure.lock().unwrap().deny.insert(SUB_B.to_string());
+    let a = spread(SUB_A, "a", 20, 5, "Succeeded");
+    let b = spread(SUB_B, "b", 20, 5, "Succeeded");
+    let c = spread(SUB_C, "c", 20, 5, "Succeeded");
+    h.fakes.add(a.clone());
+    h.fakes.add(b);
+    h.fakes.add(c.clone());
+    let run = h.once(&["--since", "1m"]).await;
+    assert_eq!(run.code, Some(69), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains(&format!("subscription sub-1e8d8218 ({SUB_B}) failed")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("AuthorizationFailed"), "{}", run.stderr);
+    let mut expected = ids(&a);
+    expected.extend(ids(&c));
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+
+    // The daemon goes on polling the healthy ones and retries the failing one.
+    let d = h.daemon(&[]);
+    let more = spread(SUB_C, "c-more", 5, 1, "Succeeded");
+    h.fakes.add(more.clone());
+    expected.extend(ids(&more));
+    eventually(
+        Duration::from_secs(30),
+        "new entries of a healthy subscription",
+        || h.fakes.received_ids().len() >= expected.len(),
+    )
+    .await;
+    let denied_before = h
+        .fakes
+        .arm_requests()
+        .iter()
+        .filter(|r| r.subscription == SUB_B)
+        .count();
+    eventually(
+        Duration::from_secs(30),
+        "the failing one is retried",
+        || {
+            h.fakes
+                .arm_requests()
+                .iter()
+                .filter(|r| r.subscription == SUB_B)
+                .count()
+                > denied_before
+        },
+    )
+    .await;
+    let (code, log) = d.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_format_posts_the_webhook_shape() {
+    for (format, schema) in [
+        (
+            "activity-log-alert",
+            Some("Microsoft.Insights/activityLogs"),
+        ),
+        ("common-alert-schema", Some("azureMonitorCommonAlertSchema")),
+        ("event-data", None),
+    ] {
+        let mut h = Harness::new().await;
+        h.format = format;
+        let e = entry(
+            SUB_A,
+            "f-1",
+            Utc::now() - chrono::Duration::seconds(2),
+            "Succeeded",
+        );
+        h.fakes.add([e.clone()]);
+        let run = h.once(&[]).await;
+        assert_eq!(run.code, Some(0), "{format}: stderr:\n{}", run.stderr);
+        let docs = h.fakes.received();
+        assert_eq!(docs.len(), 1, "{format}");
+        let doc = &docs[0];
+        match schema {
+            Some(id) => {
+                assert_eq!(doc["schemaId"], id, "{format}");
+                let ctx = doc
+                    .pointer("/data/context/activityLog")
+                    .or_else(|| doc.pointer("/data/alertContext"))
+                    .expect("an activity log context");
+                assert_eq!(ctx["status"], "Succeeded");
+                assert_eq!(ctx["eventSource"], "Administrative");
+                assert!(ctx["claims"].is_string() && ctx["httpRequest"].is_string());
+                // Every field of the source entry is carried.
+                for key in e.body.as_object().unwrap().keys() {
+                    assert!(ctx.get(key).is_some(), "{format}: {key} missing");
+                }
+            }
+            None => assert_eq!(doc, &e.body, "event-data is the entry unchanged"),
+        }
+    }
+}

@@ -136,6 +136,8 @@ pub struct AzureState {
     pub issued: Vec<String>,
     /// Azure's clock minus ours.
     pub skew: chrono::Duration,
+    /// Subscriptions the principal has no role on: 403.
+    pub deny: HashSet<String>,
     snapshots: HashMap<String, Vec<Value>>,
     next_snapshot: usize,
 }
@@ -224,6 +226,14 @@ async fn list(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
             "The access token is invalid.",
+        );
+        return respond(&mut s, record, r);
+    }
+    if s.deny.contains(&subscription) {
+        let r = arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            "The client does not have authorization to perform action 'Microsoft.Insights/eventtypes/values/read'.",
         );
         return respond(&mut s, record, r);
     }
