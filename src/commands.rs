@@ -7,9 +7,9 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::watch;
 
-use crate::app::{App, StartError, parse_since, refuse_handler_conflicts};
+use crate::app::{App, StartError, parse_since};
 use crate::cli::{Cli, Command, RunArgs};
-use crate::config::{Config, ConfigError, ProcessEnv};
+use crate::config::{Config, ProcessEnv};
 use crate::scheduler;
 use crate::store::StoreError;
 
@@ -61,27 +61,28 @@ fn check_config(path: &Path) -> ExitCode {
     match Config::load(path, &ProcessEnv) {
         Ok(config) => {
             let conflicts = config.handler_conflicts();
-            println!(
-                "{}: valid; {} subscription(s), {} credential(s)",
-                path.display(),
-                config.subscriptions.len(),
-                config.credentials.len()
-            );
             if conflicts.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                if let Err(e) = refuse_handler_conflicts(&config) {
-                    eprintln!("{e}");
-                }
-                ExitCode::from(exit::CONFIG)
+                println!(
+                    "{}: valid; {} subscription(s), {} credential(s)",
+                    path.display(),
+                    config.subscriptions.len(),
+                    config.credentials.len()
+                );
+                return ExitCode::SUCCESS;
             }
+            for sub in conflicts {
+                let (line, column) = sub.event_handlers_at.unwrap_or((1, 1));
+                eprintln!(
+                    "{}:{line}:{column}: subscription {}: event_handlers = true: the poller refuses to run while Guardrails event handlers are active",
+                    path.display(),
+                    sub.label()
+                );
+            }
+            ExitCode::from(exit::CONFIG)
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::from(match e {
-                ConfigError::Read { .. } => exit::CONFIG,
-                ConfigError::Invalid { .. } => exit::CONFIG,
-            })
+            ExitCode::from(exit::CONFIG)
         }
     }
 }

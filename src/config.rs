@@ -292,6 +292,8 @@ pub struct SubscriptionConfig {
     pub id: SubscriptionId,
     pub name: Option<String>,
     pub event_handlers: bool,
+    /// Where `event_handlers` is set, as (line, column), for messages.
+    pub event_handlers_at: Option<(usize, usize)>,
     pub schedule: Schedule,
     pub credential: String,
     pub statuses: Vec<String>,
@@ -323,7 +325,7 @@ pub struct Config {
 mod raw {
     use super::*;
 
-    #[derive(Deserialize)]
+    #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
     pub struct File {
         pub state: Option<Spanned<State>>,
@@ -393,8 +395,7 @@ mod raw {
     pub struct Subscription {
         pub id: Spanned<String>,
         pub name: Option<String>,
-        #[serde(default)]
-        pub event_handlers: bool,
+        pub event_handlers: Option<Spanned<bool>>,
         pub credential: Option<Spanned<String>>,
         pub interval: Option<Spanned<String>>,
         pub window: Option<Spanned<String>>,
@@ -406,6 +407,9 @@ mod raw {
 struct Checker<'a> {
     source: &'a str,
     problems: Vec<Problem>,
+    /// Sections whose own problems were reported while reading them; they are
+    /// not reported again as missing.
+    unreadable: HashSet<String>,
 }
 
 impl<'a> Checker<'a> {
@@ -503,19 +507,10 @@ impl Config {
         let mut ck = Checker {
             source,
             problems: Vec::new(),
+            unreadable: HashSet::new(),
         };
-        let file: raw::File = match toml::from_str(source) {
-            Ok(f) => f,
-            Err(e) => {
-                let span = e.span().unwrap_or(0..0);
-                ck.at(span, e.message().trim().to_string());
-                return Err(ConfigError::Invalid {
-                    path: path.to_path_buf(),
-                    problems: ck.problems,
-                });
-            }
-        };
-        let config = validate(file, &mut ck, path, env);
+        let file = read_pieces(&mut ck);
+        let config = file.and_then(|file| validate(file, &mut ck, path, env));
         match config {
             Some(c) if ck.problems.is_empty() => Ok(c),
             _ => Err(ConfigError::Invalid {
@@ -551,7 +546,9 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
     let state_path = match file.state.as_ref().and_then(|s| s.get_ref().path.as_ref()) {
         Some(p) => Some(base_dir.join(p.get_ref())),
         None => {
-            ck.at(0..0, "missing [state] path: where the state database lives");
+            if !ck.unreadable.contains("state") {
+                ck.at(0..0, "missing [state] path: where the state database lives");
+            }
             None
         }
     };
@@ -610,10 +607,12 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
     // [guardrails]
     let guardrails = match &file.guardrails {
         None => {
-            ck.at(
-                0..0,
-                "missing [guardrails] section: where events are delivered",
-            );
+            if !ck.unreadable.contains("guardrails") {
+                ck.at(
+                    0..0,
+                    "missing [guardrails] section: where events are delivered",
+                );
+            }
             None
         }
         Some(g) => validate_guardrails(g, ck, env, &resolve),
@@ -639,7 +638,7 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
     };
 
     // [[subscription]]
-    if file.subscription.is_empty() {
+    if file.subscription.is_empty() && !ck.unreadable.contains("subscription") {
         ck.at(
             source_len(ck),
             "no [[subscription]] configured: add at least one",
@@ -679,14 +678,24 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
             (Some(i), Some(w)) => match Schedule::new(i, w) {
                 Ok(s) => Some(s),
                 Err(msg) => {
-                    let at = s
-                        .window
+                    // Point at the value that is wrong: the interval when it is
+                    // too short, else the window; the subscription's own value
+                    // before the [defaults] one.
+                    let interval_at = s
+                        .interval
                         .as_ref()
-                        .or(s.interval.as_ref())
-                        .map(|v| v.span())
-                        .or_else(|| d.window.as_ref().map(|v| v.span()))
-                        .unwrap_or(span.clone());
-                    ck.at(at, format!("subscription {id}: {msg}"));
+                        .or(d.interval.as_ref())
+                        .map(|v| v.span());
+                    let window_at = s.window.as_ref().or(d.window.as_ref()).map(|v| v.span());
+                    let at = if i < Duration::from_secs(1) {
+                        interval_at.or(window_at)
+                    } else {
+                        window_at.or(interval_at)
+                    };
+                    ck.at(
+                        at.unwrap_or(span.clone()),
+                        format!("subscription {id}: {msg}"),
+                    );
                     None
                 }
             },
@@ -698,6 +707,12 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
                     || file.credentials.contains_key(c.get_ref())
                 {
                     Some(c.get_ref().clone())
+                } else if ck
+                    .unreadable
+                    .contains(&format!("credentials.{}", c.get_ref()))
+                {
+                    // Its own problem was reported already.
+                    None
                 } else {
                     let known: Vec<&str> = file.credentials.keys().map(String::as_str).collect();
                     ck.at(
@@ -732,7 +747,11 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
             subscriptions.push(SubscriptionConfig {
                 id,
                 name: s.name.clone(),
-                event_handlers: s.event_handlers,
+                event_handlers: s.event_handlers.as_ref().is_some_and(|b| *b.get_ref()),
+                event_handlers_at: s
+                    .event_handlers
+                    .as_ref()
+                    .map(|b| line_column(ck.source, b.span().start)),
                 schedule,
                 credential,
                 statuses,
@@ -759,6 +778,98 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         guardrails: guardrails?,
         subscriptions,
     })
+}
+
+/// Reads the file section by section (each `[[subscription]]` on its own), so
+/// that a problem in one does not hide the problems of the others.
+fn read_pieces(ck: &mut Checker<'_>) -> Option<raw::File> {
+    use toml::de::{DeArray, DeTable, DeValue};
+    let root = match DeTable::parse(ck.source) {
+        Ok(r) => r,
+        Err(e) => {
+            ck.at(e.span().unwrap_or(0..0), e.message().trim().to_string());
+            return None;
+        }
+    };
+    let span = root.span();
+    let mut file = raw::File::default();
+    for (key, value) in root.into_inner() {
+        let pieces: Vec<Spanned<DeValue<'_>>> = match value.get_ref() {
+            // Each credential on its own, like each subscription.
+            DeValue::Table(creds) if key.get_ref() == "credentials" => creds
+                .iter()
+                .map(|(name, cred)| {
+                    let mut one = DeTable::new();
+                    one.insert(name.clone(), cred.clone());
+                    Spanned::new(value.span(), DeValue::Table(one))
+                })
+                .collect(),
+            DeValue::Array(items) if key.get_ref() == "subscription" => items
+                .iter()
+                .map(|item| {
+                    let mut one = DeArray::new();
+                    one.push(item.clone());
+                    Spanned::new(value.span(), DeValue::Array(one))
+                })
+                .collect(),
+            _ => vec![value.clone()],
+        };
+        for piece in pieces {
+            let piece_value = piece.get_ref().clone();
+            let mut table = DeTable::new();
+            table.insert(key.clone(), piece);
+            let de = toml::de::Deserializer::from(Spanned::new(span.clone(), table));
+            match raw::File::deserialize(de) {
+                Ok(part) => file.merge(part),
+                Err(e) => {
+                    let at = e.span().unwrap_or(0..0);
+                    let message = redact_secret_value(ck.source, &at, e.message().trim());
+                    ck.at(at, message);
+                    let mut what = key.get_ref().to_string();
+                    if let DeValue::Table(t) = piece_value
+                        && what == "credentials"
+                        && let Some((name, _)) = t.iter().next()
+                    {
+                        what = format!("{what}.{}", name.get_ref());
+                    }
+                    ck.unreadable.insert(what);
+                }
+            }
+        }
+    }
+    Some(file)
+}
+
+impl raw::File {
+    fn merge(&mut self, part: raw::File) {
+        self.state = part.state.or(self.state.take());
+        self.azure = part.azure.or(self.azure.take());
+        self.credentials.extend(part.credentials);
+        self.guardrails = part.guardrails.or(self.guardrails.take());
+        self.defaults = part.defaults.or(self.defaults.take());
+        self.subscription.extend(part.subscription);
+    }
+}
+
+/// Serde quotes the offending value in type errors; for a secret key that
+/// value is the secret, so say only what is wrong.
+fn redact_secret_value(source: &str, at: &Range<usize>, message: &str) -> String {
+    let line_start = source
+        .get(..at.start)
+        .and_then(|s| s.rfind('\n'))
+        .map_or(0, |i| i + 1);
+    let line = source
+        .get(line_start..)
+        .unwrap_or("")
+        .lines()
+        .next()
+        .unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    if ["client_secret", "ingest_url"].contains(&key) {
+        format!("{key} must be a string")
+    } else {
+        message.to_string()
+    }
 }
 
 fn source_len(ck: &Checker<'_>) -> Range<usize> {
