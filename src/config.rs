@@ -889,6 +889,10 @@ fn statuses(value: &Spanned<Vec<String>>, ck: &mut Checker<'_>) -> Option<Vec<St
     Some(list.iter().map(|s| s.trim().to_string()).collect())
 }
 
+fn span_of<T>(v: &Option<Spanned<T>>) -> Option<Range<usize>> {
+    v.as_ref().map(|v| v.span())
+}
+
 fn require<'r>(
     field: &'r Option<Spanned<String>>,
     ck: &mut Checker<'_>,
@@ -934,12 +938,7 @@ fn validate_credential(
     ];
     match c.kind.get_ref().as_str() {
         "client_secret" => {
-            forbid(
-                ck,
-                c.token_file.as_ref().map(|v| v.span()),
-                "token_file",
-                "client_secret",
-            );
+            forbid(ck, span_of(&c.token_file), "token_file", "client_secret");
             let tenant_id = require(&c.tenant_id, ck, span.clone(), &key("tenant_id"));
             let client_id = require(&c.client_id, ck, span.clone(), &key("client_id"));
             let secret = load_secret(
@@ -970,18 +969,8 @@ fn validate_credential(
             }
             match kind {
                 "managed_identity" => {
-                    forbid(
-                        ck,
-                        c.tenant_id.as_ref().map(|v| v.span()),
-                        "tenant_id",
-                        kind,
-                    );
-                    forbid(
-                        ck,
-                        c.token_file.as_ref().map(|v| v.span()),
-                        "token_file",
-                        kind,
-                    );
+                    forbid(ck, span_of(&c.tenant_id), "tenant_id", kind);
+                    forbid(ck, span_of(&c.token_file), "token_file", kind);
                     Some(CredentialConfig::ManagedIdentity {
                         client_id: opt(&c.client_id),
                     })
@@ -1003,18 +992,8 @@ fn validate_credential(
                     })
                 }
                 _ => {
-                    forbid(
-                        ck,
-                        c.client_id.as_ref().map(|v| v.span()),
-                        "client_id",
-                        kind,
-                    );
-                    forbid(
-                        ck,
-                        c.token_file.as_ref().map(|v| v.span()),
-                        "token_file",
-                        kind,
-                    );
+                    forbid(ck, span_of(&c.client_id), "client_id", kind);
+                    forbid(ck, span_of(&c.token_file), "token_file", kind);
                     Some(CredentialConfig::AzureCli {
                         tenant_id: opt(&c.tenant_id),
                     })
