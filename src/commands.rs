@@ -47,6 +47,7 @@ fn fail(e: &StartError) -> ExitCode {
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { config }) => check_config(&config),
+        Some(Command::Demo { duration }) => demo(duration),
         None => match &cli.run.config {
             Some(path) => run_poller(path, &cli.run),
             None => {
@@ -83,6 +84,24 @@ fn check_config(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(exit::CONFIG)
+        }
+    }
+}
+
+fn demo(duration: std::time::Duration) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    match rt.block_on(crate::demo::run(duration)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("azure-activity-poller: {e}");
+            ExitCode::from(exit::SOFTWARE)
         }
     }
 }

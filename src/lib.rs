@@ -8,6 +8,8 @@ pub mod azure;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
+pub mod emulator;
 pub mod event;
 pub mod format;
 pub mod forward;

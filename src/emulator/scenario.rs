@@ -1,0 +1,235 @@
+//! What the emulator simulates: a TOML scenario file (or flags) with the event
+//! rate and status mix per subscription, late arrival, Azure's faults and the
+//! endpoint's outages, and a seed that makes every run reproducible.
+//!
+//! ```toml
+//! seed = 42
+//! page_size = 200
+//!
+//! [[subscription]]
+//! id = "089bd33f-d4ec-47fe-8ba5-0753aa5c5b33"
+//! rate_per_minute = 600        # operations; each yields 2 or 3 entries
+//! succeeded = 0.8              # share of operations that end Succeeded (else Failed)
+//! backlog = 0                  # operations already in the log at start...
+//! backlog_span = "1h"          # ...spread over this span before start
+//!
+//! [late]                       # when entries become visible (submissionTimestamp)
+//! delay_min = "0s"             # every entry: uniform in [delay_min, delay_max]
+//! delay_max = "2s"
+//! fraction = 0.2               # and this share is late: uniform in [late_min, late_max]
+//! late_min = "5s"
+//! late_max = "40s"
+//!
+//! [azure]
+//! error_rate = 0.02            # HTTP 500/503 answers
+//! drop_rate = 0.01             # connections cut mid-response
+//! throttle_rate = 0.02         # HTTP 429 with Retry-After
+//! retry_after = "1s"
+//! token_bucket = true          # ARM's per-subscription reads: 250 tokens, 25 per second
+//!
+//! [[endpoint_outage]]          # relative to the emulator's start
+//! at = "20s"
+//! duration = "10s"
+//! mode = "unavailable"         # unavailable (503) | error (500) | slow | refuse (cut connection)
+//! delay = "2s"                 # for slow
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("scenario {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default = "default_page_size")]
+    pub page_size: usize,
+    #[serde(default, rename = "subscription")]
+    pub subscriptions: Vec<SubscriptionScenario>,
+    #[serde(default)]
+    pub late: Late,
+    #[serde(default)]
+    pub azure: AzureFaults,
+    #[serde(default, rename = "endpoint_outage")]
+    pub endpoint_outages: Vec<Outage>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+fn default_page_size() -> usize {
+    200
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionScenario {
+    pub id: String,
+    #[serde(default = "default_rate")]
+    pub rate_per_minute: f64,
+    #[serde(default = "default_succeeded")]
+    pub succeeded: f64,
+    #[serde(default)]
+    pub backlog: usize,
+    #[serde(default = "default_backlog_span", with = "humantime_serde")]
+    pub backlog_span: Duration,
+}
+
+fn default_rate() -> f64 {
+    60.0
+}
+fn default_succeeded() -> f64 {
+    0.8
+}
+fn default_backlog_span() -> Duration {
+    Duration::from_secs(3600)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Late {
+    #[serde(default, with = "humantime_serde")]
+    pub delay_min: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub delay_max: Duration,
+    #[serde(default)]
+    pub fraction: f64,
+    #[serde(default, with = "humantime_serde")]
+    pub late_min: Duration,
+    #[serde(default, with = "humantime_serde")]
+    pub late_max: Duration,
+}
+
+impl Default for Late {
+    fn default() -> Self {
+        Late {
+            delay_min: Duration::ZERO,
+            delay_max: Duration::ZERO,
+            fraction: 0.0,
+            late_min: Duration::ZERO,
+            late_max: Duration::ZERO,
+        }
+    }
+}
+
+impl Late {
+    /// The longest an entry can take to become visible.
+    pub fn max_delay(&self) -> Duration {
+        if self.fraction > 0.0 {
+            self.delay_max.max(self.late_max)
+        } else {
+            self.delay_max
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureFaults {
+    #[serde(default)]
+    pub error_rate: f64,
+    #[serde(default)]
+    pub drop_rate: f64,
+    #[serde(default)]
+    pub throttle_rate: f64,
+    #[serde(default = "default_retry_after", with = "humantime_serde")]
+    pub retry_after: Duration,
+    #[serde(default)]
+    pub token_bucket: bool,
+}
+
+fn default_retry_after() -> Duration {
+    Duration::from_secs(1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutageMode {
+    Unavailable,
+    Error,
+    Slow,
+    Refuse,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    pub mode: OutageMode,
+    #[serde(default = "default_slow", with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+fn default_slow() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, name: &str) -> Result<Scenario, ScenarioError> {
+        let invalid = |message: String| ScenarioError::Invalid {
+            path: name.to_string(),
+            message,
+        };
+        let s: Scenario = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        s.validate().map_err(invalid)?;
+        Ok(s)
+    }
+
+    /// Checks rates, delays and ids; the message names what is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let rate = |v: f64, k: &str| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{k} must be between 0 and 1, got {v}"))
+            }
+        };
+        rate(self.late.fraction, "late.fraction")?;
+        rate(self.azure.error_rate, "azure.error_rate")?;
+        rate(self.azure.drop_rate, "azure.drop_rate")?;
+        rate(self.azure.throttle_rate, "azure.throttle_rate")?;
+        if self.page_size == 0 {
+            return Err("page_size must be at least 1".into());
+        }
+        if self.late.delay_min > self.late.delay_max || self.late.late_min > self.late.late_max {
+            return Err("late: a minimum delay exceeds its maximum".into());
+        }
+        for s in &self.subscriptions {
+            rate(s.succeeded, "subscription.succeeded")?;
+            if crate::config::SubscriptionId::parse(&s.id).is_none() {
+                return Err(format!("subscription id {:?} is not a GUID", s.id));
+            }
+            if !(s.rate_per_minute >= 0.0 && s.rate_per_minute.is_finite()) {
+                return Err(format!(
+                    "subscription {}: rate_per_minute must be >= 0",
+                    s.id
+                ));
+            }
+        }
+        Ok(())
+    }
+}
