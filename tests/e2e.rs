@@ -735,3 +735,81 @@ async fn each_format_posts_the_webhook_shape() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_that_is_not_a_database_is_refused_untouched() {
+    let mut h = Harness::new().await;
+    let junk = b"this is not an SQLite database, and it must not be overwritten\n".repeat(64);
+    std::fs::write(h.path("state.db"), &junk).unwrap();
+    h.fakes.add(spread(SUB_A, "n", 3, 5, "Succeeded"));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(78), "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("is not an SQLite database"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("state.db"),
+        "names the file: {}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read(h.path("state.db")).unwrap(),
+        junk,
+        "the file was changed"
+    );
+    assert!(h.fakes.arm_requests().is_empty() && h.fakes.received_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_from_a_newer_version_is_refused() {
+    let mut h = Harness::new().await;
+    {
+        let db = rusqlite::Connection::open(h.path("state.db")).unwrap();
+        db.pragma_update(None, "user_version", 99).unwrap();
+    }
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(78), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("schema version 99"), "{}", run.stderr);
+    assert!(run.stderr.contains("newer"), "{}", run.stderr);
+    let db = rusqlite::Connection::open(h.path("state.db")).unwrap();
+    let v: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 99, "the version was reset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_torn_by_a_kill_recovers() {
+    let mut h = Harness::new().await;
+    h.window = "60s";
+    h.fakes.ingest.lock().unwrap().delay = Some(Duration::from_millis(10));
+    let entries = spread(SUB_A, "w", 200, 30, "Succeeded");
+    h.fakes.add(entries.clone());
+    let d = h.daemon(&[]);
+    eventually(Duration::from_secs(60), "deliveries under way", || {
+        h.fakes.received_ids().len() >= 60
+    })
+    .await;
+    d.kill().await;
+    // The kill left a write-ahead log; tear its last frame, as a kill in the
+    // middle of writing a commit would.
+    let wal = h.path("state.db-wal");
+    let len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(len > 100, "no write-ahead log to tear ({len} bytes)");
+    let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+    f.set_len(len - 37).unwrap();
+    drop(f);
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let delivered = h.fakes.received_ids();
+    let c = counts(&delivered);
+    for e in &entries {
+        assert!(c.contains_key(&e.id), "{} lost", e.id);
+    }
+    // The torn transaction can only have been an acknowledgement (or a page
+    // whose watermark did not move): at worst, a few events are sent again.
+    let duplicates: usize = c.values().map(|n| n - 1).sum();
+    assert!(duplicates <= 8, "{duplicates} duplicates");
+}
