@@ -58,6 +58,9 @@ pub struct App {
     pub forwarder: Arc<Forwarder>,
     pub tokens: BTreeMap<String, Arc<TokenSource>>,
     pub outbox_ready: Arc<Notify>,
+    pub http: reqwest::Client,
+    pub health: Arc<crate::health::Health>,
+    pub delivered: crate::forward::Delivered,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -108,6 +111,38 @@ impl App {
         refuse_handler_conflicts(&config)?;
         let store = Store::open(&config.state_path)?;
         let http = http_client()?;
+        Self::assemble(
+            config,
+            store,
+            http,
+            Arc::new(Notify::new()),
+            Arc::new(crate::health::Health::default()),
+            crate::forward::Delivered::default(),
+        )
+    }
+
+    /// The same process with a new configuration (SIGHUP): the state store,
+    /// HTTP client, wake-ups and health are kept; everything else is rebuilt.
+    pub fn rebuild(&self, config: Config) -> Result<App, StartError> {
+        refuse_handler_conflicts(&config)?;
+        Self::assemble(
+            config,
+            self.store.clone(),
+            self.http.clone(),
+            self.outbox_ready.clone(),
+            self.health.clone(),
+            self.delivered.clone(),
+        )
+    }
+
+    fn assemble(
+        config: Config,
+        store: Store,
+        http: reqwest::Client,
+        outbox_ready: Arc<Notify>,
+        health: Arc<crate::health::Health>,
+        delivered: crate::forward::Delivered,
+    ) -> Result<App, StartError> {
         let scope = config.azure.scope();
         let mut tokens = BTreeMap::new();
         let used: std::collections::BTreeSet<&str> = config
@@ -129,7 +164,6 @@ impl App {
             )?;
             tokens.insert(name.to_string(), Arc::new(source));
         }
-        let outbox_ready = Arc::new(Notify::new());
         let client = ActivityLogClient::new(
             http.clone(),
             config.azure.resource_manager_url.clone(),
@@ -143,10 +177,11 @@ impl App {
             skew: std::sync::Mutex::new(None),
         });
         let forwarder = Arc::new(Forwarder::new(
-            http,
+            http.clone(),
             &config.guardrails,
             store.clone(),
             config.guardrails.backoff,
+            delivered.clone(),
         ));
         Ok(App {
             config,
@@ -155,7 +190,19 @@ impl App {
             forwarder,
             tokens,
             outbox_ready,
+            http,
+            health,
+            delivered,
         })
+    }
+
+    /// Obtains one token from every credential in use: the first credential
+    /// check before the service reports ready.
+    pub async fn check_credentials(&self) -> Result<(), CredentialError> {
+        for source in self.tokens.values() {
+            source.token().await?;
+        }
+        Ok(())
     }
 
     pub fn tokens_for(&self, sub: &SubscriptionConfig) -> Option<Arc<TokenSource>> {

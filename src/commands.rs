@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio::sync::mpsc;
+
+use crate::daemon::Signal;
 
 use crate::app::{App, StartError, parse_since};
 use crate::cli::{Cli, Command, RunArgs};
@@ -61,6 +63,9 @@ pub fn run(cli: Cli) -> ExitCode {
 fn check_config(path: &Path) -> ExitCode {
     match Config::load(path, &ProcessEnv) {
         Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
             let conflicts = config.handler_conflicts();
             if conflicts.is_empty() {
                 println!(
@@ -134,6 +139,9 @@ fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
         }
     };
     rt.block_on(async move {
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
         let app = match App::build(config) {
             Ok(app) => Arc::new(app),
             Err(e) => return fail(&e),
@@ -189,13 +197,38 @@ async fn once(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunA
 }
 
 async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunArgs) -> ExitCode {
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("signal received");
-        let _ = tx.send(true);
-    });
-    match scheduler::run_daemon(app, since, rx, args.shutdown_grace).await {
+    // Metrics and health first, so that a slow credential check is visible.
+    if let Some(addr) = app.config.telemetry_listen {
+        let exporter = match crate::metrics::install() {
+            Ok(e) => Some(e),
+            Err(e) => {
+                tracing::error!(error = %e, "metrics are off");
+                None
+            }
+        };
+        match crate::health::bind(addr, app.health.clone(), exporter, app.store.clone()).await {
+            Ok((local, serve)) => {
+                tracing::info!(listen = %local, "serving /metrics, /healthz and /readyz");
+                tokio::spawn(serve);
+            }
+            Err(e) => {
+                eprintln!("azure-activity-poller: [telemetry] listen {addr}: {e}");
+                return ExitCode::from(exit::CONFIG);
+            }
+        }
+    }
+    crate::notify::status("checking credentials");
+    if let Err(e) = app.check_credentials().await {
+        eprintln!("azure-activity-poller: {e}");
+        let code = match e {
+            crate::azure::CredentialError::Timeout { .. } => exit::TEMPFAIL,
+            _ => exit::UNAVAILABLE,
+        };
+        return ExitCode::from(code);
+    }
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(forward_signals(tx));
+    match crate::daemon::run(app, since, rx, args.shutdown_grace).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -207,20 +240,28 @@ async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &Ru
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT stop the daemon; SIGHUP reloads its configuration.
+async fn forward_signals(tx: mpsc::Sender<Signal>) {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(Signal::Stop).await;
+        return;
+    };
+    loop {
+        let s = tokio::select! {
+            _ = term.recv() => Signal::Stop,
+            _ = int.recv() => Signal::Stop,
+            _ = hup.recv() => Signal::Reload,
+        };
+        tracing::info!(signal = ?s, "signal received");
+        if tx.send(s).await.is_err() || s == Signal::Stop {
+            return;
         }
     }
 }

@@ -193,7 +193,7 @@ pub enum Format {
     EventData,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AzureConfig {
     pub cloud: Cloud,
     pub resource_manager_url: Url,
@@ -287,7 +287,7 @@ pub struct GuardrailsConfig {
     pub backoff: Backoff,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionConfig {
     pub id: SubscriptionId,
     pub name: Option<String>,
@@ -320,6 +320,11 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialConfig>,
     pub guardrails: GuardrailsConfig,
     pub subscriptions: Vec<SubscriptionConfig>,
+    /// `[telemetry] listen`: where /metrics, /healthz and /readyz are served.
+    pub telemetry_listen: Option<std::net::SocketAddr>,
+    /// Things worth a warning, not an error: files with secrets that other
+    /// users can read.
+    pub warnings: Vec<String>,
 }
 
 mod raw {
@@ -336,6 +341,13 @@ mod raw {
         pub defaults: Option<Defaults>,
         #[serde(default)]
         pub subscription: Vec<Spanned<Subscription>>,
+        pub telemetry: Option<Telemetry>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Telemetry {
+        pub listen: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -410,6 +422,7 @@ struct Checker<'a> {
     /// Sections whose own problems were reported while reading them; they are
     /// not reported again as missing.
     unreadable: HashSet<String>,
+    warnings: Vec<String>,
 }
 
 impl<'a> Checker<'a> {
@@ -508,11 +521,16 @@ impl Config {
             source,
             problems: Vec::new(),
             unreadable: HashSet::new(),
+            warnings: Vec::new(),
         };
+        warn_if_world_readable(path, "the configuration file", &mut ck.warnings);
         let file = read_pieces(&mut ck);
         let config = file.and_then(|file| validate(file, &mut ck, path, env));
         match config {
-            Some(c) if ck.problems.is_empty() => Ok(c),
+            Some(mut c) if ck.problems.is_empty() => {
+                c.warnings = std::mem::take(&mut ck.warnings);
+                Ok(c)
+            }
             _ => Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 problems: ck.problems,
@@ -759,6 +777,23 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         }
     }
 
+    let telemetry_listen = match file.telemetry.as_ref().and_then(|t| t.listen.as_ref()) {
+        None => None,
+        Some(l) => match l.get_ref().parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                ck.at(
+                    l.span(),
+                    format!(
+                        "[telemetry] listen {:?} is not an address and port like \"127.0.0.1:9464\"",
+                        l.get_ref()
+                    ),
+                );
+                None
+            }
+        },
+    };
+
     Some(Config {
         path: path.to_path_buf(),
         state_path: state_path?,
@@ -777,7 +812,23 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         credentials,
         guardrails: guardrails?,
         subscriptions,
+        telemetry_listen,
+        warnings: Vec::new(),
     })
+}
+
+/// A warning when a file that holds secrets can be read by every user.
+fn warn_if_world_readable(path: &Path, what: &str, warnings: &mut Vec<String>) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o004 != 0
+    {
+        warnings.push(format!(
+            "{what} {} is readable by every user (mode {:o}); it holds or leads to secrets: chmod o-r it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
 }
 
 /// Reads the file section by section (each `[[subscription]]` on its own), so
@@ -848,6 +899,7 @@ impl raw::File {
         self.guardrails = part.guardrails.or(self.guardrails.take());
         self.defaults = part.defaults.or(self.defaults.take());
         self.subscription.extend(part.subscription);
+        self.telemetry = part.telemetry.or(self.telemetry.take());
     }
 }
 
@@ -1129,6 +1181,7 @@ fn load_secret(
         Ok(v.get_ref().clone())
     } else if let Some(f) = src.file {
         let path = resolve(f.get_ref());
+        warn_if_world_readable(&path, &format!("{key}_file"), &mut ck.warnings);
         std::fs::read_to_string(&path).map_err(|e| {
             (
                 f.span(),

@@ -94,6 +94,7 @@ impl Forwarder {
         config: &GuardrailsConfig,
         store: Store,
         backoff: Backoff,
+        delivered: Delivered,
     ) -> Self {
         Forwarder {
             http,
@@ -103,7 +104,7 @@ impl Forwarder {
             timeout: config.timeout,
             store,
             backoff,
-            delivered: Delivered::default(),
+            delivered,
         }
     }
 
@@ -121,6 +122,7 @@ impl Forwarder {
             .timeout(self.timeout)
             .send()
             .await;
+        crate::metrics::endpoint_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
         let resp = match sent {
             // reqwest errors print their URL, which holds the endpoint's token.
             Err(e) => {
@@ -175,6 +177,7 @@ impl Forwarder {
                 Delivery::Acked => {
                     self.store.call(move |s| s.ack(seq)).await?;
                     self.delivered.add(&ev.subscription_id);
+                    crate::metrics::delivered(&ev.subscription_id);
                     round.acked += 1;
                 }
                 Delivery::Rejected(reason) => {

@@ -80,6 +80,39 @@ impl PollReport {
     }
 }
 
+/// When a subscription's task last showed progress, for the watchdog: a task
+/// busy in a poll must beat at every request, or it is taken for hung.
+#[derive(Debug, Default)]
+pub struct Heartbeat {
+    last_ms: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+fn process_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_ms
+            .store(process_millis(), std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn set_busy(&self, busy: bool) {
+        self.beat();
+        self.busy.store(busy, std::sync::atomic::Ordering::Relaxed);
+    }
+    /// Busy without a beat for longer than `limit`.
+    pub fn stalled(&self, limit: Duration) -> bool {
+        let busy = self.busy.load(std::sync::atomic::Ordering::Relaxed);
+        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
+        busy && process_millis().saturating_sub(last) > limit.as_millis() as u64
+    }
+}
+
 /// Polls subscriptions; shared by every subscription's task.
 pub struct Poller {
     pub client: ActivityLogClient,
@@ -97,6 +130,7 @@ impl Poller {
         sub: &SubscriptionConfig,
         tokens: &Arc<TokenSource>,
         since: Option<Timestamp>,
+        beat: &Heartbeat,
     ) -> Result<PollReport, PollError> {
         let id = sub.id.as_str().to_string();
         let window =
@@ -110,7 +144,7 @@ impl Poller {
             // ask Azure for the time with an empty query before placing it.
             let now = to_ticks(Utc::now());
             let probe = self.client.first_page(&id, now, now);
-            let fetched = self.client.fetch(&probe, tokens).await?;
+            let fetched = self.client.fetch(&probe, tokens, beat).await?;
             self.learn_skew(fetched.server_date);
         }
         let mut cursor = {
@@ -130,7 +164,9 @@ impl Poller {
             report.window_start.get_or_insert(start);
             report.window_end = Some(end);
             report.queries += 1;
-            let watermark = self.query(sub, tokens, start, end, &mut report).await?;
+            let watermark = self
+                .query(sub, tokens, start, end, &mut report, beat)
+                .await?;
             cursor.watermark = cursor.watermark.max(watermark);
             cursor.pruned_before = cursor.pruned_before.max(watermark - window);
             report.watermark = Some(cursor.watermark);
@@ -203,6 +239,7 @@ impl Poller {
         start: Timestamp,
         end: Timestamp,
         report: &mut PollReport,
+        beat: &Heartbeat,
     ) -> Result<Timestamp, PollError> {
         let window =
             chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
@@ -212,7 +249,7 @@ impl Poller {
         let mut first = true;
         loop {
             let requested_at = Utc::now();
-            let fetched = self.client.fetch(&url, tokens).await?;
+            let fetched = self.client.fetch(&url, tokens, beat).await?;
             report.pages += 1;
             report.requests += fetched.requests;
             report.bytes += fetched.bytes;

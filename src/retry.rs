@@ -7,7 +7,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 /// Bounded exponential backoff: `base`, 2x`base`, ... capped at `max`, with jitter.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
     pub max: Duration,

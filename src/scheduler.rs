@@ -3,10 +3,10 @@
 //! `[azure] concurrency` at a time; a failing subscription is logged and retried
 //! on its next interval without holding up the others.
 //!
-//! Shutdown (mini-redis style): a `watch` channel tells every task to stop.
-//! Subscription tasks stop at their next wait; a poll in flight is given the
-//! grace period to finish, then dropped, which is safe because every page is
-//! its own transaction and an unfinished window is simply queried again.
+//! A subscription task stops when its `watch` channel says so (see `daemon.rs`
+//! for who says it): at its next wait, or, past the grace period, by being
+//! dropped mid-poll, which is safe because every page is its own transaction
+//! and an unfinished window is simply queried again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::config::SubscriptionConfig;
 use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
-use crate::poll::{PollError, PollReport};
+use crate::poll::{Heartbeat, PollError, PollReport};
 
 /// How one subscription's `--once` pass ended.
 #[derive(Debug)]
@@ -48,10 +48,11 @@ async fn poll_and_log(
     app: &App,
     sub: &SubscriptionConfig,
     since: Option<Timestamp>,
+    beat: &Heartbeat,
 ) -> Result<PollReport, PollError> {
     let started = Instant::now();
     let outcome = match app.tokens_for(sub) {
-        Some(tokens) => app.poller.poll(sub, &tokens, since).await,
+        Some(tokens) => app.poller.poll(sub, &tokens, since, beat).await,
         None => Err(PollError::Store(crate::store::StoreError::Task(format!(
             "credential {:?} is not built",
             sub.credential
@@ -97,6 +98,17 @@ async fn poll_and_log(
         }
     };
     let id = sub.id.as_str().to_string();
+    match &outcome {
+        Ok(r) => {
+            app.health.succeeded(&id);
+            let lag = r.lag(app.poller.now()).map(|d| d.as_secs_f64());
+            crate::metrics::poll_finished(&id, Some(r), started.elapsed().as_secs_f64(), lag);
+        }
+        Err(e) => {
+            app.health.failed(&id, &e.to_string());
+            crate::metrics::poll_finished(&id, None, started.elapsed().as_secs_f64(), None);
+        }
+    }
     if let Err(e) = app.store.call(move |s| s.note_poll(&id, now, &note)).await {
         tracing::warn!(error = %e, "cannot note the poll result");
     }
@@ -123,7 +135,7 @@ pub async fn run_once(
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await;
             let sub = &app.config.subscriptions[i];
-            let outcome = poll_and_log(&app, sub, since).await;
+            let outcome = poll_and_log(&app, sub, since, &Heartbeat::default()).await;
             OnceResult {
                 subscription: sub.label(),
                 outcome,
@@ -153,93 +165,41 @@ pub async fn run_once(
     OnceSummary { polls, delivery }
 }
 
-/// The daemon: polls every subscription on its interval and delivers
-/// continuously until `shutdown` turns true; then finishes within `grace`.
-/// If the forwarder cannot go on (the state database failed), everything stops
-/// and the error is returned, so that the service manager restarts us.
-pub async fn run_daemon(
+/// One subscription's loop in the daemon: poll, wait for the next tick, until
+/// `stop` turns true. A `previous` task of the same subscription (replaced by a
+/// reload) is awaited first, so that two never poll the same subscription.
+pub async fn subscription_task(
     app: Arc<App>,
+    sub: SubscriptionConfig,
     since: Option<Timestamp>,
-    mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
-) -> Result<(), crate::store::StoreError> {
-    // Tasks listen to `stop`, which the caller's `shutdown` or a failure sets.
-    let (stop_tx, stop) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(app.config.azure.concurrency));
-    let mut polls = JoinSet::new();
-    for i in 0..app.config.subscriptions.len() {
-        let app = app.clone();
-        let permits = permits.clone();
-        let mut stop = stop.clone();
-        polls.spawn(async move {
-            let sub = &app.config.subscriptions[i];
-            let mut tick = tokio::time::interval(sub.schedule.interval());
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    _ = tick.tick() => {}
-                }
-                if *stop.borrow() {
-                    break;
-                }
-                let Ok(_permit) = permits.clone().acquire_owned().await else {
-                    break;
-                };
-                let _ = poll_and_log(&app, sub, since).await;
-            }
-        });
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+    beat: Arc<Heartbeat>,
+    previous: Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(p) = previous {
+        let _ = p.await;
     }
-    let mut forwarder = {
-        let app = app.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move { app.forwarder.run(app.outbox_ready.clone(), stop).await })
-    };
-
-    let failed = tokio::select! {
-        _ = async {
-            while !*shutdown.borrow() {
-                if shutdown.changed().await.is_err() {
-                    break;
-                }
-            }
-        } => None,
-        ended = &mut forwarder => Some(match ended {
-            Ok(Ok(())) => crate::store::StoreError::Task("the forwarder stopped".into()),
-            Ok(Err(e)) => e,
-            Err(e) => crate::store::StoreError::Task(e.to_string()),
-        }),
-    };
-    let _ = stop_tx.send(true);
-    if let Some(e) = &failed {
-        tracing::error!(error = %e, "delivery cannot continue; stopping");
-    }
-    tracing::info!(
-        grace_s = grace.as_secs(),
-        "shutting down: finishing work in flight"
-    );
-    let deadline = Instant::now() + grace;
-    let drained = tokio::time::timeout_at(deadline, async {
-        while polls.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            "grace period over: abandoning polls in flight (their windows are queried again on the next start)"
-        );
-        polls.abort_all();
-    }
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    match tokio::time::timeout_at(deadline + Duration::from_secs(1), forwarder).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(crate::store::StoreError::Task(e.to_string())),
-        Err(_) => {
-            tracing::warn!(
-                "grace period over: abandoning deliveries in flight (they stay in the outbox)"
-            );
-            Ok(())
+    let mut tick = tokio::time::interval(sub.schedule.interval());
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        beat.set_busy(false);
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
         }
+        if *stop.borrow() {
+            break;
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p,
+            _ = stop.changed() => break,
+        };
+        let Ok(_permit) = permit else {
+            break;
+        };
+        beat.set_busy(true);
+        let _ = poll_and_log(&app, &sub, since, &beat).await;
     }
+    beat.set_busy(false);
 }

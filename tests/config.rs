@@ -170,7 +170,14 @@ impl Run {
     fn problems(&self) -> Vec<&str> {
         self.stderr
             .lines()
-            .filter(|l| !l.trim().is_empty())
+            .filter(|l| !l.trim().is_empty() && !l.starts_with("warning: "))
+            .collect()
+    }
+
+    fn warnings(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("warning: "))
             .collect()
     }
 
@@ -743,4 +750,36 @@ fn help_shows_an_example() {
     let sub = help(&["check-config", "--help"]);
     assert!(sub.contains("Example"), "{sub}");
     assert!(sub.contains("check-config --config"), "{sub}");
+}
+
+#[test]
+fn secret_files_readable_by_everyone_are_named_in_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let config = f.path("poller.toml");
+    let secret = f.path("client-secret");
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    f.check(BASE).assert_valid();
+    mode(&secret, 0o644);
+    mode(&config, 0o640);
+    let run = f.check(BASE);
+    run.assert_valid();
+    let w = run.warnings();
+    assert_eq!(w.len(), 1, "{}", run.context());
+    assert!(
+        w[0].contains(&secret.display().to_string()),
+        "{}",
+        run.context()
+    );
+    assert!(w[0].contains("readable by every user"), "{}", run.context());
+    mode(&config, 0o644);
+    mode(&secret, 0o600);
+    let run = f.check(BASE);
+    let w = run.warnings();
+    assert_eq!(w.len(), 1, "{}", run.context());
+    assert!(w[0].contains("the configuration file"), "{}", run.context());
+    mode(&config, 0o600);
+    assert!(f.check(BASE).warnings().is_empty());
 }

@@ -19,6 +19,7 @@ use url::Url;
 
 use super::credential::{CredentialError, TokenSource};
 use crate::event::{Page, PageError, Timestamp, format_ticks};
+use crate::poll::Heartbeat;
 use crate::retry::{Backoff, retry_after};
 
 pub const API_VERSION: &str = "2015-04-01";
@@ -148,13 +149,19 @@ impl ActivityLogClient {
     }
 
     /// Fetches one page, retrying what is worth retrying.
-    pub async fn fetch(&self, url: &Url, tokens: &Arc<TokenSource>) -> Result<Fetched, AzureError> {
+    pub async fn fetch(
+        &self,
+        url: &Url,
+        tokens: &Arc<TokenSource>,
+        beat: &Heartbeat,
+    ) -> Result<Fetched, AzureError> {
         let mut delays = self.backoff.delays();
         let mut attempts = 0usize;
         let mut refreshed = false;
         let mut throttled = Duration::ZERO;
         loop {
             attempts += 1;
+            beat.beat();
             let token = tokens.token().await?;
             let sent = self
                 .http
@@ -164,6 +171,7 @@ impl ActivityLogClient {
                 .timeout(self.request_timeout)
                 .send()
                 .await;
+            crate::metrics::azure_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
             let (wait, last) = match sent {
                 Err(e) => (None, describe(&e)),
                 Ok(resp) => {
@@ -211,6 +219,7 @@ impl ActivityLogClient {
                         );
                         if let Some(w) = wait {
                             throttled += w;
+                            crate::metrics::throttle_wait(w.as_secs_f64());
                         }
                         (wait, "HTTP 429 Too Many Requests".to_string())
                     } else if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {

@@ -1,0 +1,371 @@
+//! The daemon's supervisor: starts a task per subscription and the forwarder,
+//! serves metrics and health, talks to systemd, and reacts to signals.
+//!
+//! - SIGTERM/SIGINT: every task is told to stop (a `watch` channel, as in
+//!   mini-redis); polls in flight get the grace period, then state is committed
+//!   and the daemon exits 0.
+//! - SIGHUP: the configuration file is read again. If it is invalid (or turns
+//!   on event handlers), the error is logged and the running configuration
+//!   stays. Otherwise added subscriptions start, removed ones stop, changed ones
+//!   (interval, window, statuses, credential, or any `[azure]` setting)
+//!   restart, and a changed `[guardrails]` restarts the forwarder. The state
+//!   path and the telemetry address need a restart; a change is logged.
+//! - The watchdog (`WatchdogSec=`) is pinged from this loop, only while the
+//!   forwarder runs and no subscription task is stuck in a poll without
+//!   progress; a hung scheduler therefore gets the service restarted.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use crate::app::App;
+use crate::config::{Config, CredentialConfig, ProcessEnv, SubscriptionConfig};
+use crate::event::Timestamp;
+use crate::notify;
+use crate::poll::Heartbeat;
+use crate::scheduler::subscription_task;
+use crate::store::StoreError;
+
+/// What the signal handler asks of the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Stop,
+    Reload,
+}
+
+/// A task busy in one poll without progress for this long is taken for hung.
+/// Longer than the longest `Retry-After` honoured plus a request timeout.
+const STALL_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+struct Running {
+    sub: SubscriptionConfig,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    beat: Arc<Heartbeat>,
+}
+
+struct Forwarding {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), StoreError>>,
+}
+
+fn start_forwarder(app: &Arc<App>) -> Forwarding {
+    let (stop, rx) = watch::channel(false);
+    let a = app.clone();
+    let task = tokio::spawn(async move { a.forwarder.run(a.outbox_ready.clone(), rx).await });
+    Forwarding { stop, task }
+}
+
+struct Supervisor {
+    app: Arc<App>,
+    since: Option<Timestamp>,
+    permits: Arc<Semaphore>,
+    running: BTreeMap<String, Running>,
+    retiring: JoinSet<()>,
+}
+
+impl Supervisor {
+    fn start(&mut self, sub: SubscriptionConfig, previous: Option<JoinHandle<()>>) {
+        let (stop, rx) = watch::channel(false);
+        let beat = Arc::new(Heartbeat::default());
+        self.app.health.track(&sub);
+        let task = tokio::spawn(subscription_task(
+            self.app.clone(),
+            sub.clone(),
+            self.since,
+            self.permits.clone(),
+            rx,
+            beat.clone(),
+            previous,
+        ));
+        self.running.insert(
+            sub.id.to_string(),
+            Running {
+                sub,
+                stop,
+                task,
+                beat,
+            },
+        );
+    }
+
+    /// Tells a task to stop; returns its handle so a successor can wait for it.
+    fn retire(&mut self, id: &str) -> Option<JoinHandle<()>> {
+        let r = self.running.remove(id)?;
+        let _ = r.stop.send(true);
+        Some(r.task)
+    }
+
+    fn stalled(&self) -> Vec<String> {
+        self.running
+            .values()
+            .filter(|r| r.beat.stalled(STALL_LIMIT))
+            .map(|r| r.sub.label())
+            .collect()
+    }
+
+    fn status_line(&self) -> String {
+        let not_ready = self.app.health.not_ready().len();
+        format!(
+            "polling {} subscription(s); {} not polled successfully recently",
+            self.running.len(),
+            not_ready
+        )
+    }
+
+    /// Applies a new configuration; returns a one-line summary.
+    fn apply(&mut self, new: Arc<App>, forwarding: &mut Forwarding) -> String {
+        let old = self.app.clone();
+        let (oc, nc) = (&old.config, &new.config);
+        if oc.state_path != nc.state_path {
+            tracing::warn!(
+                running = %oc.state_path.display(),
+                configured = %nc.state_path.display(),
+                "[state] path changes only on restart; still using the running one"
+            );
+        }
+        if oc.telemetry_listen != nc.telemetry_listen {
+            tracing::warn!("[telemetry] listen changes only on restart");
+        }
+        let azure_changed = oc.azure != nc.azure;
+        let credential_changed =
+            |name: &str| match (oc.credentials.get(name), nc.credentials.get(name)) {
+                (Some(a), Some(b)) => !same_credential(a, b),
+                _ => true,
+            };
+        self.app = new.clone();
+        if azure_changed {
+            self.permits = Arc::new(Semaphore::new(nc.azure.concurrency));
+        }
+        let wanted: BTreeMap<String, SubscriptionConfig> = nc
+            .subscriptions
+            .iter()
+            .map(|s| (s.id.to_string(), s.clone()))
+            .collect();
+        let (mut added, mut removed, mut changed) = (0, 0, 0);
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(task) = self.retire(&id) {
+                self.retiring.spawn(async move {
+                    let _ = task.await;
+                });
+            }
+            self.app.health.untrack(&id);
+            removed += 1;
+        }
+        for (id, sub) in wanted {
+            match self.running.get(&id) {
+                Some(r)
+                    if r.sub == sub && !azure_changed && !credential_changed(&sub.credential) =>
+                {
+                    // Unchanged: it keeps running on the previous configuration's
+                    // poller and tokens, which are equal to the new ones.
+                }
+                Some(_) => {
+                    let previous = self.retire(&id);
+                    self.start(sub, previous);
+                    changed += 1;
+                }
+                None => {
+                    self.start(sub, None);
+                    added += 1;
+                }
+            }
+        }
+        if !same_guardrails(&oc.guardrails, &nc.guardrails) {
+            let _ = forwarding.stop.send(true);
+            let previous = std::mem::replace(forwarding, start_forwarder(&new));
+            self.retiring.spawn(async move {
+                let _ = previous.task.await;
+            });
+            return format!(
+                "{added} added, {removed} removed, {changed} restarted; forwarder restarted"
+            );
+        }
+        format!("{added} added, {removed} removed, {changed} restarted")
+    }
+}
+
+fn same_credential(a: &CredentialConfig, b: &CredentialConfig) -> bool {
+    use secrecy::ExposeSecret;
+    match (a, b) {
+        (
+            CredentialConfig::ClientSecret {
+                tenant_id: t1,
+                client_id: c1,
+                client_secret: s1,
+            },
+            CredentialConfig::ClientSecret {
+                tenant_id: t2,
+                client_id: c2,
+                client_secret: s2,
+            },
+        ) => t1 == t2 && c1 == c2 && s1.expose_secret() == s2.expose_secret(),
+        (
+            CredentialConfig::ManagedIdentity { client_id: a },
+            CredentialConfig::ManagedIdentity { client_id: b },
+        ) => a == b,
+        (
+            CredentialConfig::WorkloadIdentity {
+                tenant_id: t1,
+                client_id: c1,
+                token_file: f1,
+            },
+            CredentialConfig::WorkloadIdentity {
+                tenant_id: t2,
+                client_id: c2,
+                token_file: f2,
+            },
+        ) => t1 == t2 && c1 == c2 && f1 == f2,
+        (
+            CredentialConfig::AzureCli { tenant_id: a },
+            CredentialConfig::AzureCli { tenant_id: b },
+        ) => a == b,
+        _ => false,
+    }
+}
+
+fn same_guardrails(
+    a: &crate::config::GuardrailsConfig,
+    b: &crate::config::GuardrailsConfig,
+) -> bool {
+    a.ingest_url.expose() == b.ingest_url.expose()
+        && a.format == b.format
+        && a.concurrency == b.concurrency
+        && a.timeout == b.timeout
+        && a.backoff == b.backoff
+}
+
+/// Reads and validates the configuration again and builds a new `App` on the
+/// running one's store.
+fn reload(current: &App, path: &Path) -> Result<Arc<App>, String> {
+    let config = Config::load(path, &ProcessEnv).map_err(|e| e.to_string())?;
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    current
+        .rebuild(config)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the daemon until a [`Signal::Stop`] (or the channel closes).
+pub async fn run(
+    app: Arc<App>,
+    since: Option<Timestamp>,
+    mut signals: mpsc::Receiver<Signal>,
+    grace: Duration,
+) -> Result<(), StoreError> {
+    let path = app.config.path.clone();
+    let mut sup = Supervisor {
+        permits: Arc::new(Semaphore::new(app.config.azure.concurrency)),
+        app: app.clone(),
+        since,
+        running: BTreeMap::new(),
+        retiring: JoinSet::new(),
+    };
+    for sub in app.config.subscriptions.clone() {
+        sup.start(sub, None);
+    }
+    let mut forwarding = start_forwarder(&app);
+    notify::ready(&sup.status_line());
+    let watchdog = notify::watchdog_interval();
+    let every = watchdog.map_or(Duration::from_secs(10), |w| {
+        (w / 3).max(Duration::from_millis(100))
+    });
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let failed: Option<StoreError> = loop {
+        tokio::select! {
+            s = signals.recv() => match s {
+                Some(Signal::Reload) => {
+                    notify::reloading();
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                    match reload(&sup.app, &path) {
+                        Ok(new) => {
+                            let summary = sup.apply(new, &mut forwarding);
+                            tracing::info!(%summary, "configuration reloaded");
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "the new configuration is rejected; the running one stays"
+                        ),
+                    }
+                    notify::ready(&sup.status_line());
+                }
+                Some(Signal::Stop) | None => break None,
+            },
+            ended = &mut forwarding.task => break Some(match ended {
+                Ok(Ok(())) => StoreError::Task("the forwarder stopped".into()),
+                Ok(Err(e)) => e,
+                Err(e) => StoreError::Task(e.to_string()),
+            }),
+            _ = tick.tick() => {
+                let stalled = sup.stalled();
+                if stalled.is_empty() {
+                    if watchdog.is_some() {
+                        notify::watchdog();
+                    }
+                } else {
+                    tracing::error!(subscriptions = ?stalled, "no progress in a poll for {} min; withholding the watchdog ping", STALL_LIMIT.as_secs() / 60);
+                }
+                notify::status(&sup.status_line());
+            }
+        }
+    };
+    notify::stopping();
+    if let Some(e) = &failed {
+        tracing::error!(error = %e, "delivery cannot continue; stopping");
+    }
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: finishing work in flight"
+    );
+    let deadline = Instant::now() + grace;
+    let ids: Vec<String> = sup.running.keys().cloned().collect();
+    let mut tasks = JoinSet::new();
+    for id in ids {
+        if let Some(t) = sup.retire(&id) {
+            tasks.spawn(async move {
+                let _ = t.await;
+            });
+        }
+    }
+    let _ = forwarding.stop.send(true);
+    let drained = tokio::time::timeout_at(deadline, async {
+        while tasks.join_next().await.is_some() {}
+        while sup.retiring.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "grace period over: abandoning polls in flight (their windows are queried again on the next start)"
+        );
+        tasks.abort_all();
+        sup.retiring.abort_all();
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    match tokio::time::timeout_at(deadline + Duration::from_secs(1), forwarding.task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(StoreError::Task(e.to_string())),
+        Err(_) => {
+            tracing::warn!(
+                "grace period over: abandoning deliveries in flight (they stay in the outbox)"
+            );
+            Ok(())
+        }
+    }
+}

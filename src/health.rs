@@ -1,0 +1,169 @@
+//! Liveness and readiness, and the HTTP server that exposes them with the
+//! metrics: `/healthz` (the process answers), `/readyz` (every subscription
+//! polled successfully within three intervals; the body names the ones that
+//! are not), `/metrics` (Prometheus text). Off unless `[telemetry] listen` is set.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::config::SubscriptionConfig;
+use crate::metrics::Exporter;
+use crate::store::Store;
+
+#[derive(Debug, Clone)]
+struct SubscriptionHealth {
+    label: String,
+    interval: Duration,
+    last_ok: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// What readiness is judged on, updated by every poll.
+#[derive(Debug, Default)]
+pub struct Health {
+    subs: Mutex<BTreeMap<String, SubscriptionHealth>>,
+}
+
+/// How many intervals a subscription may go without a successful poll.
+const READY_INTERVALS: u32 = 3;
+/// Slack for the poll itself to run.
+const READY_SLACK: Duration = Duration::from_secs(30);
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SubscriptionHealth>> {
+        self.subs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts judging `sub` (again, after a reload).
+    pub fn track(&self, sub: &SubscriptionConfig) {
+        let mut m = self.lock();
+        let e = m.entry(sub.id.to_string()).or_insert(SubscriptionHealth {
+            label: sub.label(),
+            interval: sub.schedule.interval(),
+            last_ok: None,
+            last_error: None,
+        });
+        e.label = sub.label();
+        e.interval = sub.schedule.interval();
+    }
+
+    pub fn untrack(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    pub fn succeeded(&self, id: &str) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.last_ok = Some(Instant::now());
+            e.last_error = None;
+        }
+    }
+
+    pub fn failed(&self, id: &str, error: &str) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.last_error = Some(error.to_string());
+        }
+    }
+
+    /// The subscriptions that are not ready, with why.
+    pub fn not_ready(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter_map(|s| {
+                let limit = s.interval * READY_INTERVALS + READY_SLACK;
+                let fresh = s.last_ok.is_some_and(|t| now.duration_since(t) <= limit);
+                (!fresh).then(|| match (&s.last_ok, &s.last_error) {
+                    (_, Some(e)) => format!("{}: last poll failed: {e}", s.label),
+                    (None, None) => format!("{}: not polled successfully yet", s.label),
+                    (Some(t), None) => format!(
+                        "{}: no successful poll for {}s",
+                        s.label,
+                        now.duration_since(*t).as_secs()
+                    ),
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+struct Admin {
+    health: Arc<Health>,
+    exporter: Option<Exporter>,
+    store: Store,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(a): State<Admin>) -> Response {
+    let not_ready = a.health.not_ready();
+    if not_ready.is_empty() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        let mut body = String::from("not ready:\n");
+        for line in not_ready {
+            body.push_str(&line);
+            body.push('\n');
+        }
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(State(a): State<Admin>) -> Response {
+    let Some(exporter) = a.exporter.clone() else {
+        return (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response();
+    };
+    if let Ok(states) = a.store.call(|s| s.states()).await {
+        let outbox: Vec<(String, i64)> = states
+            .iter()
+            .map(|s| (s.subscription_id.clone(), s.outbox))
+            .collect();
+        let dead: Vec<(String, i64)> = states
+            .iter()
+            .map(|s| (s.subscription_id.clone(), s.dead_letters))
+            .collect();
+        crate::metrics::queue_depths(&outbox, &dead);
+    }
+    let body = tokio::task::spawn_blocking(move || exporter.render())
+        .await
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// Binds the admin server; serve it with the returned future.
+pub async fn bind(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    exporter: Option<Exporter>,
+    store: Store,
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(Admin {
+            health,
+            exporter,
+            store,
+        });
+    Ok((local, async move {
+        let _ = axum::serve(listener, router).await;
+    }))
+}

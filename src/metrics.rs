@@ -1,0 +1,174 @@
+//! Prometheus metrics. Recorded through the `metrics` facade everywhere (a
+//! no-op until [`install`] is called, which happens only when `[telemetry]
+//! listen` is configured) and rendered by `metrics-exporter-prometheus` on
+//! `/metrics`, with process metrics from `metrics-process`.
+//!
+//! Names, all prefixed `azure_activity_poller_`:
+//! - `polls_total{subscription,result}`            polls by result (ok, error)
+//! - `poll_duration_seconds{subscription}`         histogram
+//! - `entries_fetched_total{subscription}`         entries read from Azure
+//! - `entries_kept_total{subscription}`            entries with a forwarded status
+//! - `entries_skipped_total{subscription,reason}`  status, duplicate, malformed
+//! - `events_delivered_total{subscription}`        acknowledged by the endpoint
+//! - `watermark_lag_seconds{subscription}`         now minus the watermark
+//! - `outbox_depth{subscription}`, `dead_letters{subscription}` (read at scrape)
+//! - `azure_requests_total{status}`                HTTP status, or "error"
+//! - `throttle_waits_total`, `throttle_wait_seconds_total`
+//! - `endpoint_requests_total{status}`             HTTP status, or "error"
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::poll::PollReport;
+
+pub const PREFIX: &str = "azure_activity_poller_";
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the metrics recorder: {0}")]
+pub struct MetricsError(String);
+
+/// What renders `/metrics`.
+#[derive(Clone)]
+pub struct Exporter {
+    handle: PrometheusHandle,
+    process: metrics_process::Collector,
+}
+
+impl Exporter {
+    pub fn render(&self) -> String {
+        self.process.collect();
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+/// Installs the global recorder. Call once, before anything is recorded.
+pub fn install() -> Result<Exporter, MetricsError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(format!("{PREFIX}poll_duration_seconds")),
+            &[0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        )
+        .map_err(|e| MetricsError(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| MetricsError(e.to_string()))?;
+    let process = metrics_process::Collector::default();
+    process.describe();
+    describe();
+    Ok(Exporter { handle, process })
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(name("polls_total"), "Polls by subscription and result.");
+    describe_histogram!(
+        name("poll_duration_seconds"),
+        metrics::Unit::Seconds,
+        "Time one poll took."
+    );
+    describe_counter!(
+        name("entries_fetched_total"),
+        "Activity log entries read from Azure."
+    );
+    describe_counter!(
+        name("entries_kept_total"),
+        "Entries whose status is forwarded."
+    );
+    describe_counter!(
+        name("entries_skipped_total"),
+        "Entries not queued, by reason."
+    );
+    describe_counter!(
+        name("events_delivered_total"),
+        "Events the endpoint acknowledged."
+    );
+    describe_gauge!(
+        name("watermark_lag_seconds"),
+        metrics::Unit::Seconds,
+        "Now minus the watermark."
+    );
+    describe_gauge!(name("outbox_depth"), "Events waiting for delivery.");
+    describe_gauge!(name("dead_letters"), "Events in the dead-letter table.");
+    describe_counter!(
+        name("azure_requests_total"),
+        "Requests to Azure by HTTP status."
+    );
+    describe_counter!(
+        name("throttle_waits_total"),
+        "Retry-After waits after HTTP 429."
+    );
+    describe_counter!(
+        name("throttle_wait_seconds_total"),
+        metrics::Unit::Seconds,
+        "Time spent waiting on Retry-After."
+    );
+    describe_counter!(
+        name("endpoint_requests_total"),
+        "POSTs to the ingestion endpoint by HTTP status."
+    );
+}
+
+fn name(short: &str) -> String {
+    format!("{PREFIX}{short}")
+}
+
+pub fn poll_finished(
+    subscription: &str,
+    report: Option<&PollReport>,
+    seconds: f64,
+    lag: Option<f64>,
+) {
+    let sub = subscription.to_string();
+    let result = if report.is_some() { "ok" } else { "error" };
+    counter!(name("polls_total"), "subscription" => sub.clone(), "result" => result).increment(1);
+    histogram!(name("poll_duration_seconds"), "subscription" => sub.clone()).record(seconds);
+    if let Some(r) = report {
+        let add = |metric: &str, n: usize| {
+            counter!(name(metric), "subscription" => sub.clone()).increment(n as u64);
+        };
+        add("entries_fetched_total", r.fetched);
+        add("entries_kept_total", r.kept);
+        for (reason, n) in [
+            ("status", r.skipped_status),
+            ("duplicate", r.duplicate),
+            ("malformed", r.quarantined),
+        ] {
+            counter!(name("entries_skipped_total"), "subscription" => sub.clone(), "reason" => reason)
+                .increment(n as u64);
+        }
+    }
+    if let Some(lag) = lag {
+        gauge!(name("watermark_lag_seconds"), "subscription" => sub).set(lag);
+    }
+}
+
+pub fn azure_request(status: Option<u16>) {
+    counter!(name("azure_requests_total"), "status" => status_label(status)).increment(1);
+}
+
+pub fn throttle_wait(seconds: f64) {
+    counter!(name("throttle_waits_total")).increment(1);
+    counter!(name("throttle_wait_seconds_total")).increment(seconds.ceil() as u64);
+}
+
+pub fn endpoint_request(status: Option<u16>) {
+    counter!(name("endpoint_requests_total"), "status" => status_label(status)).increment(1);
+}
+
+pub fn delivered(subscription: &str) {
+    counter!(name("events_delivered_total"), "subscription" => subscription.to_string())
+        .increment(1);
+}
+
+pub fn queue_depths(outbox: &[(String, i64)], dead: &[(String, i64)]) {
+    for (sub, n) in outbox {
+        gauge!(name("outbox_depth"), "subscription" => sub.clone()).set(*n as f64);
+    }
+    for (sub, n) in dead {
+        gauge!(name("dead_letters"), "subscription" => sub.clone()).set(*n as f64);
+    }
+}
+
+fn status_label(status: Option<u16>) -> String {
+    status.map_or_else(|| "error".to_string(), |s| s.to_string())
+}
