@@ -76,6 +76,28 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Show, per subscription, the watermark, lag, last poll and its result,
+    /// outbox depth and dead letters. Safe next to a running daemon.
+    #[command(
+        after_help = "Examples:\n  azure-activity-poller status --config /etc/azure-activity-poller/poller.toml\n  azure-activity-poller status --config poller.toml --json | jq '.[] | select(.lag_seconds > 900)'"
+    )]
+    Status {
+        /// The configuration file (for the state path and subscription names).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and act on events the endpoint rejected, or entries the poller
+    /// could not identify.
+    #[command(
+        after_help = "Examples:\n  azure-activity-poller dead-letters list --config poller.toml\n  azure-activity-poller dead-letters retry --config poller.toml 12 13\n  azure-activity-poller dead-letters drop --config poller.toml --all"
+    )]
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
     /// Run the poller against an embedded Azure emulator (no Azure account
     /// needed) with late entries, throttling, faults and an endpoint outage,
     /// then print what was generated and delivered, per subscription.
@@ -96,5 +118,46 @@ pub enum Command {
         /// The configuration file to check.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadLetterAction {
+    /// List dead letters: number, subscription, eventDataId, when, why.
+    #[command(
+        after_help = "Example:\n  azure-activity-poller dead-letters list --config poller.toml --json"
+    )]
+    List {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead letters back in the outbox; a running daemon delivers them
+    /// within seconds, or the next `--once` run does.
+    #[command(
+        after_help = "Example:\n  azure-activity-poller dead-letters retry --config poller.toml 12 13"
+    )]
+    Retry {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "numbers")]
+        all: bool,
+        /// Dead-letter numbers, as `list` shows them.
+        #[arg(required_unless_present = "all")]
+        numbers: Vec<i64>,
+    },
+    /// Delete dead letters for good.
+    #[command(
+        after_help = "Example:\n  azure-activity-poller dead-letters drop --config poller.toml --all"
+    )]
+    Drop {
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, conflicts_with = "numbers")]
+        all: bool,
+        #[arg(required_unless_present = "all")]
+        numbers: Vec<i64>,
     },
 }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::daemon::Signal;
 
 use crate::app::{App, StartError, parse_since};
-use crate::cli::{Cli, Command, RunArgs};
+use crate::cli::{Cli, Command, DeadLetterAction, RunArgs};
 use crate::config::{Config, ProcessEnv};
 use crate::scheduler;
 use crate::store::StoreError;
@@ -50,6 +50,8 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Demo { duration }) => demo(duration),
+        Some(Command::Status { config, json }) => status(&config, json),
+        Some(Command::DeadLetters { action }) => dead_letters(action),
         None => match &cli.run.config {
             Some(path) => run_poller(path, &cli.run),
             None => {
@@ -90,6 +92,80 @@ fn check_config(path: &Path) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(exit::CONFIG)
         }
+    }
+}
+
+fn status_exit(e: &crate::status::StatusError) -> ExitCode {
+    use crate::status::StatusError;
+    eprintln!("azure-activity-poller: {e}");
+    ExitCode::from(match e {
+        StatusError::Config(_) | StatusError::NoState(_) => exit::CONFIG,
+        StatusError::Store(StoreError::NotADatabase { .. } | StoreError::NewerSchema { .. }) => {
+            exit::CONFIG
+        }
+        StatusError::Store(_) => exit::IOERR,
+    })
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("azure-activity-poller: {e}"),
+    }
+}
+
+fn status(config: &Path, json: bool) -> ExitCode {
+    match crate::status::collect(config) {
+        Ok(rows) if json => {
+            print_json(&rows);
+            ExitCode::SUCCESS
+        }
+        Ok(rows) => {
+            print!("{}", crate::status::render_table(&rows));
+            ExitCode::SUCCESS
+        }
+        Err(e) => status_exit(&e),
+    }
+}
+
+fn dead_letters(action: DeadLetterAction) -> ExitCode {
+    let result = match &action {
+        DeadLetterAction::List { config, json } => {
+            crate::status::dead_letters(config).map(|rows| {
+                if *json {
+                    print_json(&rows);
+                } else {
+                    print!("{}", crate::status::render_dead_letters(&rows));
+                }
+            })
+        }
+        DeadLetterAction::Retry {
+            config,
+            all,
+            numbers,
+        }
+        | DeadLetterAction::Drop {
+            config,
+            all,
+            numbers,
+        } => {
+            let retry = matches!(action, DeadLetterAction::Retry { .. });
+            let chosen = (!*all).then_some(numbers.as_slice());
+            crate::status::act_on_dead_letters(config, chosen, retry).map(|n| {
+                println!(
+                    "{n} dead letter(s) {}",
+                    if retry {
+                        "queued for delivery again"
+                    } else {
+                        "dropped"
+                    }
+                );
+            })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => status_exit(&e),
     }
 }
 

@@ -41,6 +41,10 @@ pub enum ForwardError {
     Unavailable { pending: i64, last: String },
 }
 
+/// How often an idle forwarder looks at the outbox anyway: events put back by
+/// `dead-letters retry` (another process) are noticed within this.
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+
 /// The outcome of one POST.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
@@ -226,7 +230,7 @@ impl Forwarder {
             tokio::select! {
                 _ = shutdown.changed() => {}
                 _ = ready.notified(), if pause.is_none() => {}
-                _ = tokio::time::sleep(pause.unwrap_or(Duration::from_secs(60))) => {}
+                _ = tokio::time::sleep(pause.unwrap_or(IDLE_RECHECK)) => {}
             }
         }
     }

@@ -20,5 +20,6 @@ pub mod notify;
 pub mod poll;
 pub mod retry;
 pub mod scheduler;
+pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -484,6 +484,42 @@ impl Store {
         })
     }
 
+    /// Puts dead letters back in the outbox (all when `seqs` is `None`);
+    /// returns how many.
+    pub fn retry_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            let chosen = chosen_dead_letters(&tx, seqs)?;
+            for seq in &chosen {
+                tx.execute(
+                    "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                     SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
+                     FROM dead_letter WHERE seq = ?1",
+                    [seq],
+                )
+                .ctx("re-queueing a dead letter")?;
+                tx.execute("DELETE FROM dead_letter WHERE seq = ?1", [seq])
+                    .ctx("re-queueing a dead letter")?;
+            }
+            tx.commit().ctx("re-queueing dead letters")?;
+            Ok(chosen.len())
+        })
+    }
+
+    /// Deletes dead letters (all when `seqs` is `None`); returns how many.
+    pub fn drop_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            let chosen = chosen_dead_letters(&tx, seqs)?;
+            for seq in &chosen {
+                tx.execute("DELETE FROM dead_letter WHERE seq = ?1", [seq])
+                    .ctx("dropping a dead letter")?;
+            }
+            tx.commit().ctx("dropping dead letters")?;
+            Ok(chosen.len())
+        })
+    }
+
     pub fn outbox_depth(&self) -> Result<i64, StoreError> {
         self.with(|c| {
             c.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))
@@ -547,6 +583,25 @@ impl Store {
                 .ctx("reading subscription states")
         })
     }
+}
+
+/// The dead letters that exist among `seqs` (or all of them).
+fn chosen_dead_letters(
+    tx: &rusqlite::Transaction<'_>,
+    seqs: Option<&[i64]>,
+) -> Result<Vec<i64>, StoreError> {
+    let mut stmt = tx
+        .prepare("SELECT seq FROM dead_letter ORDER BY seq")
+        .ctx("reading dead letters")?;
+    let all = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .ctx("reading dead letters")?
+        .collect::<Result<Vec<i64>, _>>()
+        .ctx("reading dead letters")?;
+    Ok(match seqs {
+        None => all,
+        Some(want) => all.into_iter().filter(|s| want.contains(s)).collect(),
+    })
 }
 
 #[cfg(test)]

@@ -627,6 +627,8 @@ pub struct Harness {
     pub window: &'static str,
     pub subscriptions: Vec<(String, bool)>,
     pub extra: String,
+    /// Extra environment for the poller.
+    pub env: Vec<(String, String)>,
     runs: usize,
 }
 
@@ -655,6 +657,7 @@ impl Harness {
             window: "10s",
             subscriptions: vec![(SUB_A.to_string(), false)],
             extra: String::new(),
+            env: Vec::new(),
             runs: 0,
         }
     }
@@ -736,6 +739,9 @@ statuses = ["Succeeded"]
             .stdout(Stdio::piped())
             .stderr(file)
             .kill_on_drop(true);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         (cmd, log)
     }
 
@@ -788,6 +794,15 @@ pub struct Daemon {
 impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (TERM, HUP, ...).
+    pub fn signal(&self, name: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([&format!("-{name}"), &pid.to_string()])
+                .status();
+        }
     }
 
     /// SIGTERM, then waits for the exit code.
