@@ -37,15 +37,18 @@ pub struct Cli {
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    /// Where and how to log: `auto` is journald when stderr is the journal
+    /// (under systemd), else `text`; `json` writes JSON lines to stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Auto, global = true)]
     pub log_format: LogFormat,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
+    Auto,
     Text,
     Json,
+    Journald,
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +79,13 @@ pub struct RunArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write the man pages and shell completions (bash, zsh, fish) into DIR,
+    /// for packaging.
+    #[command(hide = true)]
+    GenerateAssets {
+        /// The output directory (created if needed).
+        out: PathBuf,
+    },
     /// Show, per subscription, the watermark, lag, last poll and its result,
     /// outbox depth and dead letters. Safe next to a running daemon.
     #[command(

@@ -50,6 +50,21 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Demo { duration }) => demo(duration),
+        Some(Command::GenerateAssets { out }) => match crate::assets::generate(&out) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!(
+                    "azure-activity-poller: cannot write into {}: {e}",
+                    out.display()
+                );
+                ExitCode::from(exit::IOERR)
+            }
+        },
         Some(Command::Status { config, json }) => status(&config, json),
         Some(Command::DeadLetters { action }) => dead_letters(action),
         None => match &cli.run.config {

@@ -1,23 +1,66 @@
-//! Logging setup, in one place: `tracing` to stderr, text or JSON, filtered by
-//! `RUST_LOG` (default `info`). Nothing here ever formats a secret: secrets live
-//! in types whose `Debug` redacts them.
+//! Logging setup, in one place. Under systemd, when stderr is the journal
+//! (`JOURNAL_STREAM` names it), events go to journald natively, each field
+//! (subscription, window, counts) a journal field; otherwise to stderr,
+//! human-readable or JSON lines. `RUST_LOG` filters (default `info`). Nothing
+//! here formats a secret: secrets live in types whose `Debug` redacts them.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::LogFormat;
 
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+fn filter() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new("info,azure_core=warn,azure_identity=warn,reqwest=warn,hyper=warn")
-    });
+    })
+}
+
+/// True when stderr is the journal stream systemd connected us to.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    match std::fs::metadata("/proc/self/fd/2") {
+        Ok(m) => m.dev().to_string() == dev && m.ino().to_string() == ino,
+        Err(_) => false,
+    }
+}
+
+pub fn init(format: LogFormat) {
+    let use_journal = match format {
+        LogFormat::Journald => true,
+        LogFormat::Auto => stderr_is_journal(),
+        LogFormat::Text | LogFormat::Json => false,
+    };
+    if use_journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let _ = tracing_subscriber::registry()
+                    .with(filter())
+                    .with(layer.with_syslog_identifier("azure-activity-poller".into()))
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!(
+                "azure-activity-poller: journald is not reachable ({e}); logging to stderr"
+            ),
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        _ => builder.try_init(),
     };
 }

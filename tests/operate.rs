@@ -513,3 +513,99 @@ fn the_unit_rates_1_5_or_better_with_systemd_analyze() {
         .unwrap_or_else(|| panic!("no rating in:\n{text}"));
     assert!(rating <= 1.5, "exposure {rating} > 1.5:\n{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_poll_line_fields() {
+    let mut h = Harness::new().await;
+    h.fakes.add(recent(SUB_A, "j", 3));
+    let run = h.once(&["--log-format", "json"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let polls: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "poll complete")
+        .collect();
+    assert_eq!(polls.len(), 1, "{}", run.stderr);
+    let p = &polls[0];
+    for field in [
+        "subscription",
+        "window_start",
+        "window_end",
+        "pages",
+        "fetched",
+        "kept",
+        "new",
+        "delivered",
+        "lag_s",
+    ] {
+        assert!(p.get(field).is_some(), "{field} missing: {p}");
+    }
+    assert_eq!(p["new"], 3);
+    // Every line is JSON: nothing else is mixed in.
+    for line in run.stderr.lines().filter(|l| l.starts_with('{')) {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn man_pages_and_completions_are_generated_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_azure-activity-poller"))
+        .arg("generate-assets")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |p: &str| std::fs::read_to_string(dir.path().join(p)).unwrap_or_default();
+    let man = read("man/azure-activity-poller.1");
+    assert!(man.contains(".TH azure-activity-poller 1"), "{man}");
+    assert!(
+        man.contains("once") && man.contains("since"),
+        "options missing from the man page"
+    );
+    for page in ["status", "dead-letters", "check-config", "demo"] {
+        assert!(
+            read(&format!("man/azure-activity-poller-{page}.1")).contains(".TH"),
+            "{page}"
+        );
+    }
+    for (file, needle) in [
+        ("completions/azure-activity-poller.bash", "check-config"),
+        ("completions/_azure-activity-poller", "dead-letters"),
+        ("completions/azure-activity-poller.fish", "status"),
+    ] {
+        assert!(read(file).contains(needle), "{file} lacks {needle}");
+    }
+    // Every asset the Debian package lists exists after generation.
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    for line in manifest.lines().filter(|l| l.contains("\"target/assets/")) {
+        let src = line
+            .split('"')
+            .nth(1)
+            .unwrap()
+            .trim_start_matches("target/assets/");
+        if let Some(dir_part) = src.strip_suffix("*.1") {
+            assert!(
+                std::fs::read_dir(dir.path().join(dir_part))
+                    .unwrap()
+                    .count()
+                    >= 5,
+                "{src}"
+            );
+        } else {
+            assert!(
+                dir.path().join(src).exists(),
+                "the package lists {src}, which is not generated"
+            );
+        }
+    }
+}
