@@ -61,6 +61,18 @@ struct Args {
     /// ARM's read limit: 250 tokens refilled at 25 per second.
     #[arg(long)]
     token_bucket: bool,
+    /// Operations already in the log at start, per subscription.
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
+    /// How far back the backlog spreads.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    backlog_span: Duration,
+    /// One Succeeded entry per backlog operation (for benchmarks).
+    #[arg(long)]
+    backlog_succeeded_only: bool,
+    /// Serve Azure Resource Manager over TLS too.
+    #[arg(long)]
+    arm_tls: bool,
     /// Poll interval and window written into poller.toml.
     #[arg(long, default_value = "10s")]
     interval: String,
@@ -79,8 +91,9 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
                 id: format!("00000000-0000-4000-8000-{:012x}", i + 1),
                 rate_per_minute: args.rate,
                 succeeded: 0.8,
-                backlog: 0,
-                backlog_span: Duration::from_secs(3600),
+                backlog: args.backlog,
+                backlog_span: args.backlog_span,
+                backlog_succeeded_only: args.backlog_succeeded_only,
             });
         }
     }
@@ -107,6 +120,7 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         s.azure.drop_rate = v;
     }
     s.azure.token_bucket |= args.token_bucket;
+    s.arm_tls |= args.arm_tls;
     s.validate()?;
     Ok(s)
 }
@@ -158,7 +172,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(73);
             }
         };
-        println!("Azure Resource Manager  http://{}", emulator.arm);
+        let scheme = if args.arm_tls { "https" } else { "http" };
+        println!("Azure Resource Manager  {scheme}://{}", emulator.arm);
         println!("Entra ID (TLS)          https://{}", emulator.login);
         println!(
             "Guardrails endpoint     http://{}/api/v5/events/raw",

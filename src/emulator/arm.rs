@@ -309,7 +309,8 @@ pub async fn list(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("127.0.0.1");
         let mut link = format!(
-            "http://{host}/subscriptions/{subscription}/providers/microsoft.insights/eventtypes/management/values?api-version=2015-04-01&$skiptoken={}",
+            "{}://{host}/subscriptions/{subscription}/providers/microsoft.insights/eventtypes/management/values?api-version=2015-04-01&$skiptoken={}",
+            shared.arm_scheme,
             skiptoken(snapshot_id, offset + page_size)
         );
         if let Some(s) = q.get("$select") {
@@ -341,11 +342,14 @@ pub async fn list(
 pub fn cut_response(body: String) -> Response {
     let half = body.len() / 2;
     let first = bytes::Bytes::from(body.into_bytes()).slice(..half);
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
-        Ok(first),
-        Err(std::io::Error::other("connection cut by the emulator")),
-    ];
-    let mut r = Response::new(Body::from_stream(futures::stream::iter(chunks)));
+    // The error comes a moment after the first chunk, so that the status line
+    // and half the body are on the wire before the connection drops.
+    let first = futures::stream::iter([Ok::<_, std::io::Error>(first)]);
+    let cut = futures::stream::once(async {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        Err(std::io::Error::other("connection cut by the emulator"))
+    });
+    let mut r = Response::new(Body::from_stream(futures::StreamExt::chain(first, cut)));
     r.headers_mut().insert(
         "content-type",
         HeaderValue::from_static("application/json; charset=utf-8"),

@@ -114,7 +114,7 @@ impl ActivityLog {
                     + chrono::Duration::milliseconds(
                         (frac * span.num_milliseconds() as f64) as i64,
                     );
-                log.operation(&s.id, s.succeeded, at, Some(now));
+                log.operation(&s.id, s.succeeded, at, Some(now), s.backlog_succeeded_only);
             }
         }
         log
@@ -150,7 +150,7 @@ impl ActivityLog {
             for _ in 0..(whole as u64) {
                 let offset = self.rng.f64() * dt;
                 let at = from + chrono::Duration::microseconds((offset * 1e6) as i64);
-                self.operation(&s.id, s.succeeded, at, None);
+                self.operation(&s.id, s.succeeded, at, None, false);
             }
         }
     }
@@ -186,6 +186,7 @@ impl ActivityLog {
         succeeded: f64,
         at: Timestamp,
         visible_cap: Option<Timestamp>,
+        only_succeeded: bool,
     ) {
         let total: u32 = CATEGORIES.iter().map(|c| c.1).sum();
         let mut pick = self.rng.u32(0..total);
@@ -197,7 +198,11 @@ impl ActivityLog {
             }
             pick -= w;
         }
+        if only_succeeded {
+            category = "Administrative";
+        }
         let statuses: Vec<(&'static str, i64)> = match category {
+            _ if only_succeeded => vec![("Succeeded", 0)],
             "Administrative" => {
                 let end = if self.rng.f64() < succeeded {
                     "Succeeded"
@@ -240,11 +245,13 @@ impl ActivityLog {
         let caller = format!("user{}@contoso.com", self.rng.u8(0..50));
         let late = self.scenario.late.clone();
         for (status, after_ms) in statuses {
-            let ts = at + chrono::Duration::milliseconds(after_ms);
+            let mut ts = at + chrono::Duration::milliseconds(after_ms);
             let mut visible_at =
                 ts + chrono::Duration::from_std(self.delay(&late)).unwrap_or_default();
             if let Some(cap) = visible_cap {
-                visible_at = visible_at.min(cap);
+                // A backlog entry happened, and was submitted, before the start.
+                ts = ts.min(cap);
+                visible_at = visible_at.min(cap).max(ts);
             }
             let id = self.guid();
             self.counter += 1;

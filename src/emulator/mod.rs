@@ -75,6 +75,8 @@ pub struct Shared {
     requests: Mutex<BTreeMap<String, u64>>,
     deliveries: Mutex<HashMap<String, Delivered>>,
     started: Instant,
+    /// `http` or `https`, for nextLinks.
+    pub arm_scheme: &'static str,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -347,6 +349,7 @@ impl Emulator {
     /// Starts the three servers on `ip`, each on a port the system picks.
     pub async fn start(scenario: Scenario, ip: IpAddr) -> Result<Emulator, EmulatorError> {
         let seed = scenario.seed;
+        let arm_tls = scenario.arm_tls;
         let mut secrets = fastrand::Rng::with_seed(seed ^ 0x5eed);
         let shared = Arc::new(Shared {
             client_secret: format!("emulator-secret-{:016x}", secrets.u64(..)),
@@ -358,6 +361,7 @@ impl Emulator {
             requests: Mutex::new(BTreeMap::new()),
             deliveries: Mutex::new(HashMap::new()),
             started: Instant::now(),
+            arm_scheme: if arm_tls { "https" } else { "http" },
         });
         let arm_router = Router::new()
             .route(
@@ -388,10 +392,15 @@ impl Emulator {
         };
         let (arm, login, ingest) = (addr(&l_arm)?, addr(&l_login)?, addr(&l_ingest)?);
         let tls = tls::generate()?;
-        let tasks = vec![
+        let arm_task = if arm_tls {
+            tokio::spawn(tls::serve(l_arm, arm_router, tls.config.clone()))
+        } else {
             tokio::spawn(async move {
                 let _ = axum::serve(l_arm, arm_router).await;
-            }),
+            })
+        };
+        let tasks = vec![
+            arm_task,
             tokio::spawn(async move {
                 let _ = axum::serve(l_ingest, ingest_router).await;
             }),
@@ -452,7 +461,7 @@ path = "state.db"
 
 [azure]
 cloud = "custom"
-resource_manager_url = "http://{arm}"
+resource_manager_url = "{scheme}://{arm}"
 authority_host = "https://{login}"
 retry_base = "{retry}"
 max_retries = 6
@@ -478,6 +487,7 @@ interval = "{interval}"
 window = "{window}"
 "#,
             ca = dir.join("ca.pem").display(),
+            scheme = self.shared.arm_scheme,
             arm = self.arm,
             login = self.login,
             retry = settings.retry_base,

@@ -5,6 +5,7 @@
 //! ```toml
 //! seed = 42
 //! page_size = 200
+//! arm_tls = false              # serve ARM over TLS as well
 //!
 //! [[subscription]]
 //! id = "089bd33f-d4ec-47fe-8ba5-0753aa5c5b33"
@@ -12,6 +13,7 @@
 //! succeeded = 0.8              # share of operations that end Succeeded (else Failed)
 //! backlog = 0                  # operations already in the log at start...
 //! backlog_span = "1h"          # ...spread over this span before start
+//! backlog_succeeded_only = false  # true: one Succeeded entry per backlog operation
 //!
 //! [late]                       # when entries become visible (submissionTimestamp)
 //! delay_min = "0s"             # every entry: uniform in [delay_min, delay_max]
@@ -57,6 +59,10 @@ pub struct Scenario {
     pub seed: u64,
     #[serde(default = "default_page_size")]
     pub page_size: usize,
+    /// Serve Azure Resource Manager over TLS too (the Python SDK refuses to
+    /// send a bearer token over plain HTTP).
+    #[serde(default)]
+    pub arm_tls: bool,
     #[serde(default, rename = "subscription")]
     pub subscriptions: Vec<SubscriptionScenario>,
     #[serde(default)]
@@ -86,6 +92,9 @@ pub struct SubscriptionScenario {
     pub backlog: usize,
     #[serde(default = "default_backlog_span", with = "humantime_serde")]
     pub backlog_span: Duration,
+    /// Backlog operations yield one Succeeded entry each (for benchmarks).
+    #[serde(default)]
+    pub backlog_succeeded_only: bool,
 }
 
 fn default_rate() -> f64 {
