@@ -69,6 +69,7 @@ async fn poll_and_log(
                 queries = r.queries,
                 pages = r.pages,
                 requests = r.requests,
+                bytes = r.bytes,
                 fetched = r.fetched,
                 kept = r.kept,
                 skipped = r.skipped_status,

@@ -338,6 +338,15 @@ pub async fn list(
     resp
 }
 
+/// A connection dropped before any answer: the client sees a reset, not a
+/// status. (An endpoint that sent a 2xx status line has accepted the event.)
+pub fn refused_response() -> Response {
+    let cut = futures::stream::iter([Err::<bytes::Bytes, _>(std::io::Error::other(
+        "connection refused by the emulator",
+    ))]);
+    Response::new(Body::from_stream(cut))
+}
+
 /// A 200 whose body stops half-way: the connection is cut.
 pub fn cut_response(body: String) -> Response {
     let half = body.len() / 2;

@@ -39,7 +39,7 @@ pub async fn receive(
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
         Some((OutageMode::Error, _)) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-        Some((OutageMode::Refuse, _)) => return super::arm::cut_response("{}".into()),
+        Some((OutageMode::Refuse, _)) => return super::arm::refused_response(),
         Some((OutageMode::Slow, delay)) => tokio::time::sleep(delay).await,
         None => {}
     }
