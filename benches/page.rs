@@ -37,7 +37,7 @@ fn bench(c: &mut Criterion) {
             let mut bytes = 0;
             for item in &page.items {
                 if let Item::Entry(e) = item {
-                    bytes += serde_json::to_vec(&render(Format::ActivityLogAlert, &e.fields))
+                    bytes += serde_json::to_vec(&render(Format::ActivityLogAlert, &e.fields()))
                         .map_or(0, |v| v.len());
                 }
             }

@@ -13,6 +13,7 @@ use std::hash::{Hash, Hasher};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 /// An instant with the activity log's 100 ns precision.
@@ -60,25 +61,58 @@ pub fn rfc3339(t: Timestamp) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// An activity log entry whose identity and time are known.
-#[derive(Debug, Clone, PartialEq)]
+/// An activity log entry whose identity and time are known. Its text is kept
+/// exactly as received and never re-serialized: recording it is a copy.
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub event_data_id: String,
     pub event_timestamp: Timestamp,
     /// `status.value`, when present.
     pub status: Option<String>,
     /// The entry exactly as received.
-    pub fields: Map<String, Value>,
+    pub raw: Box<RawValue>,
+}
+
+impl Entry {
+    /// Every field of the entry, in order.
+    pub fn fields(&self) -> Map<String, Value> {
+        object(&self.raw)
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.event_data_id == other.event_data_id
+            && self.event_timestamp == other.event_timestamp
+            && self.status == other.status
+            && self.raw.get() == other.raw.get()
+    }
 }
 
 /// An entry the poller cannot identify, kept whole for people to look at.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Malformed {
     /// A stable key derived from the content, so a re-queried copy is recognised.
     pub key: String,
     pub status: Option<String>,
     pub reason: String,
-    pub fields: Map<String, Value>,
+    pub raw: Box<RawValue>,
+}
+
+impl Malformed {
+    pub fn fields(&self) -> Map<String, Value> {
+        object(&self.raw)
+    }
+}
+
+impl PartialEq for Malformed {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key && self.reason == other.reason && self.raw.get() == other.raw.get()
+    }
+}
+
+fn object(raw: &RawValue) -> Map<String, Value> {
+    serde_json::from_str(raw.get()).unwrap_or_default()
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,9 +151,23 @@ pub enum PageError {
 
 #[derive(Deserialize)]
 struct RawPage {
-    value: Option<Vec<Value>>,
+    value: Option<Vec<Box<RawValue>>>,
     #[serde(rename = "nextLink")]
     next_link: Option<Value>,
+}
+
+/// The only fields the poller reads itself; everything else is skipped
+/// unparsed.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(rename = "eventDataId", borrow, default)]
+    event_data_id: Option<&'a RawValue>,
+    #[serde(rename = "eventTimestamp", borrow, default)]
+    event_timestamp: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
 }
 
 impl Page {
@@ -129,10 +177,10 @@ impl Page {
         let values = raw.value.ok_or(PageError::NoValue)?;
         let mut items = Vec::with_capacity(values.len());
         for (index, v) in values.into_iter().enumerate() {
-            match v {
-                Value::Object(fields) => items.push(Item::from_fields(fields)),
-                _ => return Err(PageError::NotAnObject { index }),
+            if !v.get().starts_with('{') {
+                return Err(PageError::NotAnObject { index });
             }
+            items.push(Item::from_raw(v));
         }
         let next_link = match raw.next_link {
             None | Some(Value::Null) => None,
@@ -144,37 +192,96 @@ impl Page {
     }
 }
 
+/// A JSON string's value; `None` for anything else.
+fn string(v: Option<&RawValue>) -> Option<String> {
+    let text = v?.get();
+    text.starts_with('"')
+        .then(|| serde_json::from_str::<String>(text).ok())
+        .flatten()
+}
+
+/// A LocalizableString's `value`, or a plain string.
+fn localizable_raw(v: Option<&RawValue>) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Localizable {
+        #[serde(default)]
+        value: Option<Value>,
+    }
+    let text = v?.get();
+    if text.starts_with('{') {
+        serde_json::from_str::<Localizable>(text)
+            .ok()?
+            .value
+            .and_then(|v| v.as_str().map(str::to_string))
+    } else {
+        string(v)
+    }
+}
+
 impl Item {
-    /// Classifies one entry object.
+    /// Classifies one entry object (any JSON object).
     pub fn from_fields(fields: Map<String, Value>) -> Item {
-        let status = localizable(fields.get("status")).map(str::to_string);
-        let id = fields
-            .get("eventDataId")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .or_else(|| id_from_resource_id(&fields));
-        let ts_raw = fields.get("eventTimestamp").and_then(Value::as_str);
-        let ts = ts_raw.and_then(parse_timestamp);
+        // A map always serializes; the fallback keeps this total all the same.
+        let raw =
+            serde_json::value::to_raw_value(&fields).unwrap_or_else(|_| RawValue::NULL.to_owned());
+        Item::from_raw(raw)
+    }
+
+    /// Classifies one entry from its text, which must be a JSON object.
+    pub fn from_raw(raw: Box<RawValue>) -> Item {
+        let (id, ts_raw, status) = match serde_json::from_str::<Probe<'_>>(raw.get()) {
+            Ok(p) => (
+                string(p.event_data_id)
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| string(p.id).and_then(|id| id_from_resource_id(&id))),
+                p.event_timestamp
+                    .map(|t| (string(Some(t)), t.get().to_string())),
+                localizable_raw(p.status),
+            ),
+            // Duplicate keys and the like: read it the slow way (last key wins).
+            Err(_) => {
+                let fields = object(&raw);
+                let get = |k: &str| fields.get(k).and_then(Value::as_str).map(str::to_string);
+                (
+                    get("eventDataId")
+                        .map(|s| s.trim().to_string())
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| get("id").and_then(|id| id_from_resource_id(&id))),
+                    fields
+                        .get("eventTimestamp")
+                        .map(|t| (t.as_str().map(str::to_string), t.to_string())),
+                    localizable(fields.get("status")).map(str::to_string),
+                )
+            }
+        };
+        let ts = ts_raw
+            .as_ref()
+            .and_then(|(s, _)| s.as_deref())
+            .and_then(parse_timestamp);
         match (id, ts) {
             (Some(event_data_id), Some(event_timestamp)) => Item::Entry(Entry {
                 event_data_id,
                 event_timestamp: to_ticks(event_timestamp),
                 status,
-                fields,
+                raw,
             }),
             (id, _) => {
-                let reason = match (id.is_some(), ts_raw) {
+                let reason = match (id.is_some(), &ts_raw) {
                     (false, _) => "entry has no eventDataId".to_string(),
                     (true, None) => "entry has no eventTimestamp".to_string(),
-                    (true, Some(raw)) => format!("entry has an unparseable eventTimestamp {raw:?}"),
+                    (true, Some((Some(s), _))) => {
+                        format!("entry has an unparseable eventTimestamp {s:?}")
+                    }
+                    (true, Some((None, text))) => {
+                        format!("entry has an unparseable eventTimestamp {text}")
+                    }
                 };
                 Item::Malformed(Malformed {
-                    key: content_key(&fields),
+                    key: content_key(raw.get()),
                     status,
                     reason,
-                    fields,
+                    raw,
                 })
             }
         }
@@ -192,8 +299,7 @@ pub fn localizable(v: Option<&Value>) -> Option<&str> {
 
 /// `.../events/{eventDataId}/ticks/{ticks}`: the resource id of an entry carries
 /// its eventDataId, which helps when `$select` left `eventDataId` out.
-fn id_from_resource_id(fields: &Map<String, Value>) -> Option<String> {
-    let id = fields.get("id")?.as_str()?;
+fn id_from_resource_id(id: &str) -> Option<String> {
     let mut parts = id.split('/');
     while let Some(p) = parts.next() {
         if p.eq_ignore_ascii_case("events") {
@@ -203,8 +309,7 @@ fn id_from_resource_id(fields: &Map<String, Value>) -> Option<String> {
     None
 }
 
-fn content_key(fields: &Map<String, Value>) -> String {
-    let text = serde_json::to_string(fields).unwrap_or_default();
+fn content_key(text: &str) -> String {
     let mut h = std::hash::DefaultHasher::new();
     text.hash(&mut h);
     format!("malformed:{:016x}", h.finish())

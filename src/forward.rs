@@ -112,17 +112,32 @@ impl Forwarder {
         }
     }
 
+    /// The body to POST for a stored entry: the entry as received for
+    /// `event-data`, else the rendered webhook document.
+    fn body(&self, entry: &str) -> Result<Vec<u8>, String> {
+        if self.format == Format::EventData {
+            return if entry.trim_start().starts_with('{') {
+                Ok(entry.as_bytes().to_vec())
+            } else {
+                Err("stored entry is not a JSON object".into())
+            };
+        }
+        let fields: Map<String, Value> = serde_json::from_str(entry)
+            .map_err(|e| format!("stored entry is not a JSON object: {e}"))?;
+        serde_json::to_vec(&render(self.format, &fields)).map_err(|e| e.to_string())
+    }
+
     /// POSTs one event.
     pub async fn deliver(&self, event: &OutboxEvent) -> Delivery {
-        let entry: Map<String, Value> = match serde_json::from_str(&event.entry) {
-            Ok(m) => m,
-            Err(e) => return Delivery::Rejected(format!("stored entry is not a JSON object: {e}")),
+        let body = match self.body(&event.entry) {
+            Ok(b) => b,
+            Err(reason) => return Delivery::Rejected(reason),
         };
-        let body = render(self.format, &entry);
         let sent = self
             .http
             .post(self.url.expose())
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .timeout(self.timeout)
             .send()
             .await;
@@ -161,29 +176,64 @@ impl Forwarder {
         }
     }
 
-    /// Delivers up to a batch of the oldest events.
+    /// Delivers the oldest events, `concurrency` POSTs in flight, refilling as
+    /// they complete, until the outbox is empty or a delivery must be retried
+    /// later. Outcomes are written as soon as their POSTs complete: those that
+    /// complete together share one transaction.
     async fn round(&self) -> Result<Round, StoreError> {
-        let limit = self.concurrency * 4;
-        let batch = self.store.call(move |s| s.next_batch(limit, &[])).await?;
-        let mut round = Round {
-            attempted: batch.len(),
-            ..Round::default()
-        };
-        let mut results = futures::stream::iter(batch)
-            .map(|ev| async move {
-                let outcome = self.deliver(&ev).await;
-                (ev, outcome)
-            })
-            .buffer_unordered(self.concurrency);
-        while let Some((ev, outcome)) = results.next().await {
-            let seq = ev.seq;
-            match outcome {
-                Delivery::Acked => {
-                    self.store.call(move |s| s.ack(seq)).await?;
-                    self.delivered.add(&ev.subscription_id);
-                    crate::metrics::delivered(&ev.subscription_id);
-                    round.acked += 1;
+        let mut round = Round::default();
+        let mut queue: std::collections::VecDeque<OutboxEvent> = std::collections::VecDeque::new();
+        let mut flying: Vec<i64> = Vec::new();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut exhausted = false;
+        loop {
+            if round.retry.is_none() {
+                if queue.len() < self.concurrency && !exhausted {
+                    let skip: Vec<i64> = flying
+                        .iter()
+                        .copied()
+                        .chain(queue.iter().map(|e| e.seq))
+                        .collect();
+                    let limit = self.concurrency * 4;
+                    let batch = self.store.call(move |s| s.next_batch(limit, &skip)).await?;
+                    exhausted = batch.is_empty();
+                    queue.extend(batch);
                 }
+                while in_flight.len() < self.concurrency {
+                    let Some(ev) = queue.pop_front() else { break };
+                    flying.push(ev.seq);
+                    in_flight.push(async move {
+                        let outcome = self.deliver(&ev).await;
+                        (ev, outcome)
+                    });
+                }
+            }
+            let Some(first) = in_flight.next().await else {
+                break;
+            };
+            let mut done = vec![first];
+            while let Some(Some(more)) = futures::FutureExt::now_or_never(in_flight.next()) {
+                done.push(more);
+            }
+            round.attempted += done.len();
+            self.settle(&done, &mut round).await?;
+            flying.retain(|seq| !done.iter().any(|(ev, _)| ev.seq == *seq));
+        }
+        Ok(round)
+    }
+
+    /// Records the outcomes of completed POSTs in one transaction.
+    async fn settle(
+        &self,
+        done: &[(OutboxEvent, Delivery)],
+        round: &mut Round,
+    ) -> Result<(), StoreError> {
+        let mut acks = Vec::new();
+        let mut rejects = Vec::new();
+        let mut failures = Vec::new();
+        for (ev, outcome) in done {
+            match outcome {
+                Delivery::Acked => acks.push(ev.seq),
                 Delivery::Rejected(reason) => {
                     tracing::error!(
                         subscription = %ev.subscription_id,
@@ -191,17 +241,26 @@ impl Forwarder {
                         %reason,
                         "the ingestion endpoint rejected an event; moved to the dead-letter table"
                     );
-                    self.store.call(move |s| s.reject(seq, &reason)).await?;
+                    rejects.push((ev.seq, reason.clone()));
                 }
                 Delivery::Retry { reason, after } => {
-                    let r = reason.clone();
-                    self.store.call(move |s| s.note_failure(seq, &r)).await?;
-                    let after = round.retry.as_ref().and_then(|(_, a)| *a).max(after);
-                    round.retry = Some((reason, after));
+                    failures.push((ev.seq, reason.clone()));
+                    let after = round.retry.as_ref().and_then(|(_, a)| *a).max(*after);
+                    round.retry = Some((reason.clone(), after));
                 }
             }
         }
-        Ok(round)
+        self.store
+            .call(move |s| s.settle(&acks, &rejects, &failures))
+            .await?;
+        for (ev, outcome) in done {
+            if *outcome == Delivery::Acked {
+                self.delivered.add(&ev.subscription_id);
+                crate::metrics::delivered(&ev.subscription_id);
+                round.acked += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Runs until `shutdown` turns true, waking when `ready` is notified.

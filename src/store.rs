@@ -3,8 +3,9 @@
 //! yet acknowledged by the endpoint, and a dead-letter table of events the
 //! endpoint rejected or the poller could not identify.
 //!
-//! SQLite in WAL mode with `synchronous = FULL`: a transaction that returned is on
-//! disk. The poller records each page's new entries (seen ids and outbox rows) in
+//! SQLite in WAL mode with `synchronous = NORMAL`: a transaction that returned
+//! survives the process being killed; a power loss can roll back the last
+//! ones, watermark included, which re-fetches rather than loses. The poller records each page's new entries (seen ids and outbox rows) in
 //! one transaction, and the last page of a window moves the watermark in that same
 //! transaction; the forwarder deletes an outbox row only after a 2xx. A kill at any
 //! moment therefore loses nothing: an uncommitted page is fetched again, and the
@@ -226,7 +227,12 @@ impl Store {
         }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(not_db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
+        // In WAL mode, NORMAL makes a commit durable against a killed process
+        // (the WAL is written before commit returns) without an fsync per
+        // commit. A power loss may roll back the last commits, watermark and
+        // outbox together: entries are fetched again, and at worst sent twice;
+        // none is lost.
+        conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(not_db)?;
         conn.execute_batch(SCHEMA).map_err(not_db)?;
         if version < SCHEMA_VERSION {
@@ -334,9 +340,8 @@ impl Store {
                         rec.duplicate += 1;
                         continue;
                     }
-                    let body = serde_json::to_string(&e.fields).unwrap_or_default();
                     outbox
-                        .execute(params![subscription_id, e.event_data_id, ts, body])
+                        .execute(params![subscription_id, e.event_data_id, ts, e.raw.get()])
                         .ctx("queueing an event")?;
                     rec.new += 1;
                 }
@@ -357,7 +362,7 @@ impl Store {
                     {
                         continue;
                     }
-                    let body = serde_json::to_string(&m.fields).unwrap_or_default();
+                    let body = m.raw.get();
                     dead.execute(params![subscription_id, m.key, body, m.reason, to_nanos(chrono::Utc::now())])
                         .ctx("quarantining an entry")?;
                     rec.quarantined += 1;
@@ -443,6 +448,44 @@ impl Store {
                 }
             }
             Ok(out)
+        })
+    }
+
+    /// Records delivery outcomes in one transaction: acknowledged events are
+    /// forgotten, rejected ones become dead letters, failed ones count an attempt.
+    pub fn settle(
+        &self,
+        acks: &[i64],
+        rejects: &[(i64, String)],
+        failures: &[(i64, String)],
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            {
+                let mut del = tx
+                    .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
+                    .ctx("acknowledging an event")?;
+                for seq in acks {
+                    del.execute([seq]).ctx("acknowledging an event")?;
+                }
+                let mut fail = tx
+                    .prepare_cached("UPDATE outbox SET attempts = attempts + 1, last_error = ?2 WHERE seq = ?1")
+                    .ctx("noting a failed delivery")?;
+                for (seq, error) in failures {
+                    fail.execute(params![seq, error]).ctx("noting a failed delivery")?;
+                }
+                for (seq, reason) in rejects {
+                    tx.execute(
+                        "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+                         SELECT subscription_id, event_data_id, event_ts_ns, entry, ?2, ?3 FROM outbox WHERE seq = ?1",
+                        params![seq, reason, to_nanos(chrono::Utc::now())],
+                    )
+                    .ctx("dead-lettering an event")?;
+                    del.execute([seq]).ctx("dead-lettering an event")?;
+                }
+            }
+            tx.commit().ctx("recording deliveries")?;
+            Ok(())
         })
     }
 
@@ -615,10 +658,7 @@ mod tests {
             event_data_id: id.into(),
             event_timestamp: parse_timestamp(ts).unwrap(),
             status: Some("Succeeded".into()),
-            fields: json!({"eventDataId": id})
-                .as_object()
-                .cloned()
-                .unwrap_or_else(Map::new),
+            raw: serde_json::value::to_raw_value(&json!({"eventDataId": id})).unwrap(),
         }
     }
 

@@ -240,7 +240,7 @@ fn check_entry(what: &str, e: &Entry, source: &Map<String, Value>) {
         other => other.as_str(),
     });
     assert_eq!(e.status.as_deref(), status, "{what}: status.value");
-    assert_eq!(&e.fields, source, "{what}: fields as received");
+    assert_eq!(&e.fields(), source, "{what}: fields as received");
 }
 
 // ------------------------------------------------------------ 1. parse ----
@@ -332,8 +332,8 @@ fn activity_log_schema_samples_parse_or_fail_cleanly() {
                     assert_eq!(localizable(Some(v)), None, "{}", f.name);
                     null_localizables += 1;
                 }
-                channels += usize::from(e.fields.contains_key("channels"));
-                related += usize::from(e.fields.contains_key("relatedEvents"));
+                channels += usize::from(e.fields().contains_key("channels"));
+                related += usize::from(e.fields().contains_key("relatedEvents"));
                 entries += 1;
             }
             Shape::Export => {
@@ -356,7 +356,7 @@ fn policy_sample_with_raw_line_breaks_parses_leniently() {
     let e = only_entry(&Page::parse(&wrap_in_page(&f.raw)).unwrap(), &f.name);
     assert_eq!(e.event_data_id, "aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e");
     assert_eq!(e.status.as_deref(), Some("Succeeded"));
-    let fields = Value::Object(e.fields);
+    let fields = Value::Object(e.fields());
     let policies = str_at(&fields, &["properties", "policies"]);
     assert!(
         policies.contains("/Microsoft.\n            Authorization/policyDefinitions/"),

@@ -35,12 +35,12 @@ fuzz_target!(|data: &[u8]| {
                 // The watermark and the `$filter` use these.
                 let _ = format_ticks(e.event_timestamp);
                 let _ = to_nanos(e.event_timestamp);
-                &e.fields
+                e.fields()
             }
-            Item::Malformed(m) => &m.fields,
+            Item::Malformed(m) => m.fields(),
         };
         for format in FORMATS {
-            let doc = render(format, fields);
+            let doc = render(format, &fields);
             let _ = serde_json::to_vec(&doc);
         }
     }

@@ -448,8 +448,14 @@ impl Emulator {
         settings: &PollerSettings,
     ) -> Result<PathBuf, EmulatorError> {
         let write = |name: &str, text: &str| {
+            use std::os::unix::fs::PermissionsExt;
             let path = dir.join(name);
-            std::fs::write(&path, text).map_err(|source| EmulatorError::Write { path, source })
+            // Secrets, as an operator would keep them: readable by the owner only.
+            std::fs::write(&path, text)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                })
+                .map_err(|source| EmulatorError::Write { path, source })
         };
         write("ca.pem", &self.ca_pem)?;
         write("client-secret", &self.shared.client_secret)?;
