@@ -651,7 +651,7 @@ fn chosen_dead_letters(
 mod tests {
     use super::*;
     use crate::event::parse_timestamp;
-    use serde_json::{Map, json};
+    use serde_json::json;
 
     fn entry(id: &str, ts: &str) -> Entry {
         Entry {
