@@ -22,12 +22,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use reqwest::StatusCode;
-use serde_json::{Map, Value};
 use tokio::sync::{Notify, watch};
 
 use crate::azure::activity_log::describe;
 use crate::config::{Format, GuardrailsConfig, IngestUrl};
-use crate::format::render;
 use crate::retry::{Backoff, retry_after};
 use crate::store::{OutboxEvent, Store, StoreError};
 
@@ -112,24 +110,9 @@ impl Forwarder {
         }
     }
 
-    /// The body to POST for a stored entry: the entry as received for
-    /// `event-data`, else the rendered webhook document.
-    fn body(&self, entry: &str) -> Result<Vec<u8>, String> {
-        if self.format == Format::EventData {
-            return if entry.trim_start().starts_with('{') {
-                Ok(entry.as_bytes().to_vec())
-            } else {
-                Err("stored entry is not a JSON object".into())
-            };
-        }
-        let fields: Map<String, Value> = serde_json::from_str(entry)
-            .map_err(|e| format!("stored entry is not a JSON object: {e}"))?;
-        serde_json::to_vec(&render(self.format, &fields)).map_err(|e| e.to_string())
-    }
-
     /// POSTs one event.
     pub async fn deliver(&self, event: &OutboxEvent) -> Delivery {
-        let body = match self.body(&event.entry) {
+        let body = match crate::format::render_bytes(self.format, &event.entry) {
             Ok(b) => b,
             Err(reason) => return Delivery::Rejected(reason),
         };

@@ -14,16 +14,42 @@ use axum::response::{IntoResponse, Response};
 use super::Shared;
 use super::scenario::OutageMode;
 
-/// The eventDataId of a posted document, in any of the three formats.
-pub fn posted_id(doc: &serde_json::Value) -> Option<&str> {
-    [
-        doc.pointer("/data/context/activityLog/eventDataId"),
-        doc.pointer("/data/alertContext/eventDataId"),
-        doc.get("eventDataId"),
-    ]
-    .into_iter()
-    .flatten()
-    .find_map(|v| v.as_str())
+/// The eventDataId of a posted document, read without building its tree: only
+/// the three places it can be are parsed, everything else is skipped.
+pub fn posted_event_data_id(body: &[u8]) -> Option<String> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    struct Id {
+        #[serde(rename = "eventDataId")]
+        event_data_id: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Context {
+        #[serde(rename = "activityLog")]
+        activity_log: Option<Id>,
+    }
+    #[derive(Deserialize)]
+    struct Data {
+        context: Option<Context>,
+        #[serde(rename = "alertContext")]
+        alert_context: Option<Id>,
+    }
+    #[derive(Deserialize)]
+    struct Posted {
+        data: Option<Data>,
+        #[serde(rename = "eventDataId")]
+        event_data_id: Option<String>,
+    }
+    let p: Posted = serde_json::from_slice(body).ok()?;
+    let data = p.data.as_ref();
+    data.and_then(|d| d.context.as_ref())
+        .and_then(|c| c.activity_log.as_ref())
+        .and_then(|a| a.event_data_id.clone())
+        .or_else(|| {
+            data.and_then(|d| d.alert_context.as_ref())
+                .and_then(|a| a.event_data_id.clone())
+        })
+        .or(p.event_data_id)
 }
 
 pub async fn receive(
@@ -43,12 +69,9 @@ pub async fn receive(
         Some((OutageMode::Slow, delay)) => tokio::time::sleep(delay).await,
         None => {}
     }
-    let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&body) else {
+    let Some(id) = posted_event_data_id(&body) else {
         return StatusCode::BAD_REQUEST.into_response();
     };
-    let Some(id) = posted_id(&doc) else {
-        return StatusCode::BAD_REQUEST.into_response();
-    };
-    shared.record_delivery(id);
+    shared.record_delivery(&id);
     StatusCode::ACCEPTED.into_response()
 }
