@@ -66,13 +66,21 @@ catchup() {
         local start end
         start=$(date -u -d '-1 hour' +%FT%TZ); end=$(date -u +%FT%TZ)
         local poller
-        poller=$(cd "$dir" && python3 "$OLDPWD/bench/measure.py" --env SSL_CERT_FILE="$dir/ca.pem" --env RUST_LOG=warn \
-            -- "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" --once --since 1h --log-format text)
+        poller=$(cd "$dir" && python3 "$OLDPWD/bench/measure.py" --env SSL_CERT_FILE="$dir/ca.pem" --env RUST_LOG=info \
+            --stderr "$dir/poller.log" -- "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" --once --since 1h --log-format json)
+        # The poll phase alone (fetch, keep, record), from the poll line.
+        local poll
+        poll=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    if l.startswith("{"):
+        v = json.loads(l)
+        if v.get("message") == "poll complete":
+            print(json.dumps({"took_s": v["took_ms"] / 1000, "fetched": v["fetched"], "pages": v["pages"], "requests": v["requests"], "bytes": v["bytes"]}))' "$dir/poller.log")
         local delivered
         delivered=$(report "$dir" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"delivered": sum(s["delivered"] for s in r["subscriptions"]), "missing": sum(len(s["missing"]) for s in r["subscriptions"]), "duplicates": sum(s["duplicates"] for s in r["subscriptions"])}))')
         local sdk
         sdk=$(REQUESTS_CA_BUNDLE="$dir/ca.pem" "$py" bench/sdk_list.py "$dir" 00000000-0000-4000-8000-000000000001 "$start" "$end")
-        local line="{\"run\": $run, \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"endpoint\": $delivered, \"sdk\": $sdk}"
+        local line="{\"run\": $run, \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"poll_phase\": $poll, \"endpoint\": $delivered, \"sdk\": $sdk}"
         echo "$line" | tee -a "$out/catchup.jsonl"
         stop_emulator
         rm -rf "$dir"
@@ -82,11 +90,13 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda xs: statistics.median(xs)
 p = med([r["entries"] / r["poller"]["wall_s"] for r in rows])
+pp = med([r["poll_phase"]["fetched"] / r["poll_phase"]["took_s"] for r in rows])
 s = med([r["sdk"]["entries_per_s"] for r in rows])
 print(json.dumps({"summary": "catchup", "runs": len(rows),
     "poller_entries_per_s": round(p), "poller_peak_rss_mib": round(med([r["poller"]["peak_rss_kib"] for r in rows]) / 1024, 1),
     "sdk_entries_per_s": round(s), "sdk_peak_rss_mib": round(med([r["sdk"]["peak_rss_kib"] for r in rows]) / 1024, 1),
     "ratio": round(p / s, 2),
+    "poll_phase_entries_per_s": round(pp), "poll_phase_ratio": round(pp / s, 2),
     "all_delivered": all(r["endpoint"]["missing"] == 0 and r["endpoint"]["delivered"] == r["entries"] for r in rows)}))
 PY
 }
