@@ -435,68 +435,6 @@ async fn ingest_handler(
     StatusCode::ACCEPTED.into_response()
 }
 
-// ---------------------------------------------------------------- TLS ------
-
-pub struct Tls {
-    pub ca_pem: String,
-    pub config: Arc<tokio_rustls::rustls::ServerConfig>,
-}
-
-pub fn tls() -> Tls {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "azure-activity-poller test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate().expect("leaf key");
-    let leaf_params =
-        CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("leaf params");
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &issuer)
-        .expect("leaf cert");
-    let der_key =
-        tokio_rustls::rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der())
-            .expect("leaf key der");
-    let config = tokio_rustls::rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], der_key)
-        .expect("server config");
-    Tls {
-        ca_pem: ca.pem(),
-        config: Arc::new(config),
-    }
-}
-
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    config: Arc<tokio_rustls::rustls::ServerConfig>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let Ok(stream) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let _ =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-        });
-    }
-}
-
 // -------------------------------------------------------------- Servers ----
 
 pub struct Fakes {
@@ -544,8 +482,13 @@ impl Fakes {
         let ingest_addr = l_ingest.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(l_arm, arm).await });
         tokio::spawn(async move { axum::serve(l_ingest, guardrails).await });
-        let tls = tls();
-        tokio::spawn(serve_tls(l_login, login, tls.config.clone()));
+        // The emulator's throwaway CA and TLS server, shared with these fakes.
+        let tls = azure_activity_poller::emulator::tls::generate().expect("TLS certificate");
+        tokio::spawn(azure_activity_poller::emulator::tls::serve(
+            l_login,
+            login,
+            tls.config.clone(),
+        ));
         Fakes {
             azure,
             ingest,
