@@ -431,12 +431,7 @@ async fn unidentifiable_entries_and_rejected_events_go_to_dead_letters() {
         Utc::now() - chrono::Duration::seconds(3),
         "Succeeded",
     );
-    h.fakes
-        .ingest
-        .lock()
-        .unwrap()
-        .reject
-        .insert("rejected".into());
+    h.fakes.reject("rejected");
     h.fakes.add(good.clone());
     h.fakes.add([no_id, bad_time, rejected]);
     let run = h.once(&[]).await;

@@ -314,12 +314,7 @@ async fn status_and_dead_letters_next_to_a_running_daemon() {
         Utc::now() - chrono::Duration::seconds(1),
         "Succeeded",
     );
-    h.fakes
-        .ingest
-        .lock()
-        .unwrap()
-        .reject
-        .insert("rejected-1".into());
+    h.fakes.reject("rejected-1");
     h.fakes.add(good.clone());
     h.fakes.add([rejected]);
     h.write_config();
@@ -378,12 +373,7 @@ async fn status_and_dead_letters_next_to_a_running_daemon() {
     assert_eq!(code, Some(0), "{log}");
 
     // Drop: a second rejected event, dropped for good.
-    h.fakes
-        .ingest
-        .lock()
-        .unwrap()
-        .reject
-        .insert("rejected-2".into());
+    h.fakes.reject("rejected-2");
     h.fakes.add([entry(
         SUB_A,
         "rejected-2",

@@ -515,6 +515,11 @@ impl Fakes {
         lock(&self.azure).requests.clone()
     }
 
+    /// The endpoint answers 400 to the event with this eventDataId.
+    pub fn reject(&self, id: &str) {
+        lock(&self.ingest).reject.insert(id.to_string());
+    }
+
     pub fn set_ingest(&self, mode: IngestMode) {
         lock(&self.ingest).mode = Some(mode);
     }
