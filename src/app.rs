@@ -22,6 +22,14 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("{}", refusal(.0))]
     HandlersActive(Vec<String>),
+    #[error("{}", detected(.0))]
+    HandlersDetected(Vec<String>),
+    #[error("{}", undetermined(.lines))]
+    DetectionFailed {
+        lines: Vec<String>,
+        /// The configuration is what is wrong (a bad API key).
+        config: bool,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -50,6 +58,34 @@ fn refusal(subs: &[String]) -> String {
     )
 }
 
+fn detected(lines: &[String]) -> String {
+    format!(
+        "refusing to start: something else already feeds {} (pollers and event handlers must never both feed a subscription, or Guardrails receives every event twice):\n  {}\n\
+         Turn the Guardrails event handlers off (policy Azure > Turbot > Event Handlers: Enforce: Not configured) \
+         and Guardrails' own poller off (policy Azure > Turbot > Event Poller: Disabled), or remove the subscription from this file",
+        if lines.len() == 1 {
+            "this subscription"
+        } else {
+            "these subscriptions"
+        },
+        lines.join("\n  ")
+    )
+}
+
+fn undetermined(lines: &[String]) -> String {
+    format!(
+        "refusing to start: cannot tell whether Guardrails event handlers or its own poller feed {}:\n  {}\n\
+         Fix the access (the credential needs Reader on the subscription; [guardrails.api] needs a valid key), \
+         or set [detection] on_unknown = \"poll\" to poll anyway",
+        if lines.len() == 1 {
+            "this subscription"
+        } else {
+            "these subscriptions"
+        },
+        lines.join("\n  ")
+    )
+}
+
 /// Everything a run needs, built once.
 pub struct App {
     pub config: Config,
@@ -61,6 +97,10 @@ pub struct App {
     pub http: reqwest::Client,
     pub health: Arc<crate::health::Health>,
     pub delivered: crate::forward::Delivered,
+    /// Asks Azure and Guardrails whether something else feeds a subscription.
+    pub detector: Arc<crate::detect::Detector>,
+    /// Subscriptions paused because something else feeds them (kept across reloads).
+    pub pauses: Arc<crate::detect::Pauses>,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -118,6 +158,7 @@ impl App {
             Arc::new(Notify::new()),
             Arc::new(crate::health::Health::default()),
             crate::forward::Delivered::default(),
+            Arc::new(crate::detect::Pauses::default()),
         )
     }
 
@@ -132,6 +173,7 @@ impl App {
             self.outbox_ready.clone(),
             self.health.clone(),
             self.delivered.clone(),
+            self.pauses.clone(),
         )
     }
 
@@ -142,7 +184,9 @@ impl App {
         outbox_ready: Arc<Notify>,
         health: Arc<crate::health::Health>,
         delivered: crate::forward::Delivered,
+        pauses: Arc<crate::detect::Pauses>,
     ) -> Result<App, StartError> {
+        let detector = Arc::new(crate::detect::Detector::new(&config, http.clone()));
         let scope = config.azure.scope();
         let mut tokens = BTreeMap::new();
         let used: std::collections::BTreeSet<&str> = config
@@ -193,7 +237,97 @@ impl App {
             http,
             health,
             delivered,
+            detector,
+            pauses,
         })
+    }
+
+    /// The start check: every `event_handlers = "detect"` subscription is
+    /// asked about before anything is polled. Something live is a refusal
+    /// (exit 78); a check that cannot be made is one too (69, or 78 for a bad
+    /// API key) unless `[detection] on_unknown = "poll"`. `event_handlers =
+    /// false` is the operator's override, warned about at every start.
+    pub async fn detect_at_start(&self) -> Result<(), StartError> {
+        use crate::config::{EventHandlers, OnUnknown};
+        use crate::detect::{Verdict, explain};
+        for sub in &self.config.subscriptions {
+            if sub.event_handlers == EventHandlers::Absent {
+                tracing::warn!(
+                    subscription = %sub.label(),
+                    "event_handlers = false: not checking whether Guardrails event handlers or its own poller feed this subscription; you vouch that nothing does"
+                );
+            }
+        }
+        let subs = self.config.detected_subscriptions();
+        if subs.is_empty() {
+            return Ok(());
+        }
+        crate::notify::status("checking for Guardrails event handlers");
+        let checked = tokio::time::timeout(
+            crate::detect::START_CHECK_LIMIT,
+            crate::detect::detect_all(&self.detector, &subs, &self.tokens),
+        )
+        .await
+        .map_err(|_| StartError::DetectionFailed {
+            lines: vec![format!(
+                "the checks took longer than {}s",
+                crate::detect::START_CHECK_LIMIT.as_secs()
+            )],
+            config: false,
+        })?;
+        let (mut live, mut unknown, mut config_problem) = (Vec::new(), Vec::new(), false);
+        let now = chrono::Utc::now();
+        for (sub, detection) in &checked {
+            let (state, detail) = match detection.verdict() {
+                Verdict::Live(found) => {
+                    crate::metrics::detection_check("live");
+                    live.push(explain(sub, &found));
+                    ("paused", format!("fed by Guardrails: {}", found.join("; ")))
+                }
+                Verdict::Unknown(errors) => {
+                    crate::metrics::detection_check("unknown");
+                    crate::metrics::detection_failed(sub.id.as_str());
+                    config_problem |= detection.config_problem();
+                    if self.config.detection.on_unknown == OnUnknown::Poll {
+                        tracing::warn!(
+                            subscription = %sub.label(),
+                            error = %errors.join("; "),
+                            "cannot tell whether Guardrails feeds this subscription; polling it anyway ([detection] on_unknown = \"poll\")"
+                        );
+                    } else {
+                        unknown.push(explain(sub, &errors));
+                    }
+                    ("unknown", format!("check failed: {}", errors.join("; ")))
+                }
+                Verdict::Clear(seen) => {
+                    crate::metrics::detection_check("clear");
+                    tracing::info!(
+                        subscription = %sub.label(),
+                        seen = %seen.join("; "),
+                        "no Guardrails event handlers or poller feed this subscription"
+                    );
+                    ("clear", seen.join("; "))
+                }
+            };
+            let id = sub.id.to_string();
+            let note = self
+                .store
+                .call(move |s| s.note_detection(&id, now, state, &detail))
+                .await;
+            if let Err(e) = note {
+                tracing::warn!(error = %e, "cannot note the detection result");
+            }
+        }
+        if !live.is_empty() {
+            return Err(StartError::HandlersDetected(live));
+        }
+        if !unknown.is_empty() {
+            return Err(StartError::DetectionFailed {
+                lines: unknown,
+                config: config_problem,
+            });
+        }
+        Ok(())
     }
 
     /// Obtains one token from every credential in use: the first credential

@@ -22,6 +22,12 @@ Examples:
   # Validate a configuration file:
   azure-activity-poller check-config --config poller.toml
 
+  # ...and ask Azure and Guardrails whether anything else feeds each subscription:
+  azure-activity-poller check-config --config poller.toml --online
+
+  # Subscriptions to paste into poller.toml, from Guardrails or from Azure:
+  azure-activity-poller import --from-guardrails --config poller.toml
+
 Exit codes: 0 success; 64 usage; 69 Azure or the endpoint refused us;
 74 state database I/O; 75 temporary failure (retry later);
 78 configuration problem, including a refusal because event handlers are active.";
@@ -128,6 +134,39 @@ pub enum Command {
         /// The configuration file to check.
         #[arg(long, short = 'c', value_name = "FILE")]
         config: PathBuf,
+        /// Also ask Azure (and Guardrails, with [guardrails.api]) whether event
+        /// handlers or Guardrails' own poller feed each subscription, and print
+        /// a table: subscription, Azure handlers, the two Guardrails policies,
+        /// verdict. Exit 78 if a subscription would be refused, 69 if a check
+        /// could not be made.
+        #[arg(long)]
+        online: bool,
+    },
+    /// Print `[[subscription]]` sections to paste into poller.toml: the Azure
+    /// subscriptions a Guardrails workspace knows (with its Event Poller
+    /// interval and window), or the ones the credential can read in Azure.
+    /// Subscriptions that cannot be polled are printed commented out, with why.
+    #[command(
+        after_help = "Examples:\n  azure-activity-poller import --from-guardrails --config poller.toml >> poller.toml\n  azure-activity-poller import --from-azure --config poller.toml --credential main"
+    )]
+    Import {
+        /// A configuration file with the credentials (and [guardrails.api]); it
+        /// may list no subscription yet.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// List the workspace's Azure subscriptions through [guardrails.api].
+        #[arg(
+            long,
+            conflicts_with = "from_azure",
+            required_unless_present = "from_azure"
+        )]
+        from_guardrails: bool,
+        /// List the subscriptions the credential can read in Azure.
+        #[arg(long)]
+        from_azure: bool,
+        /// With --from-azure: the credential to use (default: the only one).
+        #[arg(long, value_name = "NAME")]
+        credential: Option<String>,
     },
 }
 

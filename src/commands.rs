@@ -28,8 +28,11 @@ pub mod exit {
 
 fn start_exit_code(e: &StartError) -> u8 {
     match e {
+        StartError::DetectionFailed { config: true, .. } => exit::CONFIG,
+        StartError::DetectionFailed { config: false, .. } => exit::UNAVAILABLE,
         StartError::Config(_)
         | StartError::HandlersActive(_)
+        | StartError::HandlersDetected(_)
         | StartError::SinceTooOld(_)
         | StartError::SinceInvalid(_) => exit::CONFIG,
         StartError::Store(StoreError::NotADatabase { .. } | StoreError::NewerSchema { .. }) => {
@@ -48,7 +51,13 @@ fn fail(e: &StartError) -> ExitCode {
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Some(Command::CheckConfig { config }) => check_config(&config),
+        Some(Command::CheckConfig { config, online }) => check_config(&config, online),
+        Some(Command::Import {
+            config,
+            from_guardrails,
+            from_azure: _,
+            credential,
+        }) => import(&config, from_guardrails, credential.as_deref()),
         Some(Command::Demo { duration }) => demo(duration),
         Some(Command::GenerateAssets { out }) => match crate::assets::generate(&out) {
             Ok(files) => {
@@ -77,11 +86,14 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn check_config(path: &Path) -> ExitCode {
+fn check_config(path: &Path, online: bool) -> ExitCode {
     match Config::load(path, &ProcessEnv) {
         Ok(config) => {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
+            }
+            if online {
+                return check_online(&config);
             }
             let conflicts = config.handler_conflicts();
             if conflicts.is_empty() {
@@ -106,6 +118,101 @@ fn check_config(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(exit::CONFIG)
+        }
+    }
+}
+
+/// `check-config --online`: every subscription asked about, one table.
+fn check_online(config: &Config) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    rt.block_on(async {
+        let http = match crate::app::http_client() {
+            Ok(h) => h,
+            Err(e) => return fail(&e),
+        };
+        let mut tokens = std::collections::BTreeMap::new();
+        for (name, cred) in &config.credentials {
+            match crate::azure::TokenSource::new(
+                name,
+                cred.clone(),
+                config.azure.authority_host.clone(),
+                config.azure.scope(),
+                http.clone(),
+                config.azure.request_timeout,
+            ) {
+                Ok(t) => {
+                    tokens.insert(name.clone(), Arc::new(t));
+                }
+                Err(e) => return fail(&StartError::Credential(e)),
+            }
+        }
+        let detector = crate::detect::Detector::new(config, http);
+        if !detector.asks_guardrails() {
+            eprintln!(
+                "note: no [guardrails.api] configured: only Azure is asked (Guardrails' own poller cannot be seen)"
+            );
+        }
+        let checked = match tokio::time::timeout(
+            crate::detect::START_CHECK_LIMIT,
+            crate::detect::detect_all(&detector, &config.subscriptions, &tokens),
+        )
+        .await
+        {
+            Ok(c) => c,
+            Err(_) => {
+                eprintln!("azure-activity-poller: the checks did not finish within 5 minutes");
+                return ExitCode::from(exit::TEMPFAIL);
+            }
+        };
+        let (table, worst) = crate::detect::render_online(&checked, config.detection.on_unknown);
+        print!("{table}");
+        let config_problem = checked.iter().any(|(_, d)| d.config_problem());
+        ExitCode::from(match worst {
+            crate::detect::Outcome::Poll => exit::OK,
+            crate::detect::Outcome::Refuse => exit::CONFIG,
+            crate::detect::Outcome::Unknown if config_problem => exit::CONFIG,
+            crate::detect::Outcome::Unknown => exit::UNAVAILABLE,
+        })
+    })
+}
+
+fn import(path: &Path, from_guardrails: bool, credential: Option<&str>) -> ExitCode {
+    let config = match Config::load_for_import(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => return fail(&StartError::Config(e)),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::SOFTWARE);
+        }
+    };
+    let out = rt.block_on(async {
+        if from_guardrails {
+            crate::import::from_guardrails(&config).await
+        } else {
+            crate::import::from_azure(&config, credential).await
+        }
+    });
+    match out {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("azure-activity-poller: import: {e}");
+            ExitCode::from(if e.is_config() {
+                exit::CONFIG
+            } else {
+                exit::UNAVAILABLE
+            })
         }
     }
 }
@@ -255,6 +362,9 @@ fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
 }
 
 async fn once(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunArgs) -> ExitCode {
+    if let Err(e) = app.detect_at_start().await {
+        return fail(&e);
+    }
     let summary = scheduler::run_once(app, since, args.give_up_after).await;
     let mut code = exit::OK;
     for p in &summary.polls {
@@ -316,6 +426,9 @@ async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &Ru
             _ => exit::UNAVAILABLE,
         };
         return ExitCode::from(code);
+    }
+    if let Err(e) = app.detect_at_start().await {
+        return fail(&e);
     }
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(forward_signals(tx));

@@ -285,13 +285,77 @@ pub struct GuardrailsConfig {
     pub timeout: Duration,
     /// Pauses between failed delivery rounds (unbounded count).
     pub backoff: Backoff,
+    /// `[guardrails.api]`, when configured.
+    pub api: Option<GuardrailsApiConfig>,
+}
+
+/// Whether Guardrails event handlers (or Guardrails' own poller) feed a
+/// subscription: `"detect"` asks Azure and Guardrails, `true` and `false` are
+/// the operator's word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventHandlers {
+    /// Observe it: Azure's action group and alerts, and Guardrails' policies
+    /// when `[guardrails.api]` is configured.
+    #[default]
+    Detect,
+    /// Declared active: the poller refuses the subscription.
+    Active,
+    /// Declared absent: no detection; a warning at every start.
+    Absent,
+}
+
+/// What to do when detection cannot tell (403, Guardrails unreachable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnUnknown {
+    /// At start: refuse to start. While running: keep the last known state.
+    #[default]
+    Refuse,
+    /// Poll as if nothing else fed the subscription.
+    Poll,
+}
+
+/// `[detection]`: how often live detection runs, and what an unknown means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetectionConfig {
+    pub interval: Duration,
+    pub on_unknown: OnUnknown,
+}
+
+impl Default for DetectionConfig {
+    fn default() -> Self {
+        DetectionConfig {
+            interval: Duration::from_secs(600),
+            on_unknown: OnUnknown::Refuse,
+        }
+    }
+}
+
+/// `[guardrails.api]`: the Guardrails GraphQL API, for detection and `import`.
+#[derive(Debug, Clone)]
+pub struct GuardrailsApiConfig {
+    /// `https://<workspace>`: the GraphQL endpoint is `{workspace}/api/latest/graphql`.
+    pub workspace_url: Url,
+    pub access_key: SecretString,
+    pub secret_key: SecretString,
+}
+
+impl GuardrailsApiConfig {
+    pub fn graphql_url(&self) -> Url {
+        let mut u = self.workspace_url.clone();
+        u.set_path(&format!(
+            "{}/api/latest/graphql",
+            self.workspace_url.path().trim_end_matches('/')
+        ));
+        u.set_query(None);
+        u
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionConfig {
     pub id: SubscriptionId,
     pub name: Option<String>,
-    pub event_handlers: bool,
+    pub event_handlers: EventHandlers,
     /// Where `event_handlers` is set, as (line, column), for messages.
     pub event_handlers_at: Option<(usize, usize)>,
     pub schedule: Schedule,
@@ -322,6 +386,7 @@ pub struct Config {
     pub subscriptions: Vec<SubscriptionConfig>,
     /// `[telemetry] listen`: where /metrics, /healthz and /readyz are served.
     pub telemetry_listen: Option<std::net::SocketAddr>,
+    pub detection: DetectionConfig,
     /// Things worth a warning, not an error: files with secrets that other
     /// users can read.
     pub warnings: Vec<String>,
@@ -342,6 +407,36 @@ mod raw {
         #[serde(default)]
         pub subscription: Vec<Spanned<Subscription>>,
         pub telemetry: Option<Telemetry>,
+        pub detection: Option<Detection>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Detection {
+        pub interval: Option<Spanned<String>>,
+        pub on_unknown: Option<Spanned<String>>,
+    }
+
+    /// `event_handlers`: `"detect"`, `true` or `false`.
+    #[derive(Deserialize, Clone)]
+    #[serde(untagged)]
+    pub enum EventHandlers {
+        Flag(bool),
+        Word(String),
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct GuardrailsApi {
+        pub workspace_url: Option<Spanned<String>>,
+        pub workspace_url_file: Option<Spanned<PathBuf>>,
+        pub workspace_url_env: Option<Spanned<String>>,
+        pub access_key: Option<Spanned<String>>,
+        pub access_key_file: Option<Spanned<PathBuf>>,
+        pub access_key_env: Option<Spanned<String>>,
+        pub secret_key: Option<Spanned<String>>,
+        pub secret_key_file: Option<Spanned<PathBuf>>,
+        pub secret_key_env: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize)]
@@ -391,6 +486,7 @@ mod raw {
         pub timeout: Option<Spanned<String>>,
         pub retry_base: Option<Spanned<String>>,
         pub retry_max: Option<Spanned<String>>,
+        pub api: Option<Spanned<GuardrailsApi>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -400,6 +496,7 @@ mod raw {
         pub interval: Option<Spanned<String>>,
         pub window: Option<Spanned<String>>,
         pub statuses: Option<Spanned<Vec<String>>>,
+        pub event_handlers: Option<Spanned<EventHandlers>>,
     }
 
     #[derive(Deserialize)]
@@ -407,7 +504,7 @@ mod raw {
     pub struct Subscription {
         pub id: Spanned<String>,
         pub name: Option<String>,
-        pub event_handlers: Option<Spanned<bool>>,
+        pub event_handlers: Option<Spanned<EventHandlers>>,
         pub credential: Option<Spanned<String>>,
         pub interval: Option<Spanned<String>>,
         pub window: Option<Spanned<String>>,
@@ -423,6 +520,8 @@ struct Checker<'a> {
     /// not reported again as missing.
     unreadable: HashSet<String>,
     warnings: Vec<String>,
+    /// `import` reads a file that may have no subscription yet.
+    subscriptions_optional: bool,
 }
 
 impl<'a> Checker<'a> {
@@ -517,11 +616,31 @@ impl Config {
     /// Validates configuration text; `path` is used for messages and for
     /// resolving relative secret files.
     pub fn parse(source: &str, path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        Self::parse_for(source, path, env, false)
+    }
+
+    /// Reads a file for `import`: as [`Config::load`], but it may list no
+    /// subscription yet.
+    pub fn load_for_import(path: &Path, env: &dyn Env) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_for(&source, path, env, true)
+    }
+
+    fn parse_for(
+        source: &str,
+        path: &Path,
+        env: &dyn Env,
+        subscriptions_optional: bool,
+    ) -> Result<Config, ConfigError> {
         let mut ck = Checker {
             source,
             problems: Vec::new(),
             unreadable: HashSet::new(),
             warnings: Vec::new(),
+            subscriptions_optional,
         };
         warn_if_world_readable(path, "the configuration file", &mut ck.warnings);
         let file = read_pieces(&mut ck);
@@ -538,11 +657,20 @@ impl Config {
         }
     }
 
+    /// Subscriptions whose feeds are detected (`event_handlers = "detect"`).
+    pub fn detected_subscriptions(&self) -> Vec<SubscriptionConfig> {
+        self.subscriptions
+            .iter()
+            .filter(|s| s.event_handlers == EventHandlers::Detect)
+            .cloned()
+            .collect()
+    }
+
     /// Subscriptions whose Guardrails event handlers are marked active.
     pub fn handler_conflicts(&self) -> Vec<&SubscriptionConfig> {
         self.subscriptions
             .iter()
-            .filter(|s| s.event_handlers)
+            .filter(|s| s.event_handlers == EventHandlers::Active)
             .collect()
     }
 }
@@ -650,13 +778,20 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         .map_or(Some(Duration::from_secs(15 * 60)), |v| {
             ck.duration(v, "[defaults] window")
         });
+    let default_handlers = match &d.event_handlers {
+        Some(h) => event_handlers(h, ck),
+        None => Some(EventHandlers::Detect),
+    };
     let default_statuses = match &d.statuses {
         Some(s) => statuses(s, ck),
         None => Some(vec!["Succeeded".to_string()]),
     };
 
     // [[subscription]]
-    if file.subscription.is_empty() && !ck.unreadable.contains("subscription") {
+    if file.subscription.is_empty()
+        && !ck.unreadable.contains("subscription")
+        && !ck.subscriptions_optional
+    {
         ck.at(
             source_len(ck),
             "no [[subscription]] configured: add at least one",
@@ -760,15 +895,21 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
             Some(v) => statuses(v, ck),
             None => default_statuses.clone(),
         };
-        if let (Some(schedule), Some(credential), Some(statuses)) = (schedule, credential, statuses)
+        let handlers = match &s.event_handlers {
+            Some(h) => event_handlers(h, ck),
+            None => default_handlers,
+        };
+        if let (Some(schedule), Some(credential), Some(statuses), Some(handlers)) =
+            (schedule, credential, statuses, handlers)
         {
             subscriptions.push(SubscriptionConfig {
                 id,
                 name: s.name.clone(),
-                event_handlers: s.event_handlers.as_ref().is_some_and(|b| *b.get_ref()),
+                event_handlers: handlers,
                 event_handlers_at: s
                     .event_handlers
                     .as_ref()
+                    .or(d.event_handlers.as_ref())
                     .map(|b| line_column(ck.source, b.span().start)),
                 schedule,
                 credential,
@@ -794,6 +935,8 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         },
     };
 
+    let detection = validate_detection(file.detection.as_ref(), ck);
+
     Some(Config {
         path: path.to_path_buf(),
         state_path: state_path?,
@@ -813,7 +956,125 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
         guardrails: guardrails?,
         subscriptions,
         telemetry_listen,
+        detection: detection?,
         warnings: Vec::new(),
+    })
+}
+
+fn event_handlers(
+    value: &Spanned<raw::EventHandlers>,
+    ck: &mut Checker<'_>,
+) -> Option<EventHandlers> {
+    match value.get_ref() {
+        raw::EventHandlers::Flag(true) => Some(EventHandlers::Active),
+        raw::EventHandlers::Flag(false) => Some(EventHandlers::Absent),
+        raw::EventHandlers::Word(w) if w.eq_ignore_ascii_case("detect") => {
+            Some(EventHandlers::Detect)
+        }
+        raw::EventHandlers::Word(w) => {
+            ck.at(
+                value.span(),
+                format!("event_handlers must be \"detect\", true or false, got {w:?}"),
+            );
+            None
+        }
+    }
+}
+
+fn validate_detection(d: Option<&raw::Detection>, ck: &mut Checker<'_>) -> Option<DetectionConfig> {
+    let mut out = DetectionConfig::default();
+    let Some(d) = d else {
+        return Some(out);
+    };
+    let mut ok = true;
+    if let Some(i) = &d.interval {
+        match ck.duration(i, "[detection] interval") {
+            Some(v) if v >= Duration::from_secs(1) => out.interval = v,
+            Some(_) => {
+                ck.at(i.span(), "[detection] interval must be at least 1s");
+                ok = false;
+            }
+            None => ok = false,
+        }
+    }
+    if let Some(o) = &d.on_unknown {
+        match o.get_ref().as_str() {
+            "refuse" => out.on_unknown = OnUnknown::Refuse,
+            "poll" => out.on_unknown = OnUnknown::Poll,
+            other => {
+                ck.at(
+                    o.span(),
+                    format!("[detection] on_unknown must be \"refuse\" or \"poll\", got {other:?}"),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
+fn validate_guardrails_api(
+    api: &Spanned<raw::GuardrailsApi>,
+    ck: &mut Checker<'_>,
+    env: &dyn Env,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Option<GuardrailsApiConfig> {
+    let span = api.span();
+    let a = api.get_ref();
+    let workspace = load_secret(
+        SecretSource {
+            inline: a.workspace_url.as_ref(),
+            file: a.workspace_url_file.as_ref(),
+            env: a.workspace_url_env.as_ref(),
+        },
+        "[guardrails.api] workspace_url",
+        span.clone(),
+        ck,
+        env,
+        resolve,
+    );
+    let access_key = load_secret(
+        SecretSource {
+            inline: a.access_key.as_ref(),
+            file: a.access_key_file.as_ref(),
+            env: a.access_key_env.as_ref(),
+        },
+        "[guardrails.api] access_key",
+        span.clone(),
+        ck,
+        env,
+        resolve,
+    );
+    let secret_key = load_secret(
+        SecretSource {
+            inline: a.secret_key.as_ref(),
+            file: a.secret_key_file.as_ref(),
+            env: a.secret_key_env.as_ref(),
+        },
+        "[guardrails.api] secret_key",
+        span.clone(),
+        ck,
+        env,
+        resolve,
+    );
+    let at = a
+        .workspace_url
+        .as_ref()
+        .map(|v| v.span())
+        .or(a.workspace_url_file.as_ref().map(|v| v.span()))
+        .or(a.workspace_url_env.as_ref().map(|v| v.span()))
+        .unwrap_or(span);
+    let workspace_url = workspace.and_then(|w| {
+        let text = w.expose_secret().trim().to_string();
+        ck.url(
+            &Spanned::new(at.clone(), text),
+            "[guardrails.api] workspace_url",
+        )
+    });
+    Some(GuardrailsApiConfig {
+        workspace_url: workspace_url?,
+        access_key: access_key?,
+        secret_key: secret_key?,
     })
 }
 
@@ -900,6 +1161,7 @@ impl raw::File {
         self.defaults = part.defaults.or(self.defaults.take());
         self.subscription.extend(part.subscription);
         self.telemetry = part.telemetry.or(self.telemetry.take());
+        self.detection = part.detection.or(self.detection.take());
     }
 }
 
@@ -917,7 +1179,15 @@ fn redact_secret_value(source: &str, at: &Range<usize>, message: &str) -> String
         .next()
         .unwrap_or("");
     let key = line.split('=').next().unwrap_or("").trim();
-    if ["client_secret", "ingest_url"].contains(&key) {
+    if [
+        "client_secret",
+        "ingest_url",
+        "access_key",
+        "secret_key",
+        "workspace_url",
+    ]
+    .contains(&key)
+    {
         format!("{key} must be a string")
     } else {
         message.to_string()
@@ -1142,7 +1412,12 @@ fn validate_guardrails(
         .map_or(Some(Duration::from_secs(60)), |t| {
             ck.duration(t, "[guardrails] retry_max")
         });
+    let api = match &g.api {
+        Some(a) => Some(validate_guardrails_api(a, ck, env, resolve)?),
+        None => None,
+    };
     Some(GuardrailsConfig {
+        api,
         ingest_url: url?,
         format,
         concurrency: concurrency?,

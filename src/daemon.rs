@@ -67,6 +67,8 @@ struct Supervisor {
     permits: Arc<Semaphore>,
     running: BTreeMap<String, Running>,
     retiring: JoinSet<()>,
+    /// The live event handler checks (`detect.rs`), restarted on reload.
+    detecting: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl Supervisor {
@@ -101,6 +103,18 @@ impl Supervisor {
         Some(r.task)
     }
 
+    /// (Re)starts the periodic event handler checks on the current
+    /// configuration; the first check runs at once.
+    fn restart_detection(&mut self, at_once: bool) {
+        if let Some((stop, task)) = self.detecting.take() {
+            let _ = stop.send(true);
+            task.abort();
+        }
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(crate::detect::run(self.app.clone(), at_once, rx));
+        self.detecting = Some((stop, task));
+    }
+
     fn stalled(&self) -> Vec<String> {
         self.running
             .values()
@@ -111,9 +125,10 @@ impl Supervisor {
 
     fn status_line(&self) -> String {
         let not_ready = self.app.health.not_ready().len();
+        let paused = self.app.health.paused_count();
         format!(
-            "polling {} subscription(s); {} not polled successfully recently",
-            self.running.len(),
+            "polling {} subscription(s), {paused} paused (fed by Guardrails); {} not ready",
+            self.running.len() - paused.min(self.running.len()),
             not_ready
         )
     }
@@ -163,7 +178,21 @@ impl Supervisor {
             self.app.health.untrack(&id);
             removed += 1;
         }
+        let keep: Vec<String> = wanted.keys().cloned().collect();
+        self.app.pauses.retain(&keep);
         for (id, sub) in wanted {
+            if sub.event_handlers == crate::config::EventHandlers::Detect
+                && !self.running.contains_key(&id)
+            {
+                // Added: not polled before its first check says it may be.
+                self.app
+                    .pauses
+                    .pause(&id, crate::detect::AWAITING_FIRST_CHECK);
+                self.app.health.track(&sub);
+                self.app
+                    .health
+                    .paused(&id, crate::detect::AWAITING_FIRST_CHECK);
+            }
             match self.running.get(&id) {
                 Some(r)
                     if r.sub == sub && !azure_changed && !credential_changed(&sub.credential) =>
@@ -273,10 +302,12 @@ pub async fn run(
         since,
         running: BTreeMap::new(),
         retiring: JoinSet::new(),
+        detecting: None,
     };
     for sub in app.config.subscriptions.clone() {
         sup.start(sub, None);
     }
+    sup.restart_detection(false);
     let mut forwarding = start_forwarder(&app);
     notify::ready(&sup.status_line());
     let watchdog = notify::watchdog_interval();
@@ -295,6 +326,7 @@ pub async fn run(
                     match reload(&sup.app, &path) {
                         Ok(new) => {
                             let summary = sup.apply(new, &mut forwarding);
+                            sup.restart_detection(true);
                             tracing::info!(%summary, "configuration reloaded");
                         }
                         Err(e) => tracing::error!(
@@ -325,6 +357,10 @@ pub async fn run(
         }
     };
     notify::stopping();
+    if let Some((stop, task)) = sup.detecting.take() {
+        let _ = stop.send(true);
+        task.abort();
+    }
     if let Some(e) = &failed {
         tracing::error!(error = %e, "delivery cannot continue; stopping");
     }

@@ -24,6 +24,8 @@ struct SubscriptionHealth {
     interval: Duration,
     last_ok: Option<Instant>,
     last_error: Option<String>,
+    /// Why polling is paused (Guardrails feeds it), while it is.
+    paused: Option<String>,
 }
 
 /// What readiness is judged on, updated by every poll.
@@ -50,6 +52,7 @@ impl Health {
             interval: sub.schedule.interval(),
             last_ok: None,
             last_error: None,
+            paused: None,
         });
         e.label = sub.label();
         e.interval = sub.schedule.interval();
@@ -72,12 +75,35 @@ impl Health {
         }
     }
 
+    pub fn paused(&self, id: &str, why: &str) {
+        if let Some(e) = self.lock().get_mut(id) {
+            e.paused = Some(why.to_string());
+        }
+    }
+
+    /// Resumed: judged afresh from now, so that it has its intervals to poll.
+    pub fn resumed(&self, id: &str) {
+        if let Some(e) = self.lock().get_mut(id)
+            && e.paused.take().is_some()
+        {
+            e.last_ok = Some(Instant::now());
+        }
+    }
+
+    /// How many subscriptions are paused.
+    pub fn paused_count(&self) -> usize {
+        self.lock().values().filter(|s| s.paused.is_some()).count()
+    }
+
     /// The subscriptions that are not ready, with why.
     pub fn not_ready(&self) -> Vec<String> {
         let now = Instant::now();
         self.lock()
             .values()
             .filter_map(|s| {
+                if let Some(why) = &s.paused {
+                    return Some(format!("{}: paused: {why}", s.label));
+                }
                 let limit = s.interval * READY_INTERVALS + READY_SLACK;
                 let fresh = s.last_ok.is_some_and(|t| now.duration_since(t) <= limit);
                 (!fresh).then(|| match (&s.last_ok, &s.last_error) {

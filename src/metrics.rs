@@ -15,6 +15,9 @@
 //! - `azure_requests_total{status}`                HTTP status, or "error"
 //! - `throttle_waits_total`, `throttle_wait_seconds_total`
 //! - `endpoint_requests_total{status}`             HTTP status, or "error"
+//! - `subscription_paused{subscription}`           1 while Guardrails feeds it
+//! - `detection_checks_total{result}`              live, clear, unknown
+//! - `detection_failures_total{subscription}`      checks that could not be made
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -106,6 +109,18 @@ fn describe() {
         name("endpoint_requests_total"),
         "POSTs to the ingestion endpoint by HTTP status."
     );
+    describe_gauge!(
+        name("subscription_paused"),
+        "1 while Guardrails event handlers or its own poller feed the subscription."
+    );
+    describe_counter!(
+        name("detection_checks_total"),
+        "Event handler checks by result (live, clear, unknown)."
+    );
+    describe_counter!(
+        name("detection_failures_total"),
+        "Event handler checks that could not be made."
+    );
 }
 
 fn name(short: &str) -> String {
@@ -167,6 +182,20 @@ pub fn queue_depths(outbox: &[(String, i64)], dead: &[(String, i64)]) {
     for (sub, n) in dead {
         gauge!(name("dead_letters"), "subscription" => sub.clone()).set(*n as f64);
     }
+}
+
+pub fn paused(subscription: &str, paused: bool) {
+    gauge!(name("subscription_paused"), "subscription" => subscription.to_string())
+        .set(if paused { 1.0 } else { 0.0 });
+}
+
+pub fn detection_check(result: &'static str) {
+    counter!(name("detection_checks_total"), "result" => result).increment(1);
+}
+
+pub fn detection_failed(subscription: &str) {
+    counter!(name("detection_failures_total"), "subscription" => subscription.to_string())
+        .increment(1);
 }
 
 fn status_label(status: Option<u16>) -> String {

@@ -169,6 +169,13 @@ pub async fn run_once(
 /// One subscription's loop in the daemon: poll, wait for the next tick, until
 /// `stop` turns true. A `previous` task of the same subscription (replaced by a
 /// reload) is awaited first, so that two never poll the same subscription.
+///
+/// While the subscription is paused (something else feeds it, see
+/// `detect.rs`) no poll starts, and a poll in flight when the pause comes is
+/// abandoned: nothing more of it is queued. Pages already recorded stay; the
+/// watermark has not moved, so the window is queried again on resume, and
+/// the seen ids keep what was queued from being queued twice. When the pause
+/// lifts, it polls at once, from its watermark.
 pub async fn subscription_task(
     app: Arc<App>,
     sub: SubscriptionConfig,
@@ -181,16 +188,29 @@ pub async fn subscription_task(
     if let Some(p) = previous {
         let _ = p.await;
     }
+    let id = sub.id.to_string();
+    let mut paused = app.pauses.subscribe();
+    let is_paused = |p: &watch::Receiver<crate::detect::Paused>| p.borrow().contains_key(&id);
     let mut tick = tokio::time::interval(sub.schedule.interval());
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         beat.set_busy(false);
+        let was_paused = is_paused(&paused);
         tokio::select! {
             _ = stop.changed() => break,
             _ = tick.tick() => {}
+            changed = paused.changed(), if was_paused => {
+                if changed.is_err() || is_paused(&paused) {
+                    continue;
+                }
+                // Resumed: poll now rather than at the next tick.
+            }
         }
         if *stop.borrow() {
             break;
+        }
+        if is_paused(&paused) {
+            continue;
         }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p,
@@ -200,7 +220,26 @@ pub async fn subscription_task(
             break;
         };
         beat.set_busy(true);
-        let _ = poll_and_log(&app, &sub, since, &beat).await;
+        let poll = poll_and_log(&app, &sub, since, &beat);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                _ = &mut poll => break,
+                changed = paused.changed() => {
+                    if changed.is_err() {
+                        let _ = (&mut poll).await;
+                        break;
+                    }
+                    if is_paused(&paused) {
+                        tracing::warn!(
+                            subscription = %sub.label(),
+                            "paused mid-poll: the poll is abandoned, and its window is queried again on resume"
+                        );
+                        break;
+                    }
+                }
+            }
+        }
     }
     beat.set_busy(false);
 }

@@ -33,6 +33,12 @@ pub struct SubscriptionStatus {
     pub last_result: Option<String>,
     pub outbox: i64,
     pub dead_letters: i64,
+    /// `detect`, `true` (refused) or `false` (the operator's override).
+    pub event_handlers: Option<String>,
+    /// The daemon's last event handler check: `clear`, `paused` or `unknown`.
+    pub detection: Option<String>,
+    pub detection_detail: Option<String>,
+    pub detection_checked: Option<String>,
 }
 
 fn open(config_path: &Path) -> Result<(Config, Store), StatusError> {
@@ -53,7 +59,16 @@ pub fn collect(config_path: &Path) -> Result<Vec<SubscriptionStatus>, StatusErro
     let mut out: Vec<SubscriptionStatus> = Vec::new();
     for sub in &config.subscriptions {
         let st = states.iter().find(|s| s.subscription_id == sub.id.as_str());
-        out.push(row(sub.id.as_str(), sub.name.clone(), true, st, now));
+        let mut r = row(sub.id.as_str(), sub.name.clone(), true, st, now);
+        r.event_handlers = Some(
+            match sub.event_handlers {
+                crate::config::EventHandlers::Detect => "detect",
+                crate::config::EventHandlers::Active => "true",
+                crate::config::EventHandlers::Absent => "false",
+            }
+            .to_string(),
+        );
+        out.push(r);
     }
     for st in &states {
         if !config
@@ -85,14 +100,33 @@ fn row(
         last_result: st.and_then(|s| s.last_result.clone()),
         outbox: st.map_or(0, |s| s.outbox),
         dead_letters: st.map_or(0, |s| s.dead_letters),
+        event_handlers: None,
+        detection: st
+            .and_then(|s| s.detection.as_ref())
+            .map(|d| d.state.clone()),
+        detection_detail: st
+            .and_then(|s| s.detection.as_ref())
+            .map(|d| d.detail.clone()),
+        detection_checked: st
+            .and_then(|s| s.detection.as_ref())
+            .map(|d| rfc3339(d.checked_at)),
     }
 }
 
 pub fn render_table(rows: &[SubscriptionStatus]) -> String {
     let mut out = format!(
-        "{:<38} {:<16} {:<21} {:>8} {:<21} {:>7} {:>5}  {}\n",
-        "SUBSCRIPTION", "NAME", "WATERMARK", "LAG", "LAST POLL", "OUTBOX", "DEAD", "RESULT"
+        "{:<38} {:<16} {:<21} {:>8} {:<21} {:>7} {:>5}  {:<9} {}\n",
+        "SUBSCRIPTION",
+        "NAME",
+        "WATERMARK",
+        "LAG",
+        "LAST POLL",
+        "OUTBOX",
+        "DEAD",
+        "HANDLERS",
+        "RESULT"
     );
+    let mut notes = String::new();
     for r in rows {
         let lag = r
             .lag_seconds
@@ -106,8 +140,24 @@ pub fn render_table(rows: &[SubscriptionStatus]) -> String {
             (None, true) => "-".into(),
             (None, false) => "(not configured)".into(),
         };
+        let handlers = match (r.event_handlers.as_deref(), r.detection.as_deref()) {
+            (Some("true"), _) => "refused".to_string(),
+            (Some("false"), _) => "override".to_string(),
+            (_, Some(state)) => state.to_string(),
+            _ => "-".to_string(),
+        };
+        if r.detection.as_deref() == Some("paused")
+            && r.event_handlers.as_deref() == Some("detect")
+            && let Some(d) = &r.detection_detail
+        {
+            notes.push_str(&format!(
+                "{}: PAUSED since the check at {}: {d}\n",
+                r.subscription,
+                r.detection_checked.as_deref().unwrap_or("?")
+            ));
+        }
         out.push_str(&format!(
-            "{:<38} {:<16} {:<21} {:>8} {:<21} {:>7} {:>5}  {}\n",
+            "{:<38} {:<16} {:<21} {:>8} {:<21} {:>7} {:>5}  {:<9} {}\n",
             r.subscription,
             name,
             r.watermark.as_deref().unwrap_or("never polled"),
@@ -115,8 +165,13 @@ pub fn render_table(rows: &[SubscriptionStatus]) -> String {
             r.last_poll.as_deref().unwrap_or("-"),
             r.outbox,
             r.dead_letters,
+            handlers,
             r.last_result.as_deref().unwrap_or("-"),
         ));
+    }
+    if !notes.is_empty() {
+        out.push('\n');
+        out.push_str(&notes);
     }
     out
 }

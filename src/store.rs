@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
 
 /// The schema this build reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -126,6 +126,16 @@ pub struct SubscriptionState {
     pub last_result: Option<String>,
     pub outbox: i64,
     pub dead_letters: i64,
+    pub detection: Option<DetectionNote>,
+}
+
+/// The last event handler check of a subscription, as the daemon noted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectionNote {
+    /// `clear`, `paused` or `unknown`.
+    pub state: String,
+    pub detail: String,
+    pub checked_at: Timestamp,
 }
 
 #[derive(Clone)]
@@ -165,6 +175,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error      TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (event_ts_ns, seq);
+CREATE TABLE IF NOT EXISTS detection (
+    subscription_id TEXT PRIMARY KEY,
+    state           TEXT NOT NULL,
+    detail          TEXT NOT NULL,
+    checked_at_ns   INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
     subscription_id TEXT NOT NULL,
@@ -412,6 +428,27 @@ impl Store {
         })
     }
 
+    /// Notes the last event handler check, for `status`.
+    pub fn note_detection(
+        &self,
+        subscription_id: &str,
+        at: Timestamp,
+        state: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO detection (subscription_id, state, detail, checked_at_ns)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (subscription_id) DO UPDATE
+                 SET state = excluded.state, detail = excluded.detail, checked_at_ns = excluded.checked_at_ns",
+                params![subscription_id, state, detail, to_nanos(at)],
+            )
+            .ctx("noting an event handler check")?;
+            Ok(())
+        })
+    }
+
     /// The oldest events waiting for delivery, skipping the ones in flight.
     pub fn next_batch(
         &self,
@@ -597,11 +634,14 @@ impl Store {
                 .prepare(
                     "SELECT s.id, cu.watermark_ns, cu.pruned_before_ns, cu.last_poll_at_ns, cu.last_result,
                             (SELECT COUNT(*) FROM outbox o WHERE o.subscription_id = s.id),
-                            (SELECT COUNT(*) FROM dead_letter d WHERE d.subscription_id = s.id)
+                            (SELECT COUNT(*) FROM dead_letter d WHERE d.subscription_id = s.id),
+                            de.state, de.detail, de.checked_at_ns
                      FROM (SELECT subscription_id AS id FROM cursor
                            UNION SELECT subscription_id FROM outbox
-                           UNION SELECT subscription_id FROM dead_letter) s
+                           UNION SELECT subscription_id FROM dead_letter
+                           UNION SELECT subscription_id FROM detection) s
                      LEFT JOIN cursor cu ON cu.subscription_id = s.id
+                     LEFT JOIN detection de ON de.subscription_id = s.id
                      ORDER BY s.id",
                 )
                 .ctx("reading subscription states")?;
@@ -619,6 +659,18 @@ impl Store {
                         last_result: r.get(4)?,
                         outbox: r.get(5)?,
                         dead_letters: r.get(6)?,
+                        detection: match (
+                            r.get::<_, Option<String>>(7)?,
+                            r.get::<_, Option<String>>(8)?,
+                            r.get::<_, Option<i64>>(9)?,
+                        ) {
+                            (Some(state), Some(detail), Some(at)) => Some(DetectionNote {
+                                state,
+                                detail,
+                                checked_at: from_nanos(at),
+                            }),
+                            _ => None,
+                        },
                     })
                 })
                 .ctx("reading subscription states")?;

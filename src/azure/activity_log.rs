@@ -78,6 +78,18 @@ fn arm_detail(code: &Option<String>, message: &Option<String>) -> String {
     }
 }
 
+/// A successful ARM answer.
+#[derive(Debug)]
+pub struct Got {
+    pub body: bytes::Bytes,
+    /// The response's `Date` header: Azure's "now" when it answered.
+    pub server_date: Option<Timestamp>,
+    /// Requests it took, retries included.
+    pub requests: usize,
+    /// Time spent waiting on `Retry-After`.
+    pub throttled: Duration,
+}
+
 /// One fetched page, with what the response said about Azure's clock.
 #[derive(Debug)]
 pub struct Fetched {
@@ -155,6 +167,40 @@ impl ActivityLogClient {
         tokens: &Arc<TokenSource>,
         beat: &Heartbeat,
     ) -> Result<Fetched, AzureError> {
+        let got = self.get(url, tokens, beat).await?;
+        let page = Page::parse(&got.body)?;
+        Ok(Fetched {
+            page,
+            server_date: got.server_date,
+            bytes: got.body.len(),
+            requests: got.requests,
+            throttled: got.throttled,
+        })
+    }
+
+    /// A URL on Azure Resource Manager: `path` below the base, with `api-version`.
+    pub fn arm_url(&self, path: &str, api_version: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!(
+            "{}/{}",
+            self.base.path().trim_end_matches('/'),
+            path.trim_start_matches('/')
+        ));
+        url.query_pairs_mut()
+            .clear()
+            .append_pair("api-version", api_version);
+        url
+    }
+
+    /// One ARM GET, whatever it reads (activity log pages, action groups,
+    /// alerts, subscriptions), retrying what is worth retrying. Any answer
+    /// other than 2xx after the retries is an [`AzureError`].
+    pub async fn get(
+        &self,
+        url: &Url,
+        tokens: &Arc<TokenSource>,
+        beat: &Heartbeat,
+    ) -> Result<Got, AzureError> {
         let mut delays = self.backoff.delays();
         let mut attempts = 0usize;
         let mut refreshed = false;
@@ -185,11 +231,9 @@ impl ActivityLogClient {
                             .map(|d| d.with_timezone(&chrono::Utc));
                         match resp.bytes().await {
                             Ok(body) => {
-                                let page = Page::parse(&body)?;
-                                return Ok(Fetched {
-                                    page,
+                                return Ok(Got {
+                                    body,
                                     server_date,
-                                    bytes: body.len(),
                                     requests: attempts,
                                     throttled,
                                 });

@@ -4,5 +4,5 @@
 pub mod activity_log;
 pub mod credential;
 
-pub use activity_log::{ActivityLogClient, AzureError, Fetched};
+pub use activity_log::{ActivityLogClient, AzureError, Fetched, Got};
 pub use credential::{CredentialError, TokenSource};

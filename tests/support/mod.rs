@@ -13,6 +13,8 @@
 //!   records every body, and can be taken down or made to reject events.
 #![allow(dead_code)]
 
+pub mod detection;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -138,6 +140,12 @@ pub struct AzureState {
     pub skew: chrono::Duration,
     /// Subscriptions the principal has no role on: 403.
     pub deny: HashSet<String>,
+    /// Guardrails' event handlers per subscription; absent: no `turbot_rg`.
+    pub handlers: HashMap<String, detection::FakeHandlers>,
+    /// Detection reads (action groups, alerts), in order.
+    pub detection_requests: Vec<String>,
+    /// The subscription list: (id, display name, state).
+    pub listed: Vec<(String, String, String)>,
     snapshots: HashMap<String, Vec<Value>>,
     next_snapshot: usize,
 }
@@ -440,6 +448,7 @@ async fn ingest_handler(
 pub struct Fakes {
     pub azure: Shared<AzureState>,
     pub ingest: Shared<IngestState>,
+    pub graphql: Shared<detection::GraphqlState>,
     pub arm_addr: SocketAddr,
     pub login_addr: SocketAddr,
     pub ingest_addr: SocketAddr,
@@ -453,6 +462,7 @@ impl Fakes {
             ..AzureState::default()
         }));
         let ingest = Arc::new(Mutex::new(IngestState::default()));
+        let graphql = Arc::new(Mutex::new(detection::GraphqlState::default()));
 
         let arm = Router::new()
             .route(
@@ -463,13 +473,27 @@ impl Fakes {
                 "/subscriptions/{sub}/providers/microsoft.insights/eventtypes/management/values",
                 get(list),
             )
+            .route(
+                "/subscriptions/{sub}/resourceGroups/turbot_rg/providers/Microsoft.Insights/actionGroups",
+                get(detection::action_groups),
+            )
+            .route(
+                "/subscriptions/{sub}/providers/Microsoft.Insights/activityLogAlerts",
+                get(detection::alerts),
+            )
+            .route("/subscriptions", get(detection::subscriptions))
             .with_state(azure.clone());
         let login = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token))
             .with_state(azure.clone());
         let guardrails = Router::new()
             .route("/api/v5/events/raw", post(ingest_handler))
-            .with_state(ingest.clone());
+            .with_state(ingest.clone())
+            .merge(
+                Router::new()
+                    .route("/api/latest/graphql", post(detection::graphql))
+                    .with_state(graphql.clone()),
+            );
 
         let bind = || async {
             tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -492,6 +516,7 @@ impl Fakes {
         Fakes {
             azure,
             ingest,
+            graphql,
             arm_addr,
             login_addr,
             ingest_addr,
@@ -530,6 +555,44 @@ impl Fakes {
 
     pub fn received_ids(&self) -> Vec<String> {
         self.received().iter().filter_map(posted_id).collect()
+    }
+
+    /// Sets what Azure shows of the event handlers of `sub` (`None`: no `turbot_rg`).
+    pub fn set_handlers(&self, sub: &str, h: Option<detection::FakeHandlers>) {
+        let mut s = lock(&self.azure);
+        match h {
+            Some(h) => s.handlers.insert(sub.to_string(), h),
+            None => s.handlers.remove(sub),
+        };
+    }
+
+    pub fn detection_requests(&self) -> Vec<String> {
+        lock(&self.azure).detection_requests.clone()
+    }
+
+    /// Sets a Guardrails policy's values on `sub`: (value, resource title).
+    pub fn set_policy(&self, policy: &str, sub: &str, values: &[(&str, &str)]) {
+        lock(&self.graphql).policies.insert(
+            (policy.to_string(), sub.to_string()),
+            values
+                .iter()
+                .map(|(v, t)| (v.to_string(), t.to_string()))
+                .collect(),
+        );
+    }
+
+    pub fn set_graphql(&self, mode: detection::GraphqlMode) {
+        lock(&self.graphql).mode = mode;
+    }
+
+    /// The `[guardrails.api]` section for these fakes; the secret key comes
+    /// from the environment variable `GR_SECRET`.
+    pub fn guardrails_api_section(&self) -> String {
+        format!(
+            "\n[guardrails.api]\nworkspace_url = \"http://{}\"\naccess_key = \"{}\"\nsecret_key_env = \"GR_SECRET\"\n",
+            self.ingest_addr,
+            detection::GR_ACCESS_KEY
+        )
     }
 
     pub fn ingest_url(&self) -> String {
@@ -658,10 +721,17 @@ statuses = ["Succeeded"]
             window = self.window,
             extra = self.extra,
         );
+        // `false` leaves event_handlers at its default, "detect": every run
+        // checks the fake ARM, which shows no turbot_rg unless told otherwise.
         for (id, handlers) in &self.subscriptions {
             s.push_str(&format!(
-                "\n[[subscription]]\nid = \"{id}\"\nname = \"sub-{}\"\nevent_handlers = {handlers}\n",
-                &id[..8]
+                "\n[[subscription]]\nid = \"{id}\"\nname = \"sub-{}\"\n{}",
+                &id[..8],
+                if *handlers {
+                    "event_handlers = true\n"
+                } else {
+                    ""
+                }
             ));
         }
         s
