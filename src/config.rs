@@ -417,13 +417,9 @@ mod raw {
         pub on_unknown: Option<Spanned<String>>,
     }
 
-    /// `event_handlers`: `"detect"`, `true` or `false`.
-    #[derive(Deserialize, Clone)]
-    #[serde(untagged)]
-    pub enum EventHandlers {
-        Flag(bool),
-        Word(String),
-    }
+    /// `event_handlers`: `"detect"`, `true` or `false`; checked in
+    /// validation, for a message better than serde's.
+    pub type EventHandlers = toml::Value;
 
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -966,15 +962,13 @@ fn event_handlers(
     ck: &mut Checker<'_>,
 ) -> Option<EventHandlers> {
     match value.get_ref() {
-        raw::EventHandlers::Flag(true) => Some(EventHandlers::Active),
-        raw::EventHandlers::Flag(false) => Some(EventHandlers::Absent),
-        raw::EventHandlers::Word(w) if w.eq_ignore_ascii_case("detect") => {
-            Some(EventHandlers::Detect)
-        }
-        raw::EventHandlers::Word(w) => {
+        toml::Value::Boolean(true) => Some(EventHandlers::Active),
+        toml::Value::Boolean(false) => Some(EventHandlers::Absent),
+        toml::Value::String(w) if w.eq_ignore_ascii_case("detect") => Some(EventHandlers::Detect),
+        other => {
             ck.at(
                 value.span(),
-                format!("event_handlers must be \"detect\", true or false, got {w:?}"),
+                format!("event_handlers must be \"detect\", true or false, got {other}"),
             );
             None
         }

@@ -22,7 +22,9 @@ pub enum DemoError {
 
 /// The embedded scenario: three subscriptions, a quarter of entries late by up
 /// to 12 s, 5% throttled, 3% server errors, 2% cut connections, ARM's token
-/// bucket, and the endpoint down from 6 s to 14 s.
+/// bucket, the endpoint down from 6 s to 14 s, and Guardrails event handlers
+/// switched on in the third subscription from 10 s to 18 s (the poller pauses
+/// it, then resumes from its watermark).
 pub const SCENARIO: &str = r#"
 seed = 7
 page_size = 50
@@ -41,6 +43,8 @@ succeeded = 0.8
 id = "c1d2e3f4-a5b6-4c7d-9e8f-0a1b2c3d4e5f"
 rate_per_minute = 60
 succeeded = 0.9
+event_handlers_from = "10s"
+event_handlers_until = "18s"
 
 [late]
 delay_min = "0s"
@@ -74,6 +78,7 @@ pub async fn run(duration: Duration) -> Result<bool, DemoError> {
         window: "20s",
         format: "activity-log-alert",
         retry_base: "100ms",
+        detection_interval: Some("2s"),
     };
     let config = emulator.write_poller_files(dir.path(), &settings)?;
     let log_path = dir.path().join("poller.log");
@@ -85,7 +90,7 @@ pub async fn run(duration: Duration) -> Result<bool, DemoError> {
         emulator.arm, emulator.login, emulator.ingest
     );
     println!(
-        "Running the poller for {}s: late entries (up to {}s), throttling, 5xx, cut connections, and the endpoint down from 6s to 14s.",
+        "Running the poller for {}s: late entries (up to {}s), throttling, 5xx, cut connections, the endpoint down from 6s to 14s,\nand Guardrails event handlers live in c1d2e3f4-... from 10s to 18s (checked every 2s).",
         duration.as_secs(),
         max_late.as_secs()
     );
@@ -150,6 +155,11 @@ pub async fn run(duration: Duration) -> Result<bool, DemoError> {
         count("poll complete"),
         count("throttling"),
         count("delivery to the ingestion endpoint failed"),
+    );
+    println!(
+        "Event handlers: {} check(s) found them live and kept c1d2e3f4-... paused; it resumed {} time(s), from its watermark.",
+        count("polling paused"),
+        count("polling resumes"),
     );
     let stopped_cleanly = matches!(status, Ok(Ok(s)) if s.success());
     println!(

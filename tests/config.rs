@@ -649,6 +649,83 @@ fn active_event_handlers_are_a_located_problem_not_valid() {
     run.assert_only_problem_at("true", &[SUB, "event_handlers = true"]);
 }
 
+#[test]
+fn event_handlers_takes_detect_true_or_false_and_nothing_else() {
+    check(&with_sub("event_handlers = \"detect\"")).assert_valid();
+    check(&with_sub("event_handlers = false")).assert_valid();
+    check(&with_sub("event_handlers = \"maybe\"")).assert_only_problem_at(
+        "\"maybe\"",
+        &["event_handlers must be \"detect\", true or false"],
+    );
+    check(&with_sub("event_handlers = 1")).assert_only_problem_at("1\n", &["event_handlers"]);
+}
+
+#[test]
+fn event_handlers_true_in_defaults_refuses_every_subscription() {
+    let text = edit(BASE, "window =", "window = \"15m\"\nevent_handlers = true");
+    let run = check(&text);
+    run.assert_only_problem_at("true", &[SUB, "event_handlers = true"]);
+}
+
+#[test]
+fn detection_keys_are_checked() {
+    let ok = format!("{BASE}\n[detection]\ninterval = \"5m\"\non_unknown = \"poll\"\n");
+    check(&ok).assert_valid();
+    let bad = format!("{BASE}\n[detection]\ninterval = \"soon\"\n");
+    check(&bad).assert_only_problem_at("\"soon\"", &["[detection] interval", "duration"]);
+    let bad = format!("{BASE}\n[detection]\non_unknown = \"ignore\"\n");
+    check(&bad).assert_only_problem_at("\"ignore\"", &["on_unknown", "\"refuse\" or \"poll\""]);
+    let bad = format!("{BASE}\n[detection]\nintervall = \"5m\"\n");
+    check(&bad).assert_only_problem_at("intervall", &["unknown field"]);
+}
+
+const API_SECRET: &str = "api-secret-key-DO-NOT-PRINT";
+
+#[test]
+fn guardrails_api_needs_all_three_and_never_prints_the_secret_key() {
+    let api = |body: &str| format!("{BASE}\n[guardrails.api]\n{body}\n");
+    let full = api(&format!(
+        "workspace_url = \"https://acme.cloud.turbot.com\"\naccess_key = \"ak\"\nsecret_key = \"{API_SECRET}\""
+    ));
+    let run = check(&full);
+    run.assert_valid();
+    run.assert_never_shows(API_SECRET);
+
+    let missing = api("workspace_url = \"https://acme.cloud.turbot.com\"\naccess_key = \"ak\"");
+    let run = check(&missing);
+    run.assert_only_problem_at("[guardrails.api]", &["missing [guardrails.api] secret_key"]);
+
+    let not_https = api(&format!(
+        "workspace_url = \"http://acme.example.com\"\naccess_key = \"ak\"\nsecret_key = \"{API_SECRET}\""
+    ));
+    let run = check(&not_https);
+    run.assert_only_problem_at("\"http://acme", &["workspace_url must be an https URL"]);
+    run.assert_never_shows(API_SECRET);
+
+    // A type error quotes no secret value.
+    let typed = api(
+        "workspace_url = \"https://acme.cloud.turbot.com\"\naccess_key = \"ak\"\nsecret_key = 123456789",
+    );
+    let run = check(&typed);
+    assert_eq!(run.code, Some(CONFIG_EXIT), "{}", run.context());
+    run.assert_never_shows("123456789");
+
+    // From a file and from the environment, like every secret.
+    let f = Fixture::new();
+    f.write("gr-secret", &format!("{API_SECRET}\n"));
+    let run = f.check_env(
+        &api("workspace_url = \"https://acme.cloud.turbot.com\"\naccess_key_env = \"GR_AK\"\nsecret_key_file = \"gr-secret\""),
+        &[("GR_AK", Some("ak"))],
+    );
+    run.assert_valid();
+    run.assert_never_shows(API_SECRET);
+    let run = f.check_env(
+        &api("workspace_url = \"https://acme.cloud.turbot.com\"\naccess_key_env = \"GR_AK\"\nsecret_key_file = \"gr-secret\""),
+        &[("GR_AK", None)],
+    );
+    run.assert_only_problem_at("\"GR_AK\"", &["access_key_env", "GR_AK is not set"]);
+}
+
 // ---------------------------------------------------------- secrets ----
 
 const INLINE_SECRET: &str = "inline-client-secret-DO-NOT-PRINT";

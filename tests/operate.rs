@@ -603,9 +603,9 @@ fn man_pages_and_completions_are_generated_from_the_command_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_delivers_everything_exactly_once() {
     // README's first command, shortened: the embedded emulator, late entries,
-    // throttling, faults and an endpoint outage, then the summary.
+    // throttling, faults, an endpoint outage and event handlers, then the summary.
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_azure-activity-poller"))
-        .args(["demo", "--duration", "8s"])
+        .args(["demo", "--duration", "20s"])
         .env_remove("SSL_CERT_FILE")
         .output()
         .await
@@ -624,6 +624,10 @@ async fn the_demo_delivers_everything_exactly_once() {
         stdout.contains("SIGTERM: the poller finished its work and exited 0."),
         "{stdout}"
     );
+    // Event handlers went live in one subscription from 10 s to 18 s: it was
+    // paused, then resumed, and still nothing was lost or sent twice.
+    assert!(stdout.contains("resumed 1 time(s)"), "{stdout}");
+    assert!(!stdout.contains("Event handlers: 0 check(s)"), "{stdout}");
     // Three subscriptions in the summary, each with something delivered.
     let rows: Vec<&str> = stdout
         .lines()

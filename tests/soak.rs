@@ -81,6 +81,7 @@ fn settings() -> PollerSettings {
         window: "20s",
         format: "activity-log-alert",
         retry_base: "50ms",
+        detection_interval: Some("2s"),
     }
 }
 

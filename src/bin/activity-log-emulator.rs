@@ -94,6 +94,8 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
                 backlog: args.backlog,
                 backlog_span: args.backlog_span,
                 backlog_succeeded_only: args.backlog_succeeded_only,
+                event_handlers_from: None,
+                event_handlers_until: None,
             });
         }
     }

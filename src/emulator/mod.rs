@@ -14,6 +14,7 @@
 //! what should have been, event by event.
 
 pub mod arm;
+pub mod handlers;
 pub mod ingest;
 pub mod log;
 pub mod scenario;
@@ -130,6 +131,24 @@ impl Shared {
             return (remaining, Some(faults.retry_after.as_secs().max(1)));
         }
         (remaining, None)
+    }
+
+    /// Whether Guardrails' event handlers are live in `subscription` now.
+    pub fn handlers_live(&self, subscription: &str) -> bool {
+        let elapsed = self.started.elapsed();
+        self.scenario()
+            .subscriptions
+            .iter()
+            .any(|s| s.id.eq_ignore_ascii_case(subscription) && s.handlers_live(elapsed))
+    }
+
+    /// Whether they were ever deployed there (then `turbot_rg` exists).
+    pub fn handlers_deployed(&self, subscription: &str) -> bool {
+        let elapsed = self.started.elapsed();
+        self.scenario().subscriptions.iter().any(|s| {
+            s.id.eq_ignore_ascii_case(subscription)
+                && s.event_handlers_from.is_some_and(|f| elapsed >= f)
+        })
     }
 
     pub fn injected_error(&self) -> Option<StatusCode> {
@@ -314,6 +333,8 @@ pub struct PollerSettings {
     pub window: &'static str,
     pub format: &'static str,
     pub retry_base: &'static str,
+    /// `[detection] interval`, when not the default.
+    pub detection_interval: Option<&'static str>,
 }
 
 impl Default for PollerSettings {
@@ -323,6 +344,7 @@ impl Default for PollerSettings {
             window: "30s",
             format: "activity-log-alert",
             retry_base: "200ms",
+            detection_interval: None,
         }
     }
 }
@@ -367,6 +389,14 @@ impl Emulator {
             .route(
                 "/subscriptions/{sub}/providers/{provider}/eventtypes/management/values",
                 get(arm::list),
+            )
+            .route(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/{provider}/actionGroups",
+                get(handlers::action_groups),
+            )
+            .route(
+                "/subscriptions/{sub}/providers/{provider}/activityLogAlerts",
+                get(handlers::alerts),
             )
             .route("/_emulator/report", get(report_handler))
             .with_state(shared.clone());
@@ -501,6 +531,9 @@ window = "{window}"
             interval = settings.interval,
             window = settings.window,
         );
+        if let Some(every) = settings.detection_interval {
+            toml.push_str(&format!("\n[detection]\ninterval = \"{every}\"\n"));
+        }
         for (i, s) in self.shared.scenario().subscriptions.iter().enumerate() {
             toml.push_str(&format!(
                 "\n[[subscription]]\nid = \"{}\"\nname = \"emulated-{}\"\n",

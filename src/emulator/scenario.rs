@@ -14,6 +14,8 @@
 //! backlog = 0                  # operations already in the log at start...
 //! backlog_span = "1h"          # ...spread over this span before start
 //! backlog_succeeded_only = false  # true: one Succeeded entry per backlog operation
+//! event_handlers_from = "10s"  # Guardrails event handlers appear in Azure then...
+//! event_handlers_until = "20s" # ...and are removed then (both relative to start)
 //!
 //! [late]                       # when entries become visible (submissionTimestamp)
 //! delay_min = "0s"             # every entry: uniform in [delay_min, delay_max]
@@ -95,6 +97,23 @@ pub struct SubscriptionScenario {
     /// Backlog operations yield one Succeeded entry each (for benchmarks).
     #[serde(default)]
     pub backlog_succeeded_only: bool,
+    /// When Guardrails' event handlers (action group and alerts) appear in
+    /// this subscription, relative to the emulator's start.
+    #[serde(default, with = "humantime_serde")]
+    pub event_handlers_from: Option<Duration>,
+    /// When they are removed again; never when absent.
+    #[serde(default, with = "humantime_serde")]
+    pub event_handlers_until: Option<Duration>,
+}
+
+impl SubscriptionScenario {
+    /// Whether its event handlers are live `elapsed` after the start.
+    pub fn handlers_live(&self, elapsed: Duration) -> bool {
+        self.event_handlers_from.is_some_and(|from| elapsed >= from)
+            && self
+                .event_handlers_until
+                .is_none_or(|until| elapsed < until)
+    }
 }
 
 fn default_rate() -> f64 {
@@ -231,6 +250,14 @@ impl Scenario {
             rate(s.succeeded, "subscription.succeeded")?;
             if crate::config::SubscriptionId::parse(&s.id).is_none() {
                 return Err(format!("subscription id {:?} is not a GUID", s.id));
+            }
+            if let (Some(from), Some(until)) = (s.event_handlers_from, s.event_handlers_until)
+                && until <= from
+            {
+                return Err(format!(
+                    "subscription {}: event_handlers_until must come after event_handlers_from",
+                    s.id
+                ));
             }
             if !(s.rate_per_minute >= 0.0 && s.rate_per_minute.is_finite()) {
                 return Err(format!(
