@@ -28,9 +28,10 @@ Examples:
   # Subscriptions to paste into poller.toml, from Guardrails or from Azure:
   azure-activity-poller import --from-guardrails --config poller.toml
 
-Exit codes: 0 success; 64 usage; 69 Azure or the endpoint refused us;
-74 state database I/O; 75 temporary failure (retry later);
-78 configuration problem, including a refusal because event handlers are active.";
+Exit codes: 0 success; 64 usage; 69 Azure or the endpoint refused us, or an
+event handler check could not be made; 74 state database I/O; 75 temporary
+failure (retry later); 78 configuration problem, including a refusal because
+Guardrails event handlers or its own poller feed a subscription.";
 
 /// Polls the Azure activity log and forwards `Succeeded` entries to Turbot
 /// Guardrails, exactly once, resuming from a watermark kept in SQLite.
