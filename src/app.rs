@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::azure::{ActivityLogClient, CredentialError, TokenSource};
+use crate::azure::{ActivityLogClient, CredentialError, ReadBudget, TokenSource};
 use crate::config::{Config, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::forward::Forwarder;
@@ -101,6 +101,19 @@ pub struct App {
     pub detector: Arc<crate::detect::Detector>,
     /// Subscriptions paused because something else feeds them (kept across reloads).
     pub pauses: Arc<crate::detect::Pauses>,
+    /// ARM's read budget per subscription and principal.
+    pub budget: Arc<ReadBudget>,
+}
+
+/// What a reload keeps of the running process.
+struct Kept {
+    store: Store,
+    http: reqwest::Client,
+    outbox_ready: Arc<Notify>,
+    health: Arc<crate::health::Health>,
+    delivered: crate::forward::Delivered,
+    pauses: Arc<crate::detect::Pauses>,
+    budget: Arc<ReadBudget>,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -108,7 +121,14 @@ pub fn http_client() -> Result<reqwest::Client, StartError> {
     reqwest::Client::builder()
         .user_agent(concat!("azure-activity-poller/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
+        // Keep connections alive and reuse them: at WAN latency a new
+        // connection per request costs a round trip or three (TLS).
         .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(60))
+        // Over https, HTTP/2 when the server offers it (ALPN); flow control
+        // windows sized from the measured bandwidth-delay product.
+        .http2_adaptive_window(true)
         .build()
         .map_err(|e| StartError::Http(e.to_string()))
 }
@@ -151,42 +171,69 @@ impl App {
         refuse_handler_conflicts(&config)?;
         let store = Store::open(&config.state_path)?;
         let http = http_client()?;
+        let budget = Arc::new(ReadBudget::new(
+            config.azure.reads_burst,
+            config.azure.reads_per_second,
+        ));
         Self::assemble(
             config,
-            store,
-            http,
-            Arc::new(Notify::new()),
-            Arc::new(crate::health::Health::default()),
-            crate::forward::Delivered::default(),
-            Arc::new(crate::detect::Pauses::default()),
+            Kept {
+                store,
+                http,
+                outbox_ready: Arc::new(Notify::new()),
+                health: Arc::new(crate::health::Health::default()),
+                delivered: crate::forward::Delivered::default(),
+                pauses: Arc::new(crate::detect::Pauses::default()),
+                budget,
+            },
         )
     }
 
     /// The same process with a new configuration (SIGHUP): the state store,
-    /// HTTP client, wake-ups and health are kept; everything else is rebuilt.
+    /// HTTP client, wake-ups, health, pauses and ARM's read budget are kept
+    /// (the budget is made anew if its settings changed); everything else is
+    /// rebuilt.
     pub fn rebuild(&self, config: Config) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
+        let same_budget = config.azure.reads_burst == self.config.azure.reads_burst
+            && config.azure.reads_per_second == self.config.azure.reads_per_second;
+        let budget = if same_budget {
+            self.budget.clone()
+        } else {
+            Arc::new(ReadBudget::new(
+                config.azure.reads_burst,
+                config.azure.reads_per_second,
+            ))
+        };
         Self::assemble(
             config,
-            self.store.clone(),
-            self.http.clone(),
-            self.outbox_ready.clone(),
-            self.health.clone(),
-            self.delivered.clone(),
-            self.pauses.clone(),
+            Kept {
+                store: self.store.clone(),
+                http: self.http.clone(),
+                outbox_ready: self.outbox_ready.clone(),
+                health: self.health.clone(),
+                delivered: self.delivered.clone(),
+                pauses: self.pauses.clone(),
+                budget,
+            },
         )
     }
 
-    fn assemble(
-        config: Config,
-        store: Store,
-        http: reqwest::Client,
-        outbox_ready: Arc<Notify>,
-        health: Arc<crate::health::Health>,
-        delivered: crate::forward::Delivered,
-        pauses: Arc<crate::detect::Pauses>,
-    ) -> Result<App, StartError> {
-        let detector = Arc::new(crate::detect::Detector::new(&config, http.clone()));
+    fn assemble(config: Config, kept: Kept) -> Result<App, StartError> {
+        let Kept {
+            store,
+            http,
+            outbox_ready,
+            health,
+            delivered,
+            pauses,
+            budget,
+        } = kept;
+        let detector = Arc::new(crate::detect::Detector::new(
+            &config,
+            http.clone(),
+            budget.clone(),
+        ));
         let scope = config.azure.scope();
         let mut tokens = BTreeMap::new();
         let used: std::collections::BTreeSet<&str> = config
@@ -213,9 +260,11 @@ impl App {
             config.azure.resource_manager_url.clone(),
             config.azure.backoff,
             config.azure.request_timeout,
+            budget.clone(),
         );
         let poller = Arc::new(Poller {
             client,
+            slices: config.azure.catch_up_slices,
             store: store.clone(),
             outbox_ready: outbox_ready.clone(),
             skew: std::sync::Mutex::new(None),
@@ -239,6 +288,7 @@ impl App {
             delivered,
             detector,
             pauses,
+            budget,
         })
     }
 

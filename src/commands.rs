@@ -152,7 +152,11 @@ fn check_online(config: &Config) -> ExitCode {
                 Err(e) => return fail(&StartError::Credential(e)),
             }
         }
-        let detector = crate::detect::Detector::new(config, http);
+        let budget = Arc::new(crate::azure::ReadBudget::new(
+            config.azure.reads_burst,
+            config.azure.reads_per_second,
+        ));
+        let detector = crate::detect::Detector::new(config, http, budget);
         if !detector.asks_guardrails() {
             eprintln!(
                 "note: no [guardrails.api] configured: only Azure is asked (Guardrails' own poller cannot be seen)"

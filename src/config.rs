@@ -204,6 +204,11 @@ pub struct AzureConfig {
     pub request_timeout: Duration,
     /// Retries of one request after throttling, 5xx or transport faults.
     pub backoff: Backoff,
+    /// ARM's read budget per subscription and principal: burst, and refill per second.
+    pub reads_burst: u32,
+    pub reads_per_second: f64,
+    /// Time slices of a long catch-up queried in parallel, per subscription.
+    pub catch_up_slices: usize,
 }
 
 impl AzureConfig {
@@ -277,11 +282,21 @@ impl fmt::Debug for IngestUrl {
     }
 }
 
+/// How many POSTs may be in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryConcurrency {
+    /// Learned from the endpoint's answers (`src/concurrency.rs`), up to `max`.
+    Adaptive {
+        max: usize,
+    },
+    Fixed(usize),
+}
+
 #[derive(Debug, Clone)]
 pub struct GuardrailsConfig {
     pub ingest_url: IngestUrl,
     pub format: Format,
-    pub concurrency: usize,
+    pub concurrency: DeliveryConcurrency,
     pub timeout: Duration,
     /// Pauses between failed delivery rounds (unbounded count).
     pub backoff: Backoff,
@@ -457,6 +472,9 @@ mod raw {
         pub request_timeout: Option<Spanned<String>>,
         pub max_retries: Option<Spanned<i64>>,
         pub retry_base: Option<Spanned<String>>,
+        pub reads_burst: Option<Spanned<i64>>,
+        pub reads_per_second: Option<Spanned<i64>>,
+        pub catch_up_slices: Option<Spanned<i64>>,
     }
 
     #[derive(Deserialize)]
@@ -478,7 +496,8 @@ mod raw {
         pub ingest_url_file: Option<Spanned<PathBuf>>,
         pub ingest_url_env: Option<Spanned<String>>,
         pub format: Option<Spanned<Format>>,
-        pub concurrency: Option<Spanned<i64>>,
+        pub concurrency: Option<Spanned<toml::Value>>,
+        pub max_concurrency: Option<Spanned<i64>>,
         pub timeout: Option<Spanned<String>>,
         pub retry_base: Option<Spanned<String>>,
         pub retry_max: Option<Spanned<String>>,
@@ -719,7 +738,7 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
     let concurrency = az
         .concurrency
         .as_ref()
-        .map_or(Some(4), |c| ck.positive(c, "[azure] concurrency", 256));
+        .map_or(Some(32), |c| ck.positive(c, "[azure] concurrency", 1024));
     let request_timeout = az
         .request_timeout
         .as_ref()
@@ -727,6 +746,16 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
             ck.duration(t, "[azure] request_timeout")
         });
 
+    let reads_burst = az.reads_burst.as_ref().map_or(Some(250), |c| {
+        ck.positive(c, "[azure] reads_burst", 100_000)
+    });
+    let reads_per_second = az.reads_per_second.as_ref().map_or(Some(25), |c| {
+        ck.positive(c, "[azure] reads_per_second", 10_000)
+    });
+    let catch_up_slices = az
+        .catch_up_slices
+        .as_ref()
+        .map_or(Some(8), |c| ck.positive(c, "[azure] catch_up_slices", 64));
     let max_retries = az
         .max_retries
         .as_ref()
@@ -947,6 +976,9 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
                 max: Duration::from_secs(60).max(retry_base?),
                 retries: Some(max_retries?),
             },
+            reads_burst: u32::try_from(reads_burst?).unwrap_or(u32::MAX),
+            reads_per_second: reads_per_second? as f64,
+            catch_up_slices: catch_up_slices?,
         },
         credentials,
         guardrails: guardrails?,
@@ -1385,9 +1417,33 @@ fn validate_guardrails(
         .format
         .as_ref()
         .map_or(Format::ActivityLogAlert, |f| *f.get_ref());
-    let concurrency = g.concurrency.as_ref().map_or(Some(8), |c| {
-        ck.positive(c, "[guardrails] concurrency", 1024)
+    let max_concurrency = g.max_concurrency.as_ref().map_or(Some(256), |c| {
+        ck.positive(c, "[guardrails] max_concurrency", 4096)
     });
+    let concurrency = match g.concurrency.as_ref() {
+        None => max_concurrency.map(|max| DeliveryConcurrency::Adaptive { max }),
+        Some(c) => match c.get_ref() {
+            toml::Value::String(s) if s == "adaptive" => {
+                max_concurrency.map(|max| DeliveryConcurrency::Adaptive { max })
+            }
+            toml::Value::Integer(n) => ck
+                .positive(
+                    &Spanned::new(c.span(), *n),
+                    "[guardrails] concurrency",
+                    4096,
+                )
+                .map(DeliveryConcurrency::Fixed),
+            other => {
+                ck.at(
+                    c.span(),
+                    format!(
+                        "[guardrails] concurrency must be \"adaptive\" or a number of POSTs in flight, got {other}"
+                    ),
+                );
+                None
+            }
+        },
+    };
     let timeout = g
         .timeout
         .as_ref()

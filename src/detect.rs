@@ -27,7 +27,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::azure::{ActivityLogClient, AzureError, TokenSource};
+use crate::azure::{ActivityLogClient, AzureError, ReadBudget, TokenSource};
 use crate::config::{Config, EventHandlers, OnUnknown, SubscriptionConfig};
 use crate::guardrails_api::{
     ApiError, EVENT_HANDLERS_POLICY, EVENT_POLLER_POLICY, GuardrailsApi, PolicyValue,
@@ -306,12 +306,15 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(config: &Config, http: reqwest::Client) -> Detector {
+    /// `budget`: ARM's read budget, shared with the polls (detection reads
+    /// count against the same per-subscription limit).
+    pub fn new(config: &Config, http: reqwest::Client, budget: Arc<ReadBudget>) -> Detector {
         let arm = ActivityLogClient::new(
             http.clone(),
             config.azure.resource_manager_url.clone(),
             config.azure.backoff,
             config.azure.request_timeout,
+            budget,
         );
         let api = config
             .guardrails

@@ -1,7 +1,12 @@
 //! The forwarder: drains the outbox to the Guardrails ingestion endpoint.
 //!
-//! Events leave oldest first, one per POST, `concurrency` at a time, rendered in
-//! the configured [`Format`]. An event is removed from the outbox only after the
+//! Events leave one per POST, rendered in the configured [`Format`], taken
+//! from the outbox round-robin across subscriptions (oldest first within one;
+//! see `Store::next_batch`), as many in flight as the adaptive limit allows
+//! (`concurrency.rs`: it grows while the endpoint keeps up and shrinks on
+//! 429/503 or a rising round-trip time). Connections are kept alive and
+//! reused; over https the client offers HTTP/2 and uses it when the endpoint
+//! accepts (ALPN). An event is removed from the outbox only after the
 //! endpoint answers 2xx, so a crash at any moment can at worst send again the
 //! events whose POST succeeded just before it.
 //!
@@ -13,19 +18,22 @@
 //! - 401, 403, 404, 405: the URL or its token is wrong, not the event. Nothing is
 //!   dead-lettered; delivery pauses and retries with backoff, loudly, until the
 //!   operator fixes the URL (events keep accumulating in the outbox meanwhile).
-//! - 408, 429, 5xx, timeouts, refused connections: retried with backoff,
-//!   honouring `Retry-After`.
+//! - 408, 429, 5xx, timeouts, refused connections: retried, that event not
+//!   before its `Retry-After`; 429, 502-504, 408, timeouts and refused
+//!   connections are also back-pressure, which lowers the limit. Delivery as a
+//!   whole backs off only when nothing gets through even at the lowest limit.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use reqwest::StatusCode;
 use tokio::sync::{Notify, watch};
 
 use crate::azure::activity_log::describe;
-use crate::config::{Format, GuardrailsConfig, IngestUrl};
+use crate::concurrency::{Concurrency, Signal};
+use crate::config::{DeliveryConcurrency, Format, GuardrailsConfig, IngestUrl};
 use crate::retry::{Backoff, retry_after};
 use crate::store::{OutboxEvent, Store, StoreError};
 
@@ -53,7 +61,20 @@ pub enum Delivery {
     Retry {
         reason: String,
         after: Option<Duration>,
+        kind: RetryKind,
     },
+}
+
+/// Why a delivery is to be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryKind {
+    /// The endpoint is overloaded or unreachable: fewer POSTs in flight.
+    BackPressure,
+    /// It failed (500, ...): retry, the limit stays.
+    Failed,
+    /// The URL or its token is not accepted: nothing gets through until an
+    /// operator fixes it.
+    Misconfigured,
 }
 
 /// Delivered-event counts per subscription, read and reset by the poll log line.
@@ -83,12 +104,19 @@ pub struct Forwarder {
     http: reqwest::Client,
     url: IngestUrl,
     format: Format,
-    concurrency: usize,
+    limit: Concurrency,
     timeout: Duration,
     store: Store,
     backoff: Backoff,
     pub delivered: Delivered,
+    /// Events that were told to wait (`Retry-After`), and until when.
+    not_before: Mutex<HashMap<i64, Instant>>,
+    /// The subscription served last, where the next batch's rotation starts.
+    last_served: Mutex<Option<String>>,
 }
+
+/// The smallest outbox read, so that a low limit does not mean tiny reads.
+const MIN_BATCH: usize = 32;
 
 impl Forwarder {
     pub fn new(
@@ -102,16 +130,40 @@ impl Forwarder {
             http,
             url: config.ingest_url.clone(),
             format: config.format,
-            concurrency: config.concurrency,
+            limit: match config.concurrency {
+                DeliveryConcurrency::Adaptive { max } => Concurrency::adaptive(1, max),
+                DeliveryConcurrency::Fixed(n) => Concurrency::fixed(n),
+            },
             timeout: config.timeout,
             store,
             backoff,
             delivered,
+            not_before: Mutex::new(HashMap::new()),
+            last_served: Mutex::new(None),
         }
     }
 
-    /// POSTs one event.
+    /// POSTs allowed in flight now.
+    pub fn concurrency_limit(&self) -> usize {
+        self.limit.limit()
+    }
+
+    /// POSTs one event, and tells the concurrency limit how it went.
     pub async fn deliver(&self, event: &OutboxEvent) -> Delivery {
+        let started = Instant::now();
+        let outcome = self.post(event).await;
+        let signal = match &outcome {
+            Delivery::Retry {
+                kind: RetryKind::BackPressure,
+                ..
+            } => Signal::BackPressure,
+            _ => Signal::Answered,
+        };
+        self.limit.observe(started.elapsed(), signal);
+        outcome
+    }
+
+    async fn post(&self, event: &OutboxEvent) -> Delivery {
         let body = match crate::format::render_bytes(self.format, &event.entry) {
             Ok(b) => b,
             Err(reason) => return Delivery::Rejected(reason),
@@ -131,6 +183,7 @@ impl Forwarder {
                 return Delivery::Retry {
                     reason: describe(&e.without_url()),
                     after: None,
+                    kind: RetryKind::BackPressure,
                 };
             }
             Ok(r) => r,
@@ -142,9 +195,15 @@ impl Forwarder {
         let after = retry_after(resp.headers());
         let reason = format!("HTTP {status}");
         match status {
-            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-                Delivery::Retry { reason, after }
-            }
+            StatusCode::REQUEST_TIMEOUT
+            | StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT => Delivery::Retry {
+                reason,
+                after,
+                kind: RetryKind::BackPressure,
+            },
             StatusCode::UNAUTHORIZED
             | StatusCode::FORBIDDEN
             | StatusCode::NOT_FOUND
@@ -153,38 +212,56 @@ impl Forwarder {
                     "{reason}: the ingestion URL or its token is not accepted; check [guardrails] ingest_url"
                 ),
                 after,
+                kind: RetryKind::Misconfigured,
             },
             s if s.is_client_error() => Delivery::Rejected(reason),
-            _ => Delivery::Retry { reason, after },
+            _ => Delivery::Retry {
+                reason,
+                after,
+                kind: RetryKind::Failed,
+            },
         }
     }
 
-    /// Delivers the oldest events, `concurrency` POSTs in flight, refilling as
-    /// they complete, until the outbox is empty or a delivery must be retried
-    /// later. Outcomes are written as soon as their POSTs complete: those that
-    /// complete together share one transaction.
+    /// Delivers waiting events, as many POSTs in flight as the limit allows,
+    /// refilling as they complete, until the outbox is empty (but for events
+    /// told to wait) or delivery must pause: the URL is refused, or nothing
+    /// gets through even at the lowest limit. Outcomes are written as soon as
+    /// their POSTs complete: those that complete together share one
+    /// transaction.
     async fn round(&self) -> Result<Round, StoreError> {
         let mut round = Round::default();
         let mut queue: std::collections::VecDeque<OutboxEvent> = std::collections::VecDeque::new();
         let mut flying: Vec<i64> = Vec::new();
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut exhausted = false;
+        let mut stop = false;
         loop {
-            if round.retry.is_none() {
-                if queue.len() < self.concurrency && !exhausted {
-                    let skip: Vec<i64> = flying
+            if !stop {
+                let limit = self.limit.limit();
+                if queue.len() < limit && !exhausted {
+                    let mut skip: Vec<i64> = flying
                         .iter()
                         .copied()
                         .chain(queue.iter().map(|e| e.seq))
                         .collect();
-                    let limit = self.concurrency * 4;
-                    let batch = self.store.call(move |s| s.next_batch(limit, &skip)).await?;
+                    skip.extend(self.waiting());
+                    let want = (limit * 2).max(MIN_BATCH);
+                    let after = self.lock_last().clone();
+                    let batch = self
+                        .store
+                        .call(move |s| s.next_batch(want, &skip, after.as_deref()))
+                        .await?;
                     exhausted = batch.is_empty();
+                    if let Some(last) = batch.last() {
+                        *self.lock_last() = Some(last.subscription_id.clone());
+                    }
                     queue.extend(batch);
                 }
-                while in_flight.len() < self.concurrency {
+                while in_flight.len() < limit {
                     let Some(ev) = queue.pop_front() else { break };
                     flying.push(ev.seq);
+                    self.limit.started(in_flight.len() + 1);
                     in_flight.push(async move {
                         let outcome = self.deliver(&ev).await;
                         (ev, outcome)
@@ -199,18 +276,51 @@ impl Forwarder {
                 done.push(more);
             }
             round.attempted += done.len();
-            self.settle(&done, &mut round).await?;
+            stop |= self.settle(&done, &mut round).await?;
             flying.retain(|seq| !done.iter().any(|(ev, _)| ev.seq == *seq));
+        }
+        if round.retry.is_none()
+            && let Some(due) = self.next_due()
+        {
+            // Only events told to wait are left: come back when the first is due.
+            round.retry = Some((
+                "waiting for Retry-After".into(),
+                Some(due.saturating_duration_since(Instant::now())),
+            ));
         }
         Ok(round)
     }
 
-    /// Records the outcomes of completed POSTs in one transaction.
+    fn lock_last(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.last_served.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
+        self.not_before.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Events still waiting for their `Retry-After`; forgets those now due.
+    fn waiting(&self) -> Vec<i64> {
+        let now = Instant::now();
+        let mut w = self.lock_waiting();
+        w.retain(|_, due| *due > now);
+        w.keys().copied().collect()
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.lock_waiting().values().min().copied()
+    }
+
+    /// Records the outcomes of completed POSTs in one transaction; true when
+    /// delivery should pause (see `round`).
     async fn settle(
         &self,
         done: &[(OutboxEvent, Delivery)],
         round: &mut Round,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
+        let mut misconfigured = false;
+        let mut retried = false;
+        let mut any_acked = false;
         let mut acks = Vec::new();
         let mut rejects = Vec::new();
         let mut failures = Vec::new();
@@ -226,8 +336,17 @@ impl Forwarder {
                     );
                     rejects.push((ev.seq, reason.clone()));
                 }
-                Delivery::Retry { reason, after } => {
+                Delivery::Retry {
+                    reason,
+                    after,
+                    kind,
+                } => {
                     failures.push((ev.seq, reason.clone()));
+                    if let Some(a) = after {
+                        self.lock_waiting().insert(ev.seq, Instant::now() + *a);
+                    }
+                    misconfigured |= *kind == RetryKind::Misconfigured;
+                    retried = true;
                     let after = round.retry.as_ref().and_then(|(_, a)| *a).max(*after);
                     round.retry = Some((reason.clone(), after));
                 }
@@ -241,9 +360,17 @@ impl Forwarder {
                 self.delivered.add(&ev.subscription_id);
                 crate::metrics::delivered(&ev.subscription_id);
                 round.acked += 1;
+                any_acked = true;
             }
         }
-        Ok(())
+        // A refused URL pauses delivery at once. Other retries pause it only
+        // when nothing gets through even at the lowest limit; while the limit
+        // can still shrink, or some POSTs succeed, delivery goes on.
+        let pause = misconfigured || (retried && !any_acked && self.limit.at_floor());
+        if !pause && any_acked {
+            round.retry = None;
+        }
+        Ok(pause)
     }
 
     /// Runs until `shutdown` turns true, waking when `ready` is notified.
@@ -286,7 +413,9 @@ impl Forwarder {
         loop {
             let round = self.round().await?;
             delivered += round.acked as u64;
-            if round.attempted == 0 {
+            // Done when nothing was left to try, not even events waiting for
+            // their Retry-After.
+            if round.attempted == 0 && round.retry.is_none() {
                 return Ok(delivered);
             }
             let Some((reason, after)) = round.retry else {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::azure::{ActivityLogClient, AzureError, CredentialError, TokenSource};
+use crate::azure::{ActivityLogClient, AzureError, CredentialError, ReadBudget, TokenSource};
 use crate::config::{Config, SubscriptionId};
 use crate::detect::{Detector, Verdict};
 use crate::guardrails_api::{
@@ -234,11 +234,16 @@ pub async fn from_azure(config: &Config, credential: Option<&str>) -> Result<Str
         http.clone(),
         config.azure.request_timeout,
     )?);
+    let budget = Arc::new(ReadBudget::new(
+        config.azure.reads_burst,
+        config.azure.reads_per_second,
+    ));
     let arm = ActivityLogClient::new(
         http.clone(),
         config.azure.resource_manager_url.clone(),
         config.azure.backoff,
         config.azure.request_timeout,
+        budget.clone(),
     );
     let beat = Heartbeat::default();
     let mut url = arm.arm_url("subscriptions", SUBSCRIPTIONS_API);
@@ -253,7 +258,7 @@ pub async fn from_azure(config: &Config, credential: Option<&str>) -> Result<Str
             None => break,
         }
     }
-    let detector = Detector::new(config, http);
+    let detector = Detector::new(config, http, budget);
     let token_map: BTreeMap<String, Arc<TokenSource>> = [(name.clone(), tokens.clone())].into();
     let configured: Vec<&str> = config.subscriptions.iter().map(|s| s.id.as_str()).collect();
     let mut sections = Vec::new();

@@ -8,6 +8,7 @@ pub mod assets;
 pub mod azure;
 pub mod cli;
 pub mod commands;
+pub mod concurrency;
 pub mod config;
 pub mod daemon;
 pub mod demo;

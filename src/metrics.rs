@@ -15,6 +15,10 @@
 //! - `azure_requests_total{status}`                HTTP status, or "error"
 //! - `throttle_waits_total`, `throttle_wait_seconds_total`
 //! - `endpoint_requests_total{status}`             HTTP status, or "error"
+//! - `azure_budget_waits_total`, `azure_budget_wait_seconds` reads paced by the budget
+//! - `poll_start_delay_seconds{subscription}`      how late the last poll started
+//! - `polls_late_total{subscription}`              polls started over an interval late
+//! - `delivery_concurrency_limit`                  POSTs allowed in flight now
 //! - `subscription_paused{subscription}`           1 while Guardrails feeds it
 //! - `detection_checks_total{result}`              live, clear, unknown
 //! - `detection_failures_total{subscription}`      checks that could not be made
@@ -109,6 +113,28 @@ fn describe() {
         name("endpoint_requests_total"),
         "POSTs to the ingestion endpoint by HTTP status."
     );
+    describe_counter!(
+        name("azure_budget_waits_total"),
+        "ARM reads that waited for the client-side read budget."
+    );
+    describe_histogram!(
+        name("azure_budget_wait_seconds"),
+        metrics::Unit::Seconds,
+        "How long an ARM read waited for the read budget."
+    );
+    describe_gauge!(
+        name("poll_start_delay_seconds"),
+        metrics::Unit::Seconds,
+        "How long after it was due the last poll started (waiting for a slot)."
+    );
+    describe_counter!(
+        name("polls_late_total"),
+        "Polls that started more than one interval after they were due."
+    );
+    describe_gauge!(
+        name("delivery_concurrency_limit"),
+        "POSTs allowed in flight now (adaptive, or the fixed setting)."
+    );
     describe_gauge!(
         name("subscription_paused"),
         "1 while Guardrails event handlers or its own poller feed the subscription."
@@ -182,6 +208,24 @@ pub fn queue_depths(outbox: &[(String, i64)], dead: &[(String, i64)]) {
     for (sub, n) in dead {
         gauge!(name("dead_letters"), "subscription" => sub.clone()).set(*n as f64);
     }
+}
+
+pub fn budget_wait(seconds: f64) {
+    counter!(name("azure_budget_waits_total")).increment(1);
+    histogram!(name("azure_budget_wait_seconds")).record(seconds);
+}
+
+pub fn poll_start_delay(subscription: &str, seconds: f64) {
+    gauge!(name("poll_start_delay_seconds"), "subscription" => subscription.to_string())
+        .set(seconds);
+}
+
+pub fn poll_late(subscription: &str) {
+    counter!(name("polls_late_total"), "subscription" => subscription.to_string()).increment(1);
+}
+
+pub fn concurrency_limit(limit: usize) {
+    gauge!(name("delivery_concurrency_limit")).set(limit as f64);
 }
 
 pub fn paused(subscription: &str, paused: bool) {

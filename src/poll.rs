@@ -5,9 +5,17 @@
 //! entries whose status is configured, and records the new ones in the outbox,
 //! one transaction per page. The last page's transaction also moves the
 //! watermark to the query's end, so the watermark never passes an entry that
-//! is not durably recorded. A watermark far behind (a first run with `--since`,
-//! a long outage) is caught up in chunks of [`CATCH_UP_CHUNK`], each committed
-//! on its own.
+//! is not durably recorded.
+//!
+//! A watermark far behind (a first run with `--since`, an outage, a restart
+//! after a day) is caught up in **time slices queried in parallel**: the
+//! range is cut into slices of at most [`CATCH_UP_CHUNK`], up to `[azure]
+//! catch_up_slices` of them in flight, each drained to its last page (its
+//! pages recorded as they come), and the watermark moves only over the
+//! contiguous prefix of finished slices. A slice that finishes before an
+//! earlier one waits for it; a crash loses nothing, because everything past
+//! the watermark is queried again and its seen ids stop duplicates. ARM's
+//! read budget (`azure/budget.rs`) paces the slices together.
 //!
 //! Clock skew: the query's end is this host's "now", but the watermark moves only
 //! as far as Azure's own clock (the `Date` header, less its one-second
@@ -27,6 +35,9 @@ use crate::store::{Advance, Cursor, Store, StoreError};
 
 /// The longest stretch one query covers beyond the look-back.
 pub const CATCH_UP_CHUNK: Duration = Duration::from_secs(3600);
+
+/// The shortest slice worth its own query in a parallel catch-up.
+const MIN_SLICE: Duration = Duration::from_secs(60);
 
 /// Skews within this are the `Date` header's own imprecision, not a clock problem.
 const SKEW_TOLERANCE: chrono::Duration = chrono::Duration::seconds(2);
@@ -74,6 +85,22 @@ pub struct PollReport {
 }
 
 impl PollReport {
+    /// Adds what another query of the same poll did.
+    fn absorb(&mut self, other: PollReport) {
+        self.queries += other.queries;
+        self.pages += other.pages;
+        self.requests += other.requests;
+        self.bytes += other.bytes;
+        self.fetched += other.fetched;
+        self.kept += other.kept;
+        self.skipped_status += other.skipped_status;
+        self.new += other.new;
+        self.duplicate += other.duplicate;
+        self.quarantined += other.quarantined;
+        self.throttled += other.throttled;
+        self.skew = other.skew.or(self.skew);
+    }
+
     pub fn lag(&self, now: Timestamp) -> Option<Duration> {
         self.watermark
             .map(|w| (now - w).to_std().unwrap_or(Duration::ZERO))
@@ -116,6 +143,8 @@ impl Heartbeat {
 /// Polls subscriptions; shared by every subscription's task.
 pub struct Poller {
     pub client: ActivityLogClient,
+    /// Slices of a long catch-up queried at the same time (1: one at a time).
+    pub slices: usize,
     pub store: Store,
     /// Woken whenever new events are queued.
     pub outbox_ready: Arc<Notify>,
@@ -162,11 +191,25 @@ impl Poller {
             let now = to_ticks(self.now());
             let (start, end) = self.bounds(sub, &cursor, now);
             report.window_start.get_or_insert(start);
+            if now - cursor.watermark > window && self.slices > 1 {
+                // More than a window behind: the whole way to now, in
+                // parallel slices. (A poll on schedule is one query.)
+                let watermark = self
+                    .catch_up(sub, tokens, start, now, &mut report, beat)
+                    .await?;
+                report.window_end = Some(now);
+                cursor.watermark = cursor.watermark.max(watermark);
+                cursor.pruned_before = cursor.pruned_before.max(watermark - window);
+                report.watermark = Some(cursor.watermark);
+                if watermark < now {
+                    // Azure's clock is behind ours: the rest is the next poll's.
+                    break;
+                }
+                continue;
+            }
             report.window_end = Some(end);
-            report.queries += 1;
-            let watermark = self
-                .query(sub, tokens, start, end, &mut report, beat)
-                .await?;
+            let (watermark, piece) = self.query(sub, tokens, start, end, true, beat).await?;
+            report.absorb(piece);
             cursor.watermark = cursor.watermark.max(watermark);
             cursor.pruned_before = cursor.pruned_before.max(watermark - window);
             report.watermark = Some(cursor.watermark);
@@ -231,16 +274,103 @@ impl Poller {
         (to_ticks(start), to_ticks(end.max(start)))
     }
 
-    /// Drains one query to its last page; returns the watermark it committed.
+    /// Catches `[start, until]` up in parallel slices; returns the watermark
+    /// committed (the end of the contiguous prefix of finished slices).
+    async fn catch_up(
+        &self,
+        sub: &SubscriptionConfig,
+        tokens: &Arc<TokenSource>,
+        start: Timestamp,
+        until: Timestamp,
+        report: &mut PollReport,
+        beat: &Heartbeat,
+    ) -> Result<Timestamp, PollError> {
+        use futures::StreamExt;
+        let window =
+            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let slices = slice(start, until, self.slices);
+        let id = sub.id.as_str().to_string();
+        tracing::info!(
+            subscription = %sub.label(),
+            from = %rfc3339(start),
+            to = %rfc3339(until),
+            slices = slices.len(),
+            in_parallel = self.slices,
+            "catching up in parallel time slices"
+        );
+        let mut running = futures::stream::FuturesUnordered::new();
+        let mut next = 0;
+        let mut finished: std::collections::BTreeMap<usize, Timestamp> = Default::default();
+        let mut committed = 0;
+        let mut clipped = false;
+        let mut watermark = start;
+        let mut failed: Option<PollError> = None;
+        loop {
+            while failed.is_none() && running.len() < self.slices && next < slices.len() {
+                let (s, e) = slices[next];
+                let i = next;
+                next += 1;
+                running.push(async move { (i, self.query(sub, tokens, s, e, false, beat).await) });
+            }
+            let Some((i, result)) = running.next().await else {
+                break;
+            };
+            match result {
+                Ok((safe_end, piece)) => {
+                    report.absorb(piece);
+                    finished.insert(i, safe_end);
+                }
+                Err(e) => {
+                    // Slices in flight finish (their pages are recorded);
+                    // no new one starts. The prefix so far is committed.
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            }
+            // Move the watermark over the contiguous prefix of finished slices.
+            let mut advanced = None;
+            while !clipped && let Some(end) = finished.remove(&committed) {
+                committed += 1;
+                advanced = Some(end);
+                // Azure's clock stopped this slice short: nothing past it counts.
+                clipped = end < slices[committed - 1].1;
+            }
+            if let Some(end) = advanced {
+                watermark = end.max(start);
+                let advance = Advance {
+                    watermark,
+                    prune_before: watermark - window,
+                };
+                let sub_id = id.clone();
+                self.store
+                    .call(move |s| s.record_page(&sub_id, &[], &[], Some(advance)))
+                    .await?;
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(watermark),
+        }
+    }
+
+    /// Drains one query to its last page. With `commit`, the last page's
+    /// transaction moves the watermark; either way, returns how far the
+    /// query may move it (its end, or Azure's "now" when that is earlier),
+    /// and what it did.
     async fn query(
         &self,
         sub: &SubscriptionConfig,
         tokens: &Arc<TokenSource>,
         start: Timestamp,
         end: Timestamp,
-        report: &mut PollReport,
+        commit: bool,
         beat: &Heartbeat,
-    ) -> Result<Timestamp, PollError> {
+    ) -> Result<(Timestamp, PollReport), PollError> {
+        let mut piece = PollReport {
+            queries: 1,
+            ..PollReport::default()
+        };
+        let report = &mut piece;
         let window =
             chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
         let id = sub.id.as_str().to_string();
@@ -295,7 +425,7 @@ impl Poller {
                 Some(link) => Some(self.client.next_page(link)?),
                 None => None,
             };
-            let advance = next.is_none().then(|| Advance {
+            let advance = (commit && next.is_none()).then(|| Advance {
                 watermark,
                 prune_before: watermark.max(start) - window,
             });
@@ -312,8 +442,58 @@ impl Poller {
             }
             match next {
                 Some(u) => url = u,
-                None => return Ok(watermark.max(start)),
+                None => return Ok((watermark.max(start), piece)),
             }
+        }
+    }
+}
+
+/// `[start, until]` cut into contiguous slices: as many as `parallel` asks
+/// (each at least [`MIN_SLICE`]) and none longer than [`CATCH_UP_CHUNK`].
+fn slice(start: Timestamp, until: Timestamp, parallel: usize) -> Vec<(Timestamp, Timestamp)> {
+    let total = (until - start).to_std().unwrap_or(Duration::ZERO);
+    let by_parallel = total / u32::try_from(parallel.max(1)).unwrap_or(u32::MAX);
+    let len = by_parallel.clamp(MIN_SLICE, CATCH_UP_CHUNK);
+    let len = chrono::Duration::from_std(len).unwrap_or(chrono::Duration::MAX);
+    let mut out = Vec::new();
+    let mut s = start;
+    while s < until {
+        let e = to_ticks((s + len).min(until));
+        out.push((s, e));
+        s = e;
+    }
+    if out.is_empty() {
+        out.push((start, until));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cover_the_range_contiguously_within_their_bounds() {
+        let t = |s: &str| crate::event::parse_timestamp(s).unwrap();
+        let start = t("2026-11-20T00:00:00Z");
+        for (until, parallel, n) in [
+            ("2026-11-20T02:00:00Z", 8, 8),  // 2 h / 8 = 15 min each
+            ("2026-11-22T00:00:00Z", 8, 48), // 2 days: capped at 1 h each
+            ("2026-11-20T00:03:30Z", 8, 4),  // short: at least 1 min each
+            ("2026-11-20T00:00:30Z", 8, 1),
+        ] {
+            let until = t(until);
+            let s = slice(start, until, parallel);
+            assert_eq!(s.len(), n, "{until}");
+            assert_eq!(s[0].0, start);
+            assert_eq!(s[s.len() - 1].1, until);
+            for w in s.windows(2) {
+                assert_eq!(w[0].1, w[1].0, "contiguous");
+            }
+            assert!(
+                s.iter()
+                    .all(|(a, b)| b > a && (*b - *a).to_std().unwrap() <= CATCH_UP_CHUNK)
+            );
         }
     }
 }

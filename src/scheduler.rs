@@ -22,6 +22,9 @@ use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
 use crate::poll::{Heartbeat, PollError, PollReport};
 
+/// A subscription's "polls start late" warning is repeated at most this often.
+const LATE_WARNING_EVERY: Duration = Duration::from_secs(600);
+
 /// How one subscription's `--once` pass ended.
 #[derive(Debug)]
 pub struct OnceResult {
@@ -191,14 +194,17 @@ pub async fn subscription_task(
     let id = sub.id.to_string();
     let mut paused = app.pauses.subscribe();
     let is_paused = |p: &watch::Receiver<crate::detect::Paused>| p.borrow().contains_key(&id);
-    let mut tick = tokio::time::interval(sub.schedule.interval());
+    let interval = sub.schedule.interval();
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut warned_late: Option<Instant> = None;
     loop {
         beat.set_busy(false);
         let was_paused = is_paused(&paused);
+        let mut due = None;
         tokio::select! {
             _ = stop.changed() => break,
-            _ = tick.tick() => {}
+            at = tick.tick() => due = Some(at),
             changed = paused.changed(), if was_paused => {
                 if changed.is_err() || is_paused(&paused) {
                     continue;
@@ -219,6 +225,22 @@ pub async fn subscription_task(
         let Ok(_permit) = permit else {
             break;
         };
+        if let Some(due) = due {
+            let late = due.elapsed();
+            crate::metrics::poll_start_delay(&id, late.as_secs_f64());
+            if late > interval {
+                crate::metrics::poll_late(&id);
+                if warned_late.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
+                    warned_late = Some(Instant::now());
+                    tracing::warn!(
+                        subscription = %sub.label(),
+                        late_s = late.as_secs_f64(),
+                        interval_s = interval.as_secs_f64(),
+                        "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
+                    );
+                }
+            }
+        }
         beat.set_busy(true);
         let poll = poll_and_log(&app, &sub, since, &beat);
         tokio::pin!(poll);

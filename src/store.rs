@@ -174,7 +174,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts        INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT
 );
-CREATE INDEX IF NOT EXISTS outbox_by_time ON outbox (event_ts_ns, seq);
+DROP INDEX IF EXISTS outbox_by_time;
+CREATE INDEX IF NOT EXISTS outbox_by_subscription ON outbox (subscription_id, event_ts_ns, seq);
 CREATE TABLE IF NOT EXISTS detection (
     subscription_id TEXT PRIMARY KEY,
     state           TEXT NOT NULL,
@@ -449,38 +450,108 @@ impl Store {
         })
     }
 
-    /// The oldest events waiting for delivery, skipping the ones in flight.
+    /// Up to `limit` events waiting for delivery, skipping `in_flight`, shared
+    /// round-robin among the subscriptions that have any waiting, so that a
+    /// subscription catching up days of backlog never holds back another's
+    /// fresh events: each gets an equal share of the batch (the rest of it
+    /// goes to those with more waiting), oldest first within a subscription.
+    /// The batch interleaves subscriptions, starting after `after` (the one
+    /// served last), so the order of delivery rotates too.
     pub fn next_batch(
         &self,
         limit: usize,
         in_flight: &[i64],
+        after: Option<&str>,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         self.with(|c| {
+            // The subscriptions with events waiting: a loose index scan, one
+            // index lookup per subscription, however deep the backlog.
+            let mut subs: Vec<String> = {
+                let mut stmt = c
+                    .prepare_cached(
+                        "WITH RECURSIVE s(id) AS (
+                             SELECT MIN(subscription_id) FROM outbox
+                             UNION ALL
+                             SELECT (SELECT MIN(subscription_id) FROM outbox WHERE subscription_id > s.id)
+                             FROM s WHERE s.id IS NOT NULL)
+                         SELECT id FROM s WHERE id IS NOT NULL",
+                    )
+                    .ctx("listing subscriptions with events waiting")?;
+                let rows = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .ctx("listing subscriptions with events waiting")?;
+                rows.collect::<Result<_, _>>()
+                    .ctx("listing subscriptions with events waiting")?
+            };
+            if let Some(last) = after
+                && let Some(i) = subs.iter().position(|s| s.as_str() > last)
+            {
+                subs.rotate_left(i);
+            }
             let mut stmt = c
                 .prepare_cached(
                     "SELECT seq, subscription_id, event_data_id, entry, attempts FROM outbox
-                     ORDER BY event_ts_ns, seq LIMIT ?1",
+                     WHERE subscription_id = ?1 ORDER BY event_ts_ns, seq LIMIT ?2",
                 )
                 .ctx("preparing outbox read")?;
-            let want = limit + in_flight.len();
-            let rows = stmt
-                .query_map([i64::try_from(want).unwrap_or(i64::MAX)], |r| {
-                    Ok(OutboxEvent {
-                        seq: r.get(0)?,
-                        subscription_id: r.get(1)?,
-                        event_data_id: r.get(2)?,
-                        entry: r.get(3)?,
-                        attempts: r.get(4)?,
+            let mut read = |sub: &str, want: usize| -> Result<Vec<OutboxEvent>, StoreError> {
+                let n = i64::try_from(want + in_flight.len()).unwrap_or(i64::MAX);
+                let rows = stmt
+                    .query_map(params![sub, n], |r| {
+                        Ok(OutboxEvent {
+                            seq: r.get(0)?,
+                            subscription_id: r.get(1)?,
+                            event_data_id: r.get(2)?,
+                            entry: r.get(3)?,
+                            attempts: r.get(4)?,
+                        })
                     })
-                })
-                .ctx("reading the outbox")?;
-            let mut out = Vec::with_capacity(limit);
-            for row in rows {
-                let row = row.ctx("reading the outbox")?;
-                if !in_flight.contains(&row.seq) {
-                    out.push(row);
-                    if out.len() == limit {
-                        break;
+                    .ctx("reading the outbox")?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let row = row.ctx("reading the outbox")?;
+                    if !in_flight.contains(&row.seq) {
+                        out.push(row);
+                        if out.len() == want {
+                            break;
+                        }
+                    }
+                }
+                Ok(out)
+            };
+            let share = limit.div_ceil(subs.len().max(1));
+            let mut per_sub: Vec<Vec<OutboxEvent>> = Vec::with_capacity(subs.len());
+            let mut total = 0;
+            for sub in &subs {
+                if total >= limit {
+                    break;
+                }
+                let got = read(sub, share.min(limit - total))?;
+                total += got.len();
+                per_sub.push(got);
+            }
+            // What the quiet subscriptions left goes to those with more waiting.
+            let mut i = 0;
+            while total < limit && i < per_sub.len() {
+                if per_sub[i].len() == share {
+                    let have = per_sub[i].len();
+                    let mut more = read(&subs[i], have + (limit - total))?;
+                    let extra = more.split_off(have.min(more.len()));
+                    total += extra.len();
+                    per_sub[i].extend(extra);
+                }
+                i += 1;
+            }
+            // Interleave: the first of each subscription, then the second, ...
+            let mut out = Vec::with_capacity(total);
+            let mut iters: Vec<_> = per_sub.into_iter().map(Vec::into_iter).collect();
+            while out.len() < total {
+                for it in iters.iter_mut() {
+                    if let Some(e) = it.next() {
+                        out.push(e);
                     }
                 }
             }
@@ -762,6 +833,37 @@ mod tests {
     }
 
     #[test]
+    fn a_backlog_never_crowds_out_another_subscriptions_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let backlog: Vec<Entry> = (0..500)
+            .map(|i| entry(&format!("old-{i:03}"), "2026-01-01T00:00:00Z"))
+            .collect();
+        store.record_page("backfill", &backlog, &[], None).unwrap();
+        for (sub, id) in [("live-1", "l1"), ("live-2", "l2")] {
+            store
+                .record_page(sub, &[entry(id, "2026-01-02T00:00:00Z")], &[], None)
+                .unwrap();
+        }
+        let batch = store.next_batch(8, &[], None).unwrap();
+        let ids: Vec<_> = batch.iter().map(|e| e.event_data_id.as_str()).collect();
+        // Both live events in the first batch, interleaved with the backlog,
+        // which takes what they leave.
+        assert_eq!(ids.len(), 8);
+        assert_eq!(&ids[..3], ["old-000", "l1", "l2"]);
+        assert!(ids[3..].iter().all(|i| i.starts_with("old-")));
+        // Rotation: after "backfill", "live-1" comes first.
+        let batch = store.next_batch(3, &[], Some("backfill")).unwrap();
+        let subs: Vec<_> = batch.iter().map(|e| e.subscription_id.as_str()).collect();
+        assert_eq!(subs, ["live-1", "live-2", "backfill"]);
+        // In-flight events are skipped.
+        let flying: Vec<i64> = batch.iter().map(|e| e.seq).collect();
+        let next = store.next_batch(3, &flying, None).unwrap();
+        assert!(next.iter().all(|e| !flying.contains(&e.seq)));
+        assert_eq!(next.len(), 3);
+    }
+
+    #[test]
     fn not_a_database_and_newer_schema_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.db");
@@ -800,11 +902,14 @@ mod tests {
                 None,
             )
             .unwrap();
-        let batch = store.next_batch(10, &[]).unwrap();
+        let batch = store.next_batch(10, &[], None).unwrap();
         // Oldest first, whatever order they were recorded in.
         let ids: Vec<_> = batch.iter().map(|e| e.event_data_id.as_str()).collect();
         assert_eq!(ids, ["b", "a"]);
-        assert_eq!(store.next_batch(10, &[batch[0].seq]).unwrap().len(), 1);
+        assert_eq!(
+            store.next_batch(10, &[batch[0].seq], None).unwrap().len(),
+            1
+        );
         store.ack(batch[0].seq).unwrap();
         store.reject(batch[1].seq, "HTTP 400").unwrap();
         assert_eq!(store.outbox_depth().unwrap(), 0);

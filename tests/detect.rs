@@ -8,26 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use chrono::Utc;
 use support::detection::{
     FakeHandlers, GR_SECRET_KEY, GraphqlMode, HANDLERS_POLICY, POLLER_POLICY, WEBHOOK_TOKEN,
 };
 use support::*;
-
-fn spread(sub: &str, prefix: &str, n: usize, span_s: i64) -> Vec<FakeEntry> {
-    let now = Utc::now();
-    (0..n)
-        .map(|i| {
-            let ts = now
-                - chrono::Duration::milliseconds(span_s * 1000 * (i as i64 + 1) / (n as i64 + 1));
-            entry(sub, &format!("{prefix}-{i:05}"), ts, "Succeeded")
-        })
-        .collect()
-}
-
-fn ids(entries: &[FakeEntry]) -> Vec<String> {
-    entries.iter().map(|e| e.id.clone()).collect()
-}
 
 fn live(alerts: usize) -> FakeHandlers {
     FakeHandlers::Deployed {
@@ -71,7 +55,7 @@ async fn with_api() -> Harness {
 async fn live_handlers_in_azure_are_a_refusal_naming_what_was_found() {
     let mut h = Harness::new().await;
     h.subscriptions = vec![(SUB_A.into(), false), (SUB_B.into(), false)];
-    h.fakes.add(spread(SUB_A, "a", 5, 8));
+    h.fakes.add(spread(SUB_A, "a", 5, 8, "Succeeded"));
     h.fakes.set_handlers(SUB_B, Some(live(3)));
     for once in [true, false] {
         let run = if once {
@@ -120,7 +104,7 @@ async fn handlers_that_do_not_feed_the_subscription_do_not_stop_it() {
         },
     ] {
         let mut h = Harness::new().await;
-        let good = spread(SUB_A, "a", 7, 8);
+        let good = spread(SUB_A, "a", 7, 8, "Succeeded");
         h.fakes.add(good.clone());
         h.fakes.set_handlers(SUB_A, Some(handlers.clone()));
         let run = h.once(&[]).await;
@@ -142,7 +126,7 @@ async fn guardrails_policies_are_a_refusal_too() {
     let mut h = with_api().await;
     h.fakes
         .set_policy(POLLER_POLICY, SUB_A, &[("Enabled", "sub-a")]);
-    h.fakes.add(spread(SUB_A, "a", 3, 8));
+    h.fakes.add(spread(SUB_A, "a", 3, 8, "Succeeded"));
     let run = h.once(&[]).await;
     assert_eq!(run.code, Some(78), "{}", run.stderr);
     assert!(
@@ -186,7 +170,7 @@ async fn guardrails_policies_are_a_refusal_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_that_cannot_be_made_refuses_unless_on_unknown_says_poll() {
     let mut h = Harness::new().await;
-    h.fakes.add(spread(SUB_A, "a", 4, 8));
+    h.fakes.add(spread(SUB_A, "a", 4, 8, "Succeeded"));
     h.fakes.set_handlers(SUB_A, Some(FakeHandlers::Forbidden));
     let run = h.once(&[]).await;
     assert_eq!(run.code, Some(69), "403 is unavailable: {}", run.stderr);
@@ -209,7 +193,7 @@ async fn a_check_that_cannot_be_made_refuses_unless_on_unknown_says_poll() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guardrails_api_faults_are_named_with_the_right_exit_code() {
     let mut h = with_api().await;
-    h.fakes.add(spread(SUB_A, "a", 2, 8));
+    h.fakes.add(spread(SUB_A, "a", 2, 8, "Succeeded"));
     // A wrong secret key: the configuration is wrong (78).
     h.env.retain(|(k, _)| k != "GR_SECRET");
     h.env
@@ -240,7 +224,7 @@ async fn event_handlers_false_overrides_detection_with_a_warning() {
     let mut h = Harness::new().await;
     h.extra = "event_handlers = false\n".into(); // in [defaults]
     h.fakes.set_handlers(SUB_A, Some(live(2)));
-    let good = spread(SUB_A, "a", 3, 8);
+    let good = spread(SUB_A, "a", 3, 8, "Succeeded");
     h.fakes.add(good.clone());
     let run = h.once(&[]).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -264,8 +248,8 @@ async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it(
     let port = free_port();
     h.extra =
         format!("\n[detection]\ninterval = \"1s\"\n\n[telemetry]\nlisten = \"127.0.0.1:{port}\"\n");
-    let first_a = spread(SUB_A, "a1", 5, 5);
-    let first_b = spread(SUB_B, "b1", 5, 5);
+    let first_a = spread(SUB_A, "a1", 5, 5, "Succeeded");
+    let first_b = spread(SUB_B, "b1", 5, 5, "Succeeded");
     h.fakes.add(first_a.clone());
     h.fakes.add(first_b.clone());
     let d = h.daemon(&[]);
@@ -306,8 +290,8 @@ async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it(
             .count()
     };
     let a_before = polls_a(&h);
-    let during_a = spread(SUB_A, "a2", 4, 2);
-    let during_b = spread(SUB_B, "b2", 4, 2);
+    let during_a = spread(SUB_A, "a2", 4, 2, "Succeeded");
+    let during_b = spread(SUB_B, "b2", 4, 2, "Succeeded");
     h.fakes.add(during_a.clone());
     h.fakes.add(during_b.clone());
     eventually(Duration::from_secs(30), "B's new entries delivered", || {
@@ -355,7 +339,7 @@ async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it(
 async fn sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state() {
     let mut h = Harness::new().await;
     h.extra = "\n[detection]\ninterval = \"1h\"\n".into();
-    h.fakes.add(spread(SUB_A, "a", 3, 5));
+    h.fakes.add(spread(SUB_A, "a", 3, 5, "Succeeded"));
     let d = h.daemon(&[]);
     eventually(Duration::from_secs(30), "delivered", || {
         h.fakes.received_ids().len() >= 3
@@ -377,7 +361,7 @@ async fn sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state() {
     .await;
     assert!(!d.log().contains("polling resumes"), "{}", d.log());
     let polls = h.fakes.arm_requests().len();
-    let late = spread(SUB_A, "late", 2, 1);
+    let late = spread(SUB_A, "late", 2, 1, "Succeeded");
     h.fakes.add(late.clone());
     // Clear again: it resumes and catches up.
     h.fakes.set_handlers(SUB_A, None);

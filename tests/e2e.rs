@@ -9,22 +9,6 @@ use std::time::Duration;
 use chrono::Utc;
 use support::*;
 
-fn ids(entries: &[FakeEntry]) -> Vec<String> {
-    entries.iter().map(|e| e.id.clone()).collect()
-}
-
-/// `n` entries of `sub`, spread over the last `span` seconds, every `status`.
-fn spread(sub: &str, prefix: &str, n: usize, span_s: i64, status: &str) -> Vec<FakeEntry> {
-    let now = Utc::now();
-    (0..n)
-        .map(|i| {
-            let ts = now
-                - chrono::Duration::milliseconds(span_s * 1000 * (i as i64 + 1) / (n as i64 + 1));
-            entry(sub, &format!("{prefix}-{i:05}"), ts, status)
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_delivers_a_multi_page_window_exactly_once() {
     let mut h = Harness::new().await;

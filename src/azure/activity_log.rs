@@ -17,6 +17,7 @@ use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 use url::Url;
 
+use super::budget::ReadBudget;
 use super::credential::{CredentialError, TokenSource};
 use crate::event::{Page, PageError, Timestamp, format_ticks};
 use crate::poll::Heartbeat;
@@ -109,6 +110,9 @@ pub struct ActivityLogClient {
     base: Url,
     backoff: Backoff,
     request_timeout: Duration,
+    /// ARM's read budget per subscription and principal, shared by every
+    /// client of the process (polls, catch-up slices, detection).
+    budget: Arc<ReadBudget>,
 }
 
 impl ActivityLogClient {
@@ -117,12 +121,14 @@ impl ActivityLogClient {
         base: Url,
         backoff: Backoff,
         request_timeout: Duration,
+        budget: Arc<ReadBudget>,
     ) -> Self {
         ActivityLogClient {
             http,
             base,
             backoff,
             request_timeout,
+            budget,
         }
     }
 
@@ -205,9 +211,18 @@ impl ActivityLogClient {
         let mut attempts = 0usize;
         let mut refreshed = false;
         let mut throttled = Duration::ZERO;
+        let budget_key =
+            super::budget::subscription_of(url).map(|s| format!("{}/{s}", tokens.name()));
         loop {
             attempts += 1;
             beat.beat();
+            if let Some(key) = &budget_key {
+                let waited = self.budget.acquire(key).await;
+                if !waited.is_zero() {
+                    crate::metrics::budget_wait(waited.as_secs_f64());
+                    beat.beat();
+                }
+            }
             let token = tokens.token().await?;
             let sent = self
                 .http
@@ -222,6 +237,15 @@ impl ActivityLogClient {
                 Err(e) => (None, describe(&e)),
                 Ok(resp) => {
                     let status = resp.status();
+                    if let Some(key) = &budget_key
+                        && let Some(remaining) = resp
+                            .headers()
+                            .get("x-ms-ratelimit-remaining-subscription-reads")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    {
+                        self.budget.observe(key, remaining);
+                    }
                     if status.is_success() {
                         let server_date = resp
                             .headers()

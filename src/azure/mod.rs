@@ -2,7 +2,9 @@
 //! List call ([`activity_log`]).
 
 pub mod activity_log;
+pub mod budget;
 pub mod credential;
 
 pub use activity_log::{ActivityLogClient, AzureError, Fetched, Got};
+pub use budget::ReadBudget;
 pub use credential::{CredentialError, TokenSource};

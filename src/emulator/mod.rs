@@ -512,7 +512,6 @@ client_secret_file = "client-secret"
 [guardrails]
 ingest_url_file = "ingest-url"
 format = "{format}"
-concurrency = 8
 timeout = "10s"
 retry_base = "{retry}"
 retry_max = "2s"

@@ -146,6 +146,9 @@ pub struct AzureState {
     pub detection_requests: Vec<String>,
     /// The subscription list: (id, display name, state).
     pub listed: Vec<(String, String, String)>,
+    /// First pages of queries starting before this time answer this much
+    /// later: earlier time slices finish last.
+    pub slow_before: Option<(DateTime<Utc>, Duration)>,
     snapshots: HashMap<String, Vec<Value>>,
     next_snapshot: usize,
 }
@@ -206,6 +209,19 @@ async fn list(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
+    let slow = {
+        let s = lock(&st);
+        match (
+            s.slow_before,
+            q.get("$filter").and_then(|f| parse_filter(f)),
+        ) {
+            (Some((before, d)), Some((ge, _))) if ge < before => Some(d),
+            _ => None,
+        }
+    };
+    if let Some(d) = slow {
+        tokio::time::sleep(d).await;
+    }
     let mut s = lock(&st);
     let date = s.now().to_rfc2822().replace("+0000", "GMT");
     let record = ArmRequest {
@@ -399,6 +415,11 @@ pub struct IngestState {
     /// eventDataIds answered with 400.
     pub reject: HashSet<String>,
     pub delay: Option<Duration>,
+    /// Above this many POSTs in flight, answer 429 with `Retry-After: 1`.
+    pub capacity: Option<usize>,
+    pub in_flight: usize,
+    pub max_in_flight: usize,
+    pub throttled: usize,
 }
 
 /// The eventDataId of a posted document, whatever its format.
@@ -419,11 +440,23 @@ async fn ingest_handler(
     Query(q): Query<HashMap<String, String>>,
     body: String,
 ) -> Response {
-    let delay = lock(&st).delay;
+    let delay = {
+        let mut s = lock(&st);
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
+        if s.capacity.is_some_and(|c| s.in_flight > c) {
+            s.in_flight -= 1;
+            s.attempts += 1;
+            s.throttled += 1;
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
+        }
+        s.delay
+    };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     let mut s = lock(&st);
+    s.in_flight -= 1;
     s.attempts += 1;
     if q.get("token").map(String::as_str) != Some(INGEST_TOKEN) {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -601,6 +634,33 @@ impl Fakes {
             self.ingest_addr
         )
     }
+}
+
+/// `n` entries of `sub`, spread over the last `span_s` seconds, every `status`.
+pub fn spread(sub: &str, prefix: &str, n: usize, span_s: i64, status: &str) -> Vec<FakeEntry> {
+    let now = Utc::now();
+    (0..n)
+        .map(|i| {
+            let ts = now
+                - chrono::Duration::milliseconds(span_s * 1000 * (i as i64 + 1) / (n as i64 + 1));
+            entry(sub, &format!("{prefix}-{i:05}"), ts, status)
+        })
+        .collect()
+}
+
+pub fn ids(entries: &[FakeEntry]) -> Vec<String> {
+    entries.iter().map(|e| e.id.clone()).collect()
+}
+
+/// The harness's configuration with `lines` added to `[azure]`, written;
+/// returns its path.
+pub fn write_with_azure(h: &Harness, lines: &str) -> String {
+    let text = h
+        .config_text()
+        .replace("max_retries = 4\n", &format!("max_retries = 4\n{lines}"));
+    let path = h.path("poller.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
 }
 
 /// Counts of each id; an exactly-once delivery has every count at 1.

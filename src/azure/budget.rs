@@ -1,0 +1,150 @@
+//! Azure Resource Manager's read budget, spent on purpose rather than
+//! discovered through 429s.
+//!
+//! ARM meters reads per subscription and principal with a token bucket (250
+//! reads of burst, refilled at 25 per second). A parallel catch-up, the
+//! detection checks and the polls all draw on the same bucket, so every ARM
+//! GET here first takes a token from a client-side copy of it, keyed like
+//! ARM's (credential and subscription), and every answer's
+//! `x-ms-ratelimit-remaining-subscription-reads` brings the copy down to what
+//! ARM says is left (never up: other clients of the same principal spend
+//! too). A request waits for its token instead of being refused.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Debug)]
+pub struct ReadBudget {
+    burst: f64,
+    per_second: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl ReadBudget {
+    pub fn new(burst: u32, per_second: f64) -> Self {
+        ReadBudget {
+            burst: f64::from(burst.max(1)),
+            per_second: per_second.max(0.001),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+        self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn refill(&self, b: &mut Bucket, now: Instant) {
+        let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
+        b.at = now;
+    }
+
+    /// Takes one read from `key`'s budget, waiting until there is one;
+    /// returns how long it waited.
+    pub async fn acquire(&self, key: &str) -> Duration {
+        let started = Instant::now();
+        loop {
+            let wait = {
+                let mut m = self.lock();
+                let now = Instant::now();
+                let b = m.entry(key.to_string()).or_insert(Bucket {
+                    tokens: self.burst,
+                    at: now,
+                });
+                self.refill(b, now);
+                if b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    None
+                } else {
+                    Some(Duration::from_secs_f64((1.0 - b.tokens) / self.per_second))
+                }
+            };
+            match wait {
+                None => return started.elapsed(),
+                Some(w) => tokio::time::sleep(w).await,
+            }
+        }
+    }
+
+    /// ARM said `remaining` reads are left for `key`.
+    pub fn observe(&self, key: &str, remaining: u64) {
+        let mut m = self.lock();
+        let now = Instant::now();
+        if let Some(b) = m.get_mut(key) {
+            self.refill(b, now);
+            b.tokens = b.tokens.min(remaining as f64);
+        }
+    }
+
+    /// What is left for `key` now (for tests and logs).
+    pub fn available(&self, key: &str) -> f64 {
+        let mut m = self.lock();
+        let now = Instant::now();
+        match m.get_mut(key) {
+            Some(b) => {
+                self.refill(b, now);
+                b.tokens
+            }
+            None => self.burst,
+        }
+    }
+}
+
+/// The subscription a Resource Manager URL is about, if any.
+pub fn subscription_of(url: &url::Url) -> Option<String> {
+    let mut segments = url.path_segments()?;
+    while let Some(s) = segments.next() {
+        if s.eq_ignore_ascii_case("subscriptions") {
+            return segments
+                .next()
+                .filter(|id| !id.is_empty())
+                .map(str::to_ascii_lowercase);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_burst_is_free_then_reads_are_paced() {
+        let b = ReadBudget::new(5, 100.0);
+        for _ in 0..5 {
+            assert!(b.acquire("k").await < Duration::from_millis(5));
+        }
+        // The sixth waits for the refill: about 10 ms at 100 per second.
+        let waited = b.acquire("k").await;
+        assert!(waited >= Duration::from_millis(5), "{waited:?}");
+        // Another key has its own bucket.
+        assert!(b.acquire("other").await < Duration::from_millis(5));
+    }
+
+    #[test]
+    fn arm_s_remaining_count_only_lowers_the_budget() {
+        let b = ReadBudget::new(250, 25.0);
+        futures::executor::block_on(b.acquire("k"));
+        b.observe("k", 10);
+        assert!(b.available("k") <= 10.5);
+        b.observe("k", 200);
+        assert!(b.available("k") <= 10.5);
+    }
+
+    #[test]
+    fn the_subscription_is_read_from_the_path() {
+        let u = url::Url::parse("https://management.azure.com/subscriptions/ABC-1/providers/x?a=b")
+            .unwrap();
+        assert_eq!(subscription_of(&u).as_deref(), Some("abc-1"));
+        let u =
+            url::Url::parse("https://management.azure.com/subscriptions?api-version=1").unwrap();
+        assert_eq!(subscription_of(&u), None);
+    }
+}

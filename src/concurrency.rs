@@ -1,0 +1,267 @@
+//! Adaptive request concurrency for the forwarder, after Vector's (its
+//! `sinks/util/adaptive_concurrency`): how many POSTs may be in flight is
+//! learned from the endpoint's answers instead of fixed.
+//!
+//! Time is cut into windows of about one round trip. At the end of each:
+//! - back-pressure seen (429, 503, a timeout, a refused connection): the limit
+//!   is halved (multiplicative decrease);
+//! - else, the window's mean round-trip time well above the long-run mean
+//!   (queueing at the endpoint): the limit shrinks by a tenth;
+//! - else, if the limit was reached during the window (more would have been
+//!   sent), it grows: doubling while no decrease has happened yet (slow
+//!   start, so a WAN's hundreds of POSTs in flight are reached in a few round
+//!   trips), then by one per window (additive increase).
+//!
+//! The long-run round-trip time is an exponentially weighted mean and
+//! variance of the windows' means. A fixed limit (`[guardrails] concurrency =
+//! N`) turns all of this off.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What one request's answer says about the endpoint's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// An answer came (success, or an error about the request itself).
+    Answered,
+    /// The endpoint is overloaded or unreachable: 429, 503, timeout, refused.
+    BackPressure,
+}
+
+/// The weight of the newest window in the long-run means.
+const EWMA_ALPHA: f64 = 0.4;
+/// A window this much slower than the long-run mean (in standard deviations,
+/// and at least this fraction of the mean) means queueing at the endpoint.
+const RTT_DEVIATIONS: f64 = 2.5;
+const RTT_MIN_RISE: f64 = 0.1;
+/// Decrease on a rising round-trip time.
+const RTT_DECREASE: f64 = 0.9;
+/// Decrease on back-pressure.
+const BACKPRESSURE_DECREASE: f64 = 0.5;
+/// The shortest window, so that loopback's microseconds do not make one
+/// window per request.
+const MIN_WINDOW: Duration = Duration::from_millis(5);
+
+#[derive(Debug)]
+struct State {
+    limit: usize,
+    slow_start: bool,
+    window_start: Instant,
+    samples: usize,
+    rtt_sum: f64,
+    reached_limit: bool,
+    back_pressure: bool,
+    /// Long-run mean and variance of the windows' mean round-trip times (s).
+    mean: Option<f64>,
+    var: f64,
+}
+
+#[derive(Debug)]
+pub struct Concurrency {
+    min: usize,
+    max: usize,
+    adaptive: bool,
+    state: Mutex<State>,
+}
+
+impl Concurrency {
+    /// An adaptive limit between 1 and `max`, starting at `initial`.
+    pub fn adaptive(initial: usize, max: usize) -> Self {
+        let max = max.max(1);
+        Concurrency {
+            min: 1,
+            max,
+            adaptive: true,
+            state: Mutex::new(State {
+                limit: initial.clamp(1, max),
+                slow_start: true,
+                window_start: Instant::now(),
+                samples: 0,
+                rtt_sum: 0.0,
+                reached_limit: false,
+                back_pressure: false,
+                mean: None,
+                var: 0.0,
+            }),
+        }
+    }
+
+    /// A fixed limit.
+    pub fn fixed(limit: usize) -> Self {
+        let mut c = Self::adaptive(limit, limit);
+        c.adaptive = false;
+        c
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_adaptive(&self) -> bool {
+        self.adaptive
+    }
+
+    /// POSTs allowed in flight now.
+    pub fn limit(&self) -> usize {
+        self.lock().limit
+    }
+
+    /// True when the limit cannot go lower: back-pressure now means waiting.
+    pub fn at_floor(&self) -> bool {
+        !self.adaptive || self.lock().limit <= self.min
+    }
+
+    /// Notes that `in_flight` POSTs were started, for "the limit was reached".
+    pub fn started(&self, in_flight: usize) {
+        let mut s = self.lock();
+        if in_flight >= s.limit {
+            s.reached_limit = true;
+        }
+    }
+
+    /// Notes one request's round-trip time and what its answer said.
+    pub fn observe(&self, rtt: Duration, signal: Signal) {
+        if !self.adaptive {
+            return;
+        }
+        let mut s = self.lock();
+        match signal {
+            Signal::Answered => {
+                s.samples += 1;
+                s.rtt_sum += rtt.as_secs_f64();
+            }
+            Signal::BackPressure => s.back_pressure = true,
+        }
+        let window = s
+            .mean
+            .map_or(MIN_WINDOW, Duration::from_secs_f64)
+            .max(MIN_WINDOW);
+        if s.window_start.elapsed() < window || (s.samples == 0 && !s.back_pressure) {
+            return;
+        }
+        self.end_window(&mut s);
+    }
+
+    fn end_window(&self, s: &mut State) {
+        let current = (s.samples > 0).then(|| s.rtt_sum / s.samples as f64);
+        let old = s.limit;
+        if s.back_pressure {
+            s.limit = ((s.limit as f64 * BACKPRESSURE_DECREASE) as usize).max(self.min);
+            s.slow_start = false;
+        } else if let (Some(cur), Some(mean)) = (current, s.mean)
+            && cur > mean + (RTT_DEVIATIONS * s.var.sqrt()).max(mean * RTT_MIN_RISE)
+        {
+            s.limit = ((s.limit as f64 * RTT_DECREASE) as usize).max(self.min);
+            s.slow_start = false;
+        } else if s.reached_limit {
+            s.limit = if s.slow_start {
+                s.limit.saturating_mul(2)
+            } else {
+                s.limit + 1
+            }
+            .min(self.max);
+        }
+        if let Some(cur) = current {
+            match s.mean {
+                None => s.mean = Some(cur),
+                Some(mean) => {
+                    let diff = cur - mean;
+                    let incr = EWMA_ALPHA * diff;
+                    s.mean = Some(mean + incr);
+                    s.var = (1.0 - EWMA_ALPHA) * (s.var + diff * incr);
+                }
+            }
+        }
+        if s.limit != old {
+            crate::metrics::concurrency_limit(s.limit);
+            tracing::debug!(
+                from = old,
+                to = s.limit,
+                rtt_ms = current.map(|c| c * 1000.0),
+                "delivery concurrency limit changed"
+            );
+        }
+        s.window_start = Instant::now();
+        s.samples = 0;
+        s.rtt_sum = 0.0;
+        s.reached_limit = false;
+        s.back_pressure = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drives `c` against an endpoint that answers in `rtt` up to `capacity`
+    /// requests in flight and pushes back above it; returns the limits seen.
+    fn simulate(c: &Concurrency, capacity: usize, rounds: usize) -> Vec<usize> {
+        let mut seen = Vec::new();
+        for _ in 0..rounds {
+            let limit = c.limit();
+            c.started(limit);
+            // Make every call end its window.
+            c.lock().window_start = Instant::now() - Duration::from_secs(1);
+            let signal = if limit > capacity {
+                Signal::BackPressure
+            } else {
+                Signal::Answered
+            };
+            c.observe(Duration::from_millis(50), signal);
+            seen.push(c.limit());
+        }
+        seen
+    }
+
+    #[test]
+    fn it_grows_fast_then_settles_near_the_endpoints_capacity() {
+        let c = Concurrency::adaptive(1, 512);
+        let seen = simulate(&c, 64, 200);
+        // Slow start reaches the neighbourhood in a handful of windows.
+        assert!(seen[..8].iter().any(|l| *l >= 32), "{seen:?}");
+        // Then it saws around the capacity, never far above it for long.
+        let tail = &seen[100..];
+        let over = tail.iter().filter(|l| **l > 64).count();
+        assert!(over * 10 <= tail.len(), "mostly at or below 64: {tail:?}");
+        let mean = tail.iter().sum::<usize>() as f64 / tail.len() as f64;
+        assert!(
+            mean >= 0.6 * 64.0,
+            "uses most of the capacity: {mean} {tail:?}"
+        );
+    }
+
+    #[test]
+    fn back_pressure_halves_and_the_floor_is_one() {
+        let c = Concurrency::adaptive(40, 64);
+        c.lock().window_start = Instant::now() - Duration::from_secs(1);
+        c.observe(Duration::from_millis(50), Signal::BackPressure);
+        assert_eq!(c.limit(), 20);
+        for _ in 0..10 {
+            c.lock().window_start = Instant::now() - Duration::from_secs(1);
+            c.observe(Duration::from_millis(50), Signal::BackPressure);
+        }
+        assert_eq!(c.limit(), 1);
+        assert!(c.at_floor());
+    }
+
+    #[test]
+    fn a_rising_round_trip_time_shrinks_the_limit() {
+        let c = Concurrency::adaptive(50, 64);
+        for _ in 0..20 {
+            c.lock().window_start = Instant::now() - Duration::from_secs(1);
+            c.observe(Duration::from_millis(50), Signal::Answered);
+        }
+        let before = c.limit();
+        c.lock().window_start = Instant::now() - Duration::from_secs(1);
+        c.observe(Duration::from_millis(400), Signal::Answered);
+        assert!(c.limit() < before, "{} -> {}", before, c.limit());
+    }
+
+    #[test]
+    fn a_fixed_limit_never_moves() {
+        let c = Concurrency::fixed(8);
+        simulate(&c, 2, 50);
+        assert_eq!(c.limit(), 8);
+        assert!(c.at_floor());
+    }
+}
