@@ -679,6 +679,44 @@ fn detection_keys_are_checked() {
     check(&bad).assert_only_problem_at("intervall", &["unknown field"]);
 }
 
+#[test]
+fn delivery_concurrency_is_adaptive_or_a_number() {
+    let g = |line: &str| {
+        edit(
+            BASE,
+            "format =",
+            &format!("format = \"activity-log-alert\"\n{line}"),
+        )
+    };
+    check(&g("concurrency = \"adaptive\"\nmax_concurrency = 64")).assert_valid();
+    check(&g("concurrency = 16")).assert_valid();
+    check(&g("concurrency = \"fast\"")).assert_only_problem_at(
+        "\"fast\"",
+        &["[guardrails] concurrency must be \"adaptive\" or a number"],
+    );
+    check(&g("concurrency = 0"))
+        .assert_only_problem_at("0\n", &["[guardrails] concurrency must be between 1 and"]);
+    check(&g("max_concurrency = 0")).assert_only_problem_at(
+        "0\n",
+        &["[guardrails] max_concurrency must be between 1 and"],
+    );
+}
+
+#[test]
+fn arm_budget_and_catch_up_slices_are_checked() {
+    let a = |line: &str| edit(BASE, "cloud =", &format!("cloud = \"public\"\n{line}"));
+    check(&a(
+        "reads_burst = 100\nreads_per_second = 10\ncatch_up_slices = 4\nconcurrency = 64",
+    ))
+    .assert_valid();
+    check(&a("catch_up_slices = 0"))
+        .assert_only_problem_at("0\n", &["[azure] catch_up_slices must be between 1 and 64"]);
+    check(&a("reads_per_second = -1"))
+        .assert_only_problem_at("-1", &["[azure] reads_per_second must be between 1 and"]);
+    check(&a("reads_burst = \"many\""))
+        .assert_only_problem_at("\"many\"", &["invalid type", "expected i64"]);
+}
+
 const API_SECRET: &str = "api-secret-key-DO-NOT-PRINT";
 
 #[test]

@@ -1,7 +1,9 @@
 //! The fault soak: the real binary against the emulator, with several
 //! subscriptions, entries up to most of the window late, random 429/5xx/cut
 //! connections from Azure, endpoint outages, and the poller killed with
-//! SIGKILL and restarted several times. At the end, what was delivered is
+//! SIGKILL and restarted several times, while a fourth subscription catches
+//! up four hours of backlog in parallel time slices through ARM's read
+//! budget (the emulator's token bucket). At the end, what was delivered is
 //! compared with what should have been, event by event. Fixed seeds; each
 //! variant runs for about 40 seconds.
 
@@ -33,6 +35,14 @@ succeeded = 0.8
 id = "2c3d4e5f-6a7b-4c8d-ae9f-0a1b2c3d4e5f"
 rate_per_minute = 180
 succeeded = 0.9
+
+[[subscription]]
+id = "3d4e5f6a-7b8c-4d9e-8f0a-1b2c3d4e5f6a"
+rate_per_minute = 60
+succeeded = 0.8
+backlog = 6000
+backlog_span = "4h"
+backlog_succeeded_only = true
 
 [late]
 delay_min = "0s"
@@ -72,8 +82,11 @@ delay = "1500ms"
 
 /// Generation runs this long; then the last late entries settle.
 const GENERATE_FOR: Duration = Duration::from_secs(36);
-/// The poller's `[guardrails] concurrency` as written by the emulator.
-const CONCURRENCY: usize = 8;
+/// The poller's `[guardrails] max_concurrency` in the soak: POSTs in flight
+/// at a kill, at most.
+const CONCURRENCY: usize = 16;
+/// Where every subscription without a watermark starts: before the backlog.
+const SINCE: &str = "4h10m";
 
 fn settings() -> PollerSettings {
     PollerSettings {
@@ -90,6 +103,7 @@ fn spawn(dir: &Path, config: &Path, run: usize) -> Child {
     Command::new(env!("CARGO_BIN_EXE_azure-activity-poller"))
         .arg("--config")
         .arg(config)
+        .args(["--since", SINCE])
         .env("SSL_CERT_FILE", dir.join("ca.pem"))
         .env_remove("SSL_CERT_DIR")
         .env("RUST_LOG", "info")
@@ -146,6 +160,15 @@ async fn soak(kill_every: Option<Duration>) -> (Report, usize, String) {
     let config = emulator
         .write_poller_files(dir.path(), &settings())
         .expect("poller files");
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(
+        &config,
+        text.replace(
+            "[guardrails]\n",
+            &format!("[guardrails]\nmax_concurrency = {CONCURRENCY}\n"),
+        ),
+    )
+    .expect("write config");
     let started = Instant::now();
     let mut rng = fastrand::Rng::with_seed(7);
     let mut runs = 0;
@@ -215,6 +238,10 @@ fn assert_sound(report: &Report, logs: &str) {
         describe(report)
     );
     assert!(!logs.contains("panicked"), "a panic in the poller's logs");
+    assert!(
+        logs.contains("catching up in parallel time slices"),
+        "the backlog was not caught up in parallel"
+    );
     // The faults really happened.
     assert!(logs.contains("throttling"), "no throttling was met");
     assert!(
