@@ -22,6 +22,15 @@ use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
 use crate::poll::{Heartbeat, PollError, PollReport};
 
+/// Where in each interval a subscription polls: a stable spread from its id.
+fn phase(id: &str, interval: Duration) -> Duration {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let nanos = interval.as_nanos().max(1);
+    Duration::from_nanos(u64::try_from(u128::from(h) % nanos).unwrap_or(0))
+}
+
 /// A subscription's "polls start late" warning is repeated at most this often.
 const LATE_WARNING_EVERY: Duration = Duration::from_secs(600);
 
@@ -195,7 +204,12 @@ pub async fn subscription_task(
     let mut paused = app.pauses.subscribe();
     let is_paused = |p: &watch::Receiver<crate::detect::Paused>| p.borrow().contains_key(&id);
     let interval = sub.schedule.interval();
-    let mut tick = tokio::time::interval(interval);
+    // The first poll at once; then on this subscription's own phase of the
+    // interval, so that many subscriptions spread their polls (and ARM's
+    // load) over the interval instead of all polling at the same instant.
+    let mut first = true;
+    let started = Instant::now();
+    let mut tick = tokio::time::interval_at(started + phase(&id, interval), interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut warned_late: Option<Instant> = None;
     loop {
@@ -204,6 +218,10 @@ pub async fn subscription_task(
         let mut due = None;
         tokio::select! {
             _ = stop.changed() => break,
+            _ = std::future::ready(()), if first => {
+                first = false;
+                due = Some(started);
+            }
             at = tick.tick() => due = Some(at),
             changed = paused.changed(), if was_paused => {
                 if changed.is_err() || is_paused(&paused) {
@@ -264,4 +282,29 @@ pub async fn subscription_task(
         }
     }
     beat.set_busy(false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_stable_within_the_interval_and_spread() {
+        let minute = Duration::from_secs(60);
+        let a = phase("089bd33f-d4ec-47fe-8ba5-0753aa5c5b33", minute);
+        assert_eq!(a, phase("089bd33f-d4ec-47fe-8ba5-0753aa5c5b33", minute));
+        let phases: Vec<Duration> = (0..1000)
+            .map(|i| phase(&format!("00000000-0000-4000-8000-{i:012x}"), minute))
+            .collect();
+        assert!(phases.iter().all(|p| *p < minute));
+        // Spread: every 6-second tenth of the minute gets some.
+        for tenth in 0..10 {
+            let lo = Duration::from_secs(6 * tenth);
+            let n = phases
+                .iter()
+                .filter(|p| **p >= lo && **p < lo + Duration::from_secs(6))
+                .count();
+            assert!(n > 50, "tenth {tenth}: {n}");
+        }
+    }
 }
