@@ -63,7 +63,8 @@ async fn poll_and_log(
         Ok(r) => {
             let delivered = app.forwarder.delivered.take(sub.id.as_str());
             tracing::info!(
-                subscription = %sub.label(),
+                subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                 window_start = r.window_start.map(rfc3339).unwrap_or_default(),
                 window_end = r.window_end.map(rfc3339).unwrap_or_default(),
                 queries = r.queries,
@@ -86,7 +87,8 @@ async fn poll_and_log(
                 && skew.num_seconds().abs() > 5
             {
                 tracing::warn!(
-                    subscription = %sub.label(),
+                    subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                     skew_s = skew.num_seconds(),
                     "this host's clock differs from Azure's; the watermark follows Azure's clock"
                 );
@@ -94,7 +96,8 @@ async fn poll_and_log(
             "ok".to_string()
         }
         Err(e) => {
-            tracing::error!(subscription = %sub.label(), error = %e, "poll failed; retrying on the next interval");
+            tracing::error!(subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(), error = %e, "poll failed; retrying on the next interval");
             format!("error: {e}")
         }
     };
