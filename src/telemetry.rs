@@ -1,10 +1,11 @@
 //! Logging setup, in one place. Under systemd, when stderr is the journal
 //! (`JOURNAL_STREAM` names it), events go to journald natively, each field a
-//! journal field of the same name in upper case, without a prefix
-//! (`subscription_name` is `SUBSCRIPTION_NAME`, so
-//! `journalctl -u azure-activity-poller SUBSCRIPTION_NAME=production` works);
-//! otherwise to stderr,
-//! human-readable or JSON lines. `RUST_LOG` filters (default `info`). Nothing
+//! journal field of the same name in upper case, without a prefix:
+//! `subscription_name` is `SUBSCRIPTION_NAME`, so
+//! `journalctl -u azure-activity-poller SUBSCRIPTION_NAME=production` works
+//! (and no field may be named like one of journald's own: `priority`,
+//! `message_id`, `code_file`, `syslog_identifier`, ...). Otherwise logs go to
+//! stderr, human-readable or JSON lines. `RUST_LOG` filters (default `info`). Nothing
 //! here formats a secret: secrets live in types whose `Debug` redacts them.
 
 use std::io::IsTerminal;
