@@ -112,6 +112,7 @@ for tool in systemd-nspawn nsenter python3 timeout lintian; do
     command -v "$tool" >/dev/null || not_run "$tool is not installed (apt-get install systemd-container util-linux python3 coreutils lintian)"
 done
 
+echo "== azure-activity-poller $(git describe --always --dirty 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC'), host $(uname -r), $(systemd-nspawn --version | head -1)"
 echo "== build ($PROFILE)"
 cargo build --locked --profile "$PROFILE" --bins || { echo "FAIL  build"; exit 1; }
 DEB=$(PROFILE=$PROFILE packaging/build-deb.sh) && [ -f "$DEB" ] || { echo "FAIL  packaging/build-deb.sh"; exit 1; }
