@@ -303,7 +303,8 @@ impl App {
         for sub in &self.config.subscriptions {
             if sub.event_handlers == EventHandlers::Absent {
                 tracing::warn!(
-                    subscription = %sub.label(),
+                    subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                     "event_handlers = false: not checking whether Guardrails event handlers or its own poller feed this subscription; you vouch that nothing does"
                 );
             }
@@ -340,10 +341,11 @@ impl App {
                     config_problem |= detection.config_problem();
                     if self.config.detection.on_unknown == OnUnknown::Poll {
                         tracing::warn!(
-                            subscription = %sub.label(),
-                            error = %errors.join("; "),
-                            "cannot tell whether Guardrails feeds this subscription; polling it anyway ([detection] on_unknown = \"poll\")"
-                        );
+                                    subscription_id = %sub.id,
+                        subscription_name = sub.name.as_deref(),
+                                    error = %errors.join("; "),
+                                    "cannot tell whether Guardrails feeds this subscription; polling it anyway ([detection] on_unknown = \"poll\")"
+                                );
                     } else {
                         unknown.push(explain(sub, &errors));
                     }
@@ -352,10 +354,11 @@ impl App {
                 Verdict::Clear(seen) => {
                     crate::metrics::detection_check("clear");
                     tracing::info!(
-                        subscription = %sub.label(),
-                        seen = %seen.join("; "),
-                        "no Guardrails event handlers or poller feed this subscription"
-                    );
+                            subscription_id = %sub.id,
+                    subscription_name = sub.name.as_deref(),
+                            seen = %seen.join("; "),
+                            "no Guardrails event handlers or poller feed this subscription"
+                        );
                     ("clear", seen.join("; "))
                 }
             };

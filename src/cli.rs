@@ -127,7 +127,8 @@ pub enum Command {
         duration: Duration,
     },
     /// Validate a configuration file, and that its secrets are readable; print
-    /// every problem with its line and column.
+    /// every problem with its line and column, and warn when the service's
+    /// dynamic user could not read the file.
     #[command(
         after_help = "Example:\n  azure-activity-poller check-config --config /etc/azure-activity-poller/poller.toml\n\nExit codes: 0 valid; 78 invalid (every problem is printed)."
     )]

@@ -87,6 +87,9 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn check_config(path: &Path, online: bool) -> ExitCode {
+    for w in crate::config::service_readability(path) {
+        eprintln!("warning: {w}");
+    }
     match Config::load(path, &ProcessEnv) {
         Ok(config) => {
             for w in &config.warnings {

@@ -537,6 +537,8 @@ struct Checker<'a> {
     warnings: Vec<String>,
     /// `import` reads a file that may have no subscription yet.
     subscriptions_optional: bool,
+    /// The keys of secrets given inline, in this file.
+    inline_secrets: Vec<String>,
 }
 
 impl<'a> Checker<'a> {
@@ -656,10 +658,20 @@ impl Config {
             unreadable: HashSet::new(),
             warnings: Vec::new(),
             subscriptions_optional,
+            inline_secrets: Vec::new(),
         };
-        warn_if_world_readable(path, "the configuration file", &mut ck.warnings);
         let file = read_pieces(&mut ck);
         let config = file.and_then(|file| validate(file, &mut ck, path, env));
+        // The file itself is no secret (secrets travel by LoadCredential=, and
+        // the service's dynamic user must read it), unless it holds one.
+        if !ck.inline_secrets.is_empty() {
+            let what = format!(
+                "the configuration file holds {} inline: move it to {}_file, a file handed over with LoadCredential=",
+                ck.inline_secrets.join(" and "),
+                ck.inline_secrets[0],
+            );
+            warn_if_world_readable(path, &what, &mut ck.warnings);
+        }
         match config {
             Some(mut c) if ck.problems.is_empty() => {
                 c.warnings = std::mem::take(&mut ck.warnings);
@@ -1059,6 +1071,10 @@ fn validate_guardrails_api(
         env,
         resolve,
     );
+    // The workspace URL may come from a file or the environment like the
+    // keys, but it is no secret: inline in a world-readable file is fine.
+    ck.inline_secrets
+        .retain(|k| k != "[guardrails.api] workspace_url");
     let access_key = load_secret(
         SecretSource {
             inline: a.access_key.as_ref(),
@@ -1104,18 +1120,53 @@ fn validate_guardrails_api(
     })
 }
 
-/// A warning when a file that holds secrets can be read by every user.
+/// A warning when a file that holds secrets can be read by every user; `what`
+/// says which secret and what to do.
 fn warn_if_world_readable(path: &Path, what: &str, warnings: &mut Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o004 != 0
     {
         warnings.push(format!(
-            "{what} {} is readable by every user (mode {:o}); it holds or leads to secrets: chmod o-r it",
+            "{} is readable by every user (mode {:o}): {what}",
             path.display(),
             meta.permissions().mode() & 0o777
         ));
     }
+}
+
+/// Warnings when the service could not read the configuration file at `path`:
+/// under systemd it runs as a dynamic user (`DynamicUser=`), which owns no
+/// file, so the file must be readable by "other" and every directory above
+/// it searchable by "other". Secrets are not concerned: systemd hands them
+/// over with `LoadCredential=`.
+pub fn service_readability(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(path) = std::fs::canonicalize(path) else {
+        return Vec::new();
+    };
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777);
+    let mut warnings = Vec::new();
+    if let Ok(m) = mode(&path)
+        && m & 0o004 == 0
+    {
+        warnings.push(format!(
+            "{} is not readable by other users (mode {m:o}): the service's dynamic user (DynamicUser=) cannot read it; chmod o+r it (secrets belong in LoadCredential= files, not in it)",
+            path.display()
+        ));
+    }
+    for dir in path.ancestors().skip(1) {
+        if let Ok(m) = mode(dir)
+            && m & 0o001 == 0
+        {
+            warnings.push(format!(
+                "{} is not searchable by other users (mode {m:o}): the service's dynamic user (DynamicUser=) cannot reach {} through it; chmod o+x it",
+                dir.display(),
+                path.display()
+            ));
+        }
+    }
+    warnings
 }
 
 /// Reads the file section by section (each `[[subscription]]` on its own), so
@@ -1503,10 +1554,12 @@ fn load_secret(
         return None;
     }
     let value = if let Some(v) = src.inline {
+        ck.inline_secrets.push(key.to_string());
         Ok(v.get_ref().clone())
     } else if let Some(f) = src.file {
         let path = resolve(f.get_ref());
-        warn_if_world_readable(&path, &format!("{key}_file"), &mut ck.warnings);
+        let what = format!("{key}_file holds a secret: chmod o-r it");
+        warn_if_world_readable(&path, &what, &mut ck.warnings);
         std::fs::read_to_string(&path).map_err(|e| {
             (
                 f.span(),

@@ -599,7 +599,8 @@ async fn apply(app: &crate::app::App, sub: &SubscriptionConfig, detection: &Dete
             crate::metrics::paused(id, true);
             crate::metrics::detection_check("live");
             tracing::error!(
-                subscription = %sub.label(),
+                subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                 found = %found.join("; "),
                 "Guardrails event handlers or its own poller feed this subscription: polling paused (events already queued are still delivered)"
             );
@@ -611,7 +612,8 @@ async fn apply(app: &crate::app::App, sub: &SubscriptionConfig, detection: &Dete
                 app.health.resumed(id);
                 crate::metrics::paused(id, false);
                 tracing::info!(
-                    subscription = %sub.label(),
+                    subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                     seen = %seen.join("; "),
                     "nothing else feeds this subscription any more: polling resumes from its watermark"
                 );
@@ -637,7 +639,8 @@ async fn apply(app: &crate::app::App, sub: &SubscriptionConfig, detection: &Dete
                 app.health.paused(id, &why);
             }
             tracing::warn!(
-                subscription = %sub.label(),
+                subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                 error = %errors.join("; "),
                 paused = app.pauses.is_paused(id),
                 "the event handler check failed; the subscription keeps its last known state"

@@ -329,7 +329,7 @@ impl Forwarder {
                 Delivery::Acked => acks.push(ev.seq),
                 Delivery::Rejected(reason) => {
                     tracing::error!(
-                        subscription = %ev.subscription_id,
+                        subscription_id = %ev.subscription_id,
                         event_data_id = %ev.event_data_id,
                         %reason,
                         "the ingestion endpoint rejected an event; moved to the dead-letter table"

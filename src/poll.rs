@@ -262,7 +262,8 @@ impl Poller {
         let mut start = (cursor.watermark - window).max(cursor.pruned_before);
         if start < oldest {
             tracing::warn!(
-                subscription = %sub.label(),
+                subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                 wanted = %rfc3339(start),
                 from = %rfc3339(oldest),
                 "the watermark is older than the activity log keeps (90 days); entries before {} can no longer be fetched",
@@ -291,7 +292,8 @@ impl Poller {
         let slices = slice(start, until, self.slices);
         let id = sub.id.as_str().to_string();
         tracing::info!(
-            subscription = %sub.label(),
+            subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
             from = %rfc3339(start),
             to = %rfc3339(until),
             slices = slices.len(),
@@ -412,11 +414,12 @@ impl Poller {
                     Item::Entry(e) => entries.push(e),
                     Item::Malformed(m) => {
                         tracing::warn!(
-                            subscription = %sub.label(),
-                            reason = %m.reason,
-                            key = %m.key,
-                            "malformed activity log entry quarantined in the dead-letter table"
-                        );
+                                    subscription_id = %sub.id,
+                        subscription_name = sub.name.as_deref(),
+                                    reason = %m.reason,
+                                    key = %m.key,
+                                    "malformed activity log entry quarantined in the dead-letter table"
+                                );
                         malformed.push((m, end));
                     }
                 }

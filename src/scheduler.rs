@@ -75,7 +75,8 @@ async fn poll_and_log(
         Ok(r) => {
             let delivered = app.forwarder.delivered.take(sub.id.as_str());
             tracing::info!(
-                subscription = %sub.label(),
+                subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                 window_start = r.window_start.map(rfc3339).unwrap_or_default(),
                 window_end = r.window_end.map(rfc3339).unwrap_or_default(),
                 queries = r.queries,
@@ -98,7 +99,8 @@ async fn poll_and_log(
                 && skew.num_seconds().abs() > 5
             {
                 tracing::warn!(
-                    subscription = %sub.label(),
+                    subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                     skew_s = skew.num_seconds(),
                     "this host's clock differs from Azure's; the watermark follows Azure's clock"
                 );
@@ -106,7 +108,8 @@ async fn poll_and_log(
             "ok".to_string()
         }
         Err(e) => {
-            tracing::error!(subscription = %sub.label(), error = %e, "poll failed; retrying on the next interval");
+            tracing::error!(subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(), error = %e, "poll failed; retrying on the next interval");
             format!("error: {e}")
         }
     };
@@ -251,11 +254,12 @@ pub async fn subscription_task(
                 if warned_late.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
                     warned_late = Some(Instant::now());
                     tracing::warn!(
-                        subscription = %sub.label(),
-                        late_s = late.as_secs_f64(),
-                        interval_s = interval.as_secs_f64(),
-                        "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
-                    );
+                            subscription_id = %sub.id,
+                    subscription_name = sub.name.as_deref(),
+                            late_s = late.as_secs_f64(),
+                            interval_s = interval.as_secs_f64(),
+                            "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
+                        );
                 }
             }
         }
@@ -272,7 +276,8 @@ pub async fn subscription_task(
                     }
                     if is_paused(&paused) {
                         tracing::warn!(
-                            subscription = %sub.label(),
+                            subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
                             "paused mid-poll: the poll is abandoned, and its window is queried again on resume"
                         );
                         break;

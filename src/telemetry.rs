@@ -1,7 +1,11 @@
 //! Logging setup, in one place. Under systemd, when stderr is the journal
-//! (`JOURNAL_STREAM` names it), events go to journald natively, each field
-//! (subscription, window, counts) a journal field; otherwise to stderr,
-//! human-readable or JSON lines. `RUST_LOG` filters (default `info`). Nothing
+//! (`JOURNAL_STREAM` names it), events go to journald natively, each field a
+//! journal field of the same name in upper case, without a prefix:
+//! `subscription_name` is `SUBSCRIPTION_NAME`, so
+//! `journalctl -u azure-activity-poller SUBSCRIPTION_NAME=production` works
+//! (and no field may be named like one of journald's own: `priority`,
+//! `message_id`, `code_file`, `syslog_identifier`, ...). Otherwise logs go to
+//! stderr, human-readable or JSON lines. `RUST_LOG` filters (default `info`). Nothing
 //! here formats a secret: secrets live in types whose `Debug` redacts them.
 
 use std::io::IsTerminal;
@@ -44,7 +48,11 @@ pub fn init(format: LogFormat) {
             Ok(layer) => {
                 let _ = tracing_subscriber::registry()
                     .with(filter())
-                    .with(layer.with_syslog_identifier("azure-activity-poller".into()))
+                    .with(
+                        layer
+                            .with_syslog_identifier("azure-activity-poller".into())
+                            .with_field_prefix(None),
+                    )
                     .try_init();
                 return;
             }

@@ -867,34 +867,111 @@ fn help_shows_an_example() {
     assert!(sub.contains("check-config --config"), "{sub}");
 }
 
+fn set_mode(p: &std::path::Path, m: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+}
+
+/// BASE with the ingestion URL in a file instead of inline: no secret in it,
+/// as README installs it.
+fn without_inline_secret(f: &Fixture) -> String {
+    f.write(
+        "ingest-url",
+        "https://example.turbot.com/api/v5/events/raw?token=abc\n",
+    );
+    set_mode(&f.path("ingest-url"), 0o600);
+    edit(BASE, "ingest_url =", r#"ingest_url_file = "ingest-url""#)
+}
+
 #[test]
 fn secret_files_readable_by_everyone_are_named_in_a_warning() {
-    use std::os::unix::fs::PermissionsExt;
     let f = Fixture::new();
+    // Only the files' own modes are under test here.
+    set_mode(f.dir.path(), 0o755);
     let config = f.path("poller.toml");
     let secret = f.path("client-secret");
-    let mode = |p: &std::path::Path, m: u32| {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
-    };
-    f.check(BASE).assert_valid();
-    mode(&secret, 0o644);
-    mode(&config, 0o640);
+    let text = without_inline_secret(&f);
+    set_mode(&secret, 0o600);
+    // As README installs it: a configuration every user can read, secrets not.
+    let run = f.check(&text);
+    run.assert_valid();
+    set_mode(&config, 0o644);
+    let run = f.check(&text);
+    assert!(run.warnings().is_empty(), "{}", run.context());
+
+    set_mode(&secret, 0o644);
+    assert_only_warning(
+        &f.check(&text),
+        &[
+            &secret.display().to_string(),
+            "readable by every user",
+            "client_secret_file",
+        ],
+    );
+    set_mode(&secret, 0o600);
+
+    // An inline secret makes the configuration file a secret too.
     let run = f.check(BASE);
+    assert_only_warning(
+        &run,
+        &[
+            &config.display().to_string(),
+            "readable by every user",
+            "ingest_url inline",
+            "ingest_url_file",
+        ],
+    );
+    run.assert_never_shows("token=abc");
+}
+
+/// Valid, with exactly one warning, which contains every one of `words`.
+fn assert_only_warning(run: &Run, words: &[&str]) {
     run.assert_valid();
     let w = run.warnings();
     assert_eq!(w.len(), 1, "{}", run.context());
-    assert!(
-        w[0].contains(&secret.display().to_string()),
-        "{}",
-        run.context()
+    for word in words {
+        assert!(w[0].contains(word), "{word:?} missing\n{}", run.context());
+    }
+}
+
+#[test]
+fn check_config_warns_when_the_service_could_not_read_the_file() {
+    let f = Fixture::new();
+    let config = f.path("poller.toml");
+    let text = without_inline_secret(&f);
+    set_mode(&f.path("client-secret"), 0o600);
+    f.write("poller.toml", &text);
+
+    // A directory on the way that "other" cannot search (a fresh temporary
+    // directory is 0700): named, with what to do; still valid.
+    set_mode(f.dir.path(), 0o700);
+    set_mode(&config, 0o644);
+    let dir = std::fs::canonicalize(f.dir.path()).unwrap();
+    assert_only_warning(
+        &f.check(&text),
+        &[
+            &format!("{} is not searchable", dir.display()),
+            "DynamicUser",
+            "chmod o+x",
+        ],
     );
-    assert!(w[0].contains("readable by every user"), "{}", run.context());
-    mode(&config, 0o644);
-    mode(&secret, 0o600);
-    let run = f.check(BASE);
-    let w = run.warnings();
-    assert_eq!(w.len(), 1, "{}", run.context());
-    assert!(w[0].contains("the configuration file"), "{}", run.context());
-    mode(&config, 0o600);
-    assert!(f.check(BASE).warnings().is_empty());
+
+    // The file itself, as README's install once made it (0640 root).
+    set_mode(f.dir.path(), 0o755);
+    set_mode(&config, 0o640);
+    let file = std::fs::canonicalize(&config).unwrap();
+    assert_only_warning(
+        &f.check(&text),
+        &[
+            &format!("{} is not readable by other users", file.display()),
+            "DynamicUser",
+            "chmod o+r",
+        ],
+    );
+
+    // Readable: nothing to say.
+    set_mode(&config, 0o644);
+    let run = f.check(&text);
+    run.assert_valid();
+    assert!(run.warnings().is_empty(), "{}", run.context());
 }

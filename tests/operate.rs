@@ -519,7 +519,8 @@ async fn json_logs_carry_the_poll_line_fields() {
     assert_eq!(polls.len(), 1, "{}", run.stderr);
     let p = &polls[0];
     for field in [
-        "subscription",
+        "subscription_id",
+        "subscription_name",
         "window_start",
         "window_end",
         "pages",
@@ -532,6 +533,15 @@ async fn json_logs_carry_the_poll_line_fields() {
         assert!(p.get(field).is_some(), "{field} missing: {p}");
     }
     assert_eq!(p["new"], 3);
+    // The id and the name apart, so that each can be queried on its own
+    // (`journalctl SUBSCRIPTION_NAME=...`).
+    assert_eq!(p["subscription_id"], SUB_A, "{p}");
+    assert!(
+        p["subscription_name"]
+            .as_str()
+            .is_some_and(|n| !n.contains(SUB_A)),
+        "{p}"
+    );
     // Every line is JSON: nothing else is mixed in.
     for line in run.stderr.lines().filter(|l| l.starts_with('{')) {
         assert!(
