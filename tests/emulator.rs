@@ -603,3 +603,59 @@ async fn the_report_expects_every_visible_succeeded_entry() {
     );
     assert!(report.unexpected.is_empty());
 }
+
+/// What the event handler detection reads: `turbot_rg` missing before the
+/// handlers appear (404), the action group and two alerts routing to it
+/// while they are live, an empty resource group after they go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_handlers_appear_and_go_as_the_scenario_says() {
+    let scenario = format!(
+        "[[subscription]]\nid = \"{SUB_A}\"\nrate_per_minute = 0\nevent_handlers_from = \"1s\"\nevent_handlers_until = \"3s\"\n"
+    );
+    let c = start(&scenario).await;
+    let groups = format!(
+        "http://{}/subscriptions/{SUB_A}/resourceGroups/turbot_rg/providers/Microsoft.Insights/actionGroups?api-version=2023-01-01",
+        c.emu.arm
+    );
+    let alerts = format!(
+        "http://{}/subscriptions/{SUB_A}/providers/Microsoft.Insights/activityLogAlerts?api-version=2020-10-01",
+        c.emu.arm
+    );
+    let get = |url: String| c.http.get(url).bearer_auth(&c.token).send();
+    let code = arm_error(get(groups.clone()).await.unwrap(), StatusCode::NOT_FOUND).await;
+    assert_eq!(code, "ResourceGroupNotFound");
+    // Without a token: 401, like every ARM read.
+    let resp = c.http.get(groups.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen_live = false;
+    let mut seen_gone = false;
+    while Instant::now() < deadline && !seen_gone {
+        let resp = get(groups.clone()).await.unwrap();
+        if resp.status() == StatusCode::OK {
+            let body: Value = resp.json().await.unwrap();
+            let value = body["value"].as_array().cloned().unwrap_or_default();
+            if let Some(g) = value.first() {
+                assert_eq!(g["name"], "turbot_azure_event_handler_action_group");
+                assert_eq!(g["properties"]["enabled"], true);
+                let a: Value = get(alerts.clone()).await.unwrap().json().await.unwrap();
+                let routing = a["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|x| {
+                        x["properties"]["actions"]["actionGroups"][0]["actionGroupId"]
+                            .as_str()
+                            .is_some_and(|id| id.eq_ignore_ascii_case(g["id"].as_str().unwrap()))
+                    })
+                    .count();
+                assert_eq!(routing, 2);
+                seen_live = true;
+            } else if seen_live {
+                seen_gone = true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_live && seen_gone, "live {seen_live}, gone {seen_gone}");
+}
