@@ -313,11 +313,27 @@ impl App {
         if subs.is_empty() {
             return Ok(());
         }
-        crate::notify::status("checking for Guardrails event handlers");
-        let checked = tokio::time::timeout(
-            crate::detect::START_CHECK_LIMIT,
-            crate::detect::detect_all(&self.detector, &subs, &self.tokens),
-        )
+        let status = format!(
+            "checking {} subscription(s) for Guardrails event handlers",
+            subs.len()
+        );
+        crate::notify::status(&status);
+        let checking = crate::detect::detect_all(&self.detector, &subs, &self.tokens);
+        let keep_systemd_waiting = async {
+            // Many subscriptions over a WAN may take longer than the unit's
+            // TimeoutStartSec: ask for more while the checks progress.
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(20));
+            loop {
+                every.tick().await;
+                crate::notify::extend_timeout(std::time::Duration::from_secs(60));
+            }
+        };
+        let checked = tokio::time::timeout(crate::detect::START_CHECK_LIMIT, async {
+            tokio::select! {
+                c = checking => c,
+                never = keep_systemd_waiting => never,
+            }
+        })
         .await
         .map_err(|_| StartError::DetectionFailed {
             lines: vec![format!(

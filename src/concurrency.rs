@@ -111,6 +111,18 @@ impl Concurrency {
         !self.adaptive || self.lock().limit <= self.min
     }
 
+    /// After delivery paused because nothing got through even at the floor
+    /// (an outage): grow by doubling again once answers come back, as TCP
+    /// re-enters slow start after a timeout.
+    pub fn restart(&self) {
+        if self.adaptive {
+            let mut s = self.lock();
+            if s.limit <= self.min {
+                s.slow_start = true;
+            }
+        }
+    }
+
     /// Notes that `in_flight` POSTs were started, for "the limit was reached".
     pub fn started(&self, in_flight: usize) {
         let mut s = self.lock();
@@ -255,6 +267,16 @@ mod tests {
         c.lock().window_start = Instant::now() - Duration::from_secs(1);
         c.observe(Duration::from_millis(400), Signal::Answered);
         assert!(c.limit() < before, "{} -> {}", before, c.limit());
+    }
+
+    #[test]
+    fn after_an_outage_it_grows_fast_again() {
+        let c = Concurrency::adaptive(64, 256);
+        simulate(&c, 0, 20);
+        assert_eq!(c.limit(), 1);
+        c.restart();
+        let seen = simulate(&c, 1000, 8);
+        assert!(seen[7] >= 64, "{seen:?}");
     }
 
     #[test]

@@ -386,6 +386,7 @@ impl Forwarder {
             }
             let round = self.round().await?;
             let pause = if let Some((reason, after)) = round.retry {
+                self.limit.restart();
                 let backoff = delays.next().unwrap_or(self.backoff.max);
                 let delay = after.unwrap_or(backoff);
                 tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "delivery to the ingestion endpoint failed; will retry");
@@ -427,6 +428,7 @@ impl Forwarder {
                 stalled_since = None;
             }
             let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+            self.limit.restart();
             if since.elapsed() >= give_up_after {
                 let pending = self.store.call(|s| s.outbox_depth()).await?;
                 return Err(ForwardError::Unavailable {
