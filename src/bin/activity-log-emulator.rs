@@ -73,6 +73,13 @@ struct Args {
     /// Serve Azure Resource Manager over TLS too.
     #[arg(long)]
     arm_tls: bool,
+    /// The ingestion endpoint's capacity: above this many requests at once it
+    /// answers 429 with Retry-After: 1 (0: no limit).
+    #[arg(long, value_name = "N")]
+    endpoint_max_in_flight: Option<usize>,
+    /// How long the ingestion endpoint takes to accept one event.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    endpoint_service_time: Option<Duration>,
     /// Poll interval and window written into poller.toml.
     #[arg(long, default_value = "10s")]
     interval: String,
@@ -122,6 +129,12 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         s.azure.drop_rate = v;
     }
     s.azure.token_bucket |= args.token_bucket;
+    if let Some(v) = args.endpoint_max_in_flight {
+        s.endpoint.max_in_flight = v;
+    }
+    if let Some(v) = args.endpoint_service_time {
+        s.endpoint.service_time = v;
+    }
     s.arm_tls |= args.arm_tls;
     s.validate()?;
     Ok(s)
