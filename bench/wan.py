@@ -19,7 +19,8 @@ and a one-line summary with its target on stderr):
             250 ms one way, daemon for LAT_SCHED_SECONDS (185): share of
             scheduled polls made on time.
 
-Settings are the poller's defaults: the emulator's poller.toml pins
+LAT_SDK=0 skips the SDK's listing; LAT_KEEP=1 keeps each run's directory (the
+poller's log, the proxy's stats). Settings are the poller's defaults: the emulator's poller.toml pins
 [guardrails] concurrency and retry pauses, which are removed here.
 """
 import json, math, os, re, signal, ssl, statistics, subprocess, sys, tempfile, time, urllib.request
@@ -271,7 +272,7 @@ def catchup_run(name, capacity=None):
             limit, reads = arm_budget_seconds(n)
             row["arm_budget_s"] = limit
             row["arm_reads"] = reads
-            row["sdk"] = sdk_listing(run, n, TIMEOUT)
+            row["sdk"] = sdk_listing(run, n, TIMEOUT) if os.environ.get("LAT_SDK") != "0" else {}
         return row
     finally:
         run.close()
@@ -320,7 +321,7 @@ def fairness(out):
     for i in range(live):
         subs.append(f'[[subscription]]\nid = "00000000-0000-4000-8000-{i + 2:012x}"\nrate_per_minute = {ops:.1f}\n')
     scenario = "seed = 7\npage_size = %d\narm_tls = true\n[azure]\ntoken_bucket = true\n\n%s" % (PAGE_SIZE, "\n".join(subs))
-    run = Run("fairness", ["--interval", "1m", "--window", "15m"], scenario)
+    run = Run("fairness", ["--arm-tls", "--interval", "1m", "--window", "15m"], scenario)
     backfill_id = "00000000-0000-4000-8000-000000000001"
     try:
         run.proxy(env_float("LAT_ARM_MS", 100), env_float("LAT_INGEST_MS", 25))

@@ -160,6 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
+    let arm_tls = scenario.arm_tls;
     rt.block_on(async move {
         if let Err(e) = std::fs::create_dir_all(&args.dir) {
             eprintln!(
@@ -187,7 +188,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(73);
             }
         };
-        let scheme = if args.arm_tls { "https" } else { "http" };
+        let scheme = if arm_tls { "https" } else { "http" };
         println!("Azure Resource Manager  {scheme}://{}", emulator.arm);
         println!("Entra ID (TLS)          https://{}", emulator.login);
         println!(
@@ -195,7 +196,7 @@ fn main() -> ExitCode {
             emulator.ingest
         );
         println!(
-            "report                  http://{}/_emulator/report",
+            "report                  {scheme}://{}/_emulator/report",
             emulator.arm
         );
         println!();
