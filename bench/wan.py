@@ -287,7 +287,7 @@ def catchup(out):
         row["steady_entries_per_s"], row["poller"]["wall_s"], row["delivered"])
     summary(out, {"summary": "wan-catchup", "entries": row["entries"], "seconds": secs, "extrapolated": not row.get("seconds"),
                   "arm_budget_s": row["arm_budget_s"], "sdk_s": sdk,
-                  "x_budget": round(secs / max(row["arm_budget_s"], 1e-9), 1) if secs else None,
+                  "x_budget": round(secs / row["arm_budget_s"], 1) if secs and row["arm_budget_s"] else None,
                   "x_sdk": round(sdk / secs, 2) if secs and sdk else None},
             f"catch-up of {row['entries']:,}: {secs}s{est}; ARM budget limit {row['arm_budget_s']}s; SDK listing {sdk}s"
             f" | target: within 2x the budget (<= {2 * row['arm_budget_s']:g}s) and at least 5x the SDK (<= {round(sdk / 5, 1) if sdk else '?'}s)")
