@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The benchmarks of BENCHMARKS.md, against the emulator on loopback, release
-# build. One command: `bench/run.sh [catchup|idle|overlap|micro|all]`.
+# build. One command: `bench/run.sh [catchup|idle|overlap|micro|latency|all]`.
 #
 #   N=1000000 RUNS=3 bench/run.sh catchup   # catch-up throughput, peak RSS, and the SDK's listing rate
 #   SUBS=1000 bench/run.sh idle              # idle cost of many subscriptions
 #   bench/run.sh overlap                     # requests and bytes per poll by window/interval
 #   bench/run.sh micro                       # criterion: parse and normalize one page
+#   bench/run.sh latency [catchup|capacity|fairness|schedule]
+#                                            # over a WAN: bench/latency_proxy.py delays ARM and
+#                                            # the endpoint; see bench/wan.py for the settings
 #
 # Results: bench/results/<UTC time>/*.jsonl, plus machine.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
+scenario=${2:-all}
 N=${N:-1000000}
 RUNS=${RUNS:-3}
 SUBS=${SUBS:-1000}
@@ -165,12 +169,17 @@ micro() {
     cargo bench --locked --bench page -- --noplot 2>&1 | tee "$out/micro.txt" | grep -E "time:|^[a-z_/]+ " >&2
 }
 
+latency() {
+    python3 bench/wan.py --out "$out" "$scenario" > /dev/null
+}
+
 case "$what" in
     catchup) catchup ;;
+    latency) latency ;;
     idle) idle ;;
     overlap) overlap ;;
     micro) micro ;;
     all) catchup; idle; overlap; micro ;;
-    *) echo "usage: bench/run.sh [catchup|idle|overlap|micro|all]" >&2; exit 64 ;;
+    *) echo "usage: bench/run.sh [catchup|idle|overlap|micro|latency [SCENARIO]|all]" >&2; exit 64 ;;
 esac
 echo "results: $out" >&2

@@ -602,6 +602,62 @@ async fn the_report_expects_every_visible_succeeded_entry() {
         (docs.len(), docs.len())
     );
     assert!(report.unexpected.is_empty());
+    for r in &report.subscriptions {
+        assert!(r.lag_p50_ms <= r.lag_p99_ms && r.lag_p99_ms <= r.lag_max_ms);
+        // Everything delivered: the lag so far is the lag.
+        assert_eq!(
+            (r.lag_so_far_p50_ms, r.lag_so_far_p99_ms),
+            (r.lag_p50_ms, r.lag_p99_ms)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_capacity_the_endpoint_answers_429_and_counts_it() {
+    let capacity = "[endpoint]\nmax_in_flight = 2\nservice_time = \"3s\"\n";
+    let c = start(&backlog(5, 200, 20, capacity)).await;
+    let ok = succeeded(&c, SUB_A).await;
+    assert!(ok.len() >= 3, "{}", ok.len());
+    let url = c.emu.ingest_url();
+    let docs: Vec<Value> = ok[..3]
+        .iter()
+        .map(|e| json!({"eventDataId": id(e)}))
+        .collect();
+    // Two requests fill the endpoint for 3 s.
+    let held: Vec<_> = docs[..2]
+        .iter()
+        .map(|d| tokio::spawn(c.http.post(&url).json(d).send()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.emu.report(&["Succeeded"]).endpoint.requests < 2 {
+        assert!(Instant::now() < deadline, "the two requests never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let third = c.post(&url, &docs[2]).await.unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        third
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    for h in held {
+        assert!(h.await.unwrap().unwrap().status().is_success());
+    }
+    let report = c.emu.report(&["Succeeded"]);
+    let e = report.endpoint;
+    assert_eq!(
+        (e.requests, e.throttled, e.peak_in_flight, e.max_in_flight),
+        (3, 1, 2, 2)
+    );
+    assert_eq!(e.service_time_ms, 3000);
+    // The refused event was not recorded; the two served ones were.
+    assert_eq!(report.delivered(), 2);
+    // Once they are served, there is room again.
+    let again = c.post(&url, &docs[2]).await.unwrap();
+    assert!(again.status().is_success());
+    assert_eq!(c.emu.report(&["Succeeded"]).endpoint.throttled, 1);
 }
 
 /// What the event handler detection reads: `turbot_rg` missing before the

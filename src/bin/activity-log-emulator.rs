@@ -73,6 +73,13 @@ struct Args {
     /// Serve Azure Resource Manager over TLS too.
     #[arg(long)]
     arm_tls: bool,
+    /// The ingestion endpoint's capacity: above this many requests at once it
+    /// answers 429 with Retry-After: 1 (0: no limit).
+    #[arg(long, value_name = "N")]
+    endpoint_max_in_flight: Option<usize>,
+    /// How long the ingestion endpoint takes to accept one event.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    endpoint_service_time: Option<Duration>,
     /// Poll interval and window written into poller.toml.
     #[arg(long, default_value = "10s")]
     interval: String,
@@ -122,6 +129,12 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         s.azure.drop_rate = v;
     }
     s.azure.token_bucket |= args.token_bucket;
+    if let Some(v) = args.endpoint_max_in_flight {
+        s.endpoint.max_in_flight = v;
+    }
+    if let Some(v) = args.endpoint_service_time {
+        s.endpoint.service_time = v;
+    }
     s.arm_tls |= args.arm_tls;
     s.validate()?;
     Ok(s)
@@ -147,6 +160,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
+    let arm_tls = scenario.arm_tls;
     rt.block_on(async move {
         if let Err(e) = std::fs::create_dir_all(&args.dir) {
             eprintln!(
@@ -174,7 +188,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(73);
             }
         };
-        let scheme = if args.arm_tls { "https" } else { "http" };
+        let scheme = if arm_tls { "https" } else { "http" };
         println!("Azure Resource Manager  {scheme}://{}", emulator.arm);
         println!("Entra ID (TLS)          https://{}", emulator.login);
         println!(
@@ -182,7 +196,7 @@ fn main() -> ExitCode {
             emulator.ingest
         );
         println!(
-            "report                  http://{}/_emulator/report",
+            "report                  {scheme}://{}/_emulator/report",
             emulator.arm
         );
         println!();

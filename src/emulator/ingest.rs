@@ -2,17 +2,88 @@
 //! It checks the token in the URL, records the `eventDataId` of every event it
 //! accepts (whatever the format), and goes through the scenario's outages:
 //! 503 (`unavailable`), 500 (`error`), slow answers, or cut connections
-//! (`refuse`, the event is not recorded).
+//! (`refuse`, the event is not recorded). With a capacity (`[endpoint]`), each
+//! accepted event takes `service_time`, and a request beyond `max_in_flight`
+//! at once is answered 429 with `Retry-After: 1`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use super::Shared;
-use super::scenario::OutageMode;
+use super::scenario::{Endpoint, OutageMode};
+
+/// The endpoint's capacity and what it answered.
+#[derive(Debug, Default)]
+pub struct Capacity {
+    max_in_flight: usize,
+    service_time: Duration,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    requests: AtomicU64,
+    throttled: AtomicU64,
+}
+
+/// A request being served; it leaves the count when dropped.
+pub struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the endpoint answered, for the report.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CapacityReport {
+    /// POSTs with a valid token.
+    pub requests: u64,
+    /// Of those, answered 429 because `max_in_flight` were being served.
+    pub throttled: u64,
+    pub peak_in_flight: usize,
+    /// 0: no limit.
+    pub max_in_flight: usize,
+    pub service_time_ms: u64,
+}
+
+impl Capacity {
+    pub fn new(endpoint: &Endpoint) -> Capacity {
+        Capacity {
+            max_in_flight: endpoint.max_in_flight,
+            service_time: endpoint.service_time,
+            ..Capacity::default()
+        }
+    }
+
+    /// Counts a request in, or `None` (counted as throttled) when
+    /// `max_in_flight` are being served already.
+    pub fn admit(&self) -> Option<InFlight<'_>> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let n = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        let guard = InFlight(&self.in_flight);
+        if self.max_in_flight > 0 && n > self.max_in_flight {
+            self.throttled.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.peak_in_flight.fetch_max(n, Ordering::Relaxed);
+        Some(guard)
+    }
+
+    pub fn report(&self) -> CapacityReport {
+        CapacityReport {
+            requests: self.requests.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+            peak_in_flight: self.peak_in_flight.load(Ordering::Relaxed),
+            max_in_flight: self.max_in_flight,
+            service_time_ms: self.service_time.as_millis() as u64,
+        }
+    }
+}
 
 /// The eventDataId of a posted document, read without building its tree: only
 /// the three places it can be are parsed, everything else is skipped.
@@ -59,6 +130,17 @@ pub async fn receive(
 ) -> Response {
     if q.get("token").map(String::as_str) != Some(shared.ingest_token.as_str()) {
         return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let Some(_in_flight) = shared.endpoint.admit() else {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            "too many requests in flight",
+        )
+            .into_response();
+    };
+    if !shared.endpoint.service_time.is_zero() {
+        tokio::time::sleep(shared.endpoint.service_time).await;
     }
     match shared.outage() {
         Some((OutageMode::Unavailable, _)) => {

@@ -78,6 +78,8 @@ pub struct Shared {
     started: Instant,
     /// `http` or `https`, for nextLinks.
     pub arm_scheme: &'static str,
+    /// The ingestion endpoint's capacity and its 429s.
+    pub endpoint: ingest::Capacity,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -236,9 +238,15 @@ pub struct SubscriptionReport {
     pub missing: Vec<String>,
     pub duplicates: usize,
     pub requests: u64,
-    /// Delivery time minus the time the entry became visible, median and max.
+    /// Delivery time minus the time the entry became visible, over the
+    /// delivered entries: median, 99th percentile and max.
     pub lag_p50_ms: i64,
+    pub lag_p99_ms: i64,
     pub lag_max_ms: i64,
+    /// The same over every expected entry, an undelivered one counting as if
+    /// delivered now (a lower bound on its lag): what a run cut short shows.
+    pub lag_so_far_p50_ms: i64,
+    pub lag_so_far_p99_ms: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +254,8 @@ pub struct Report {
     pub subscriptions: Vec<SubscriptionReport>,
     /// Delivered ids the emulator never generated with a forwarded status.
     pub unexpected: Vec<String>,
+    /// What the ingestion endpoint answered: requests, 429s for capacity.
+    pub endpoint: ingest::CapacityReport,
 }
 
 impl Report {
@@ -284,11 +294,15 @@ fn report(shared: &Shared, statuses: &[&str]) -> Report {
                 duplicates: 0,
                 requests: requests.get(sub).copied().unwrap_or(0),
                 lag_p50_ms: 0,
+                lag_p99_ms: 0,
                 lag_max_ms: 0,
+                lag_so_far_p50_ms: 0,
+                lag_so_far_p99_ms: 0,
             },
         );
     }
     let mut lags: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut so_far: HashMap<String, Vec<i64>> = HashMap::new();
     let mut known = std::collections::HashSet::new();
     for e in &expected {
         known.insert(e.id.as_str());
@@ -300,18 +314,32 @@ fn report(shared: &Shared, statuses: &[&str]) -> Report {
             Some(d) => {
                 r.delivered += 1;
                 r.duplicates += (d.count - 1) as usize;
-                lags.entry(e.subscription.clone())
-                    .or_default()
-                    .push((d.first_at - e.visible_at).num_milliseconds().max(0));
+                let lag = (d.first_at - e.visible_at).num_milliseconds().max(0);
+                lags.entry(e.subscription.clone()).or_default().push(lag);
+                so_far.entry(e.subscription.clone()).or_default().push(lag);
             }
-            None => r.missing.push(e.id.clone()),
+            None => {
+                r.missing.push(e.id.clone());
+                so_far
+                    .entry(e.subscription.clone())
+                    .or_default()
+                    .push((now - e.visible_at).num_milliseconds().max(0));
+            }
         }
     }
     for (sub, mut l) in lags {
         l.sort_unstable();
         if let Some(r) = by_sub.get_mut(&sub) {
-            r.lag_p50_ms = l.get(l.len() / 2).copied().unwrap_or(0);
+            r.lag_p50_ms = percentile(&l, 50);
+            r.lag_p99_ms = percentile(&l, 99);
             r.lag_max_ms = l.last().copied().unwrap_or(0);
+        }
+    }
+    for (sub, mut l) in so_far {
+        l.sort_unstable();
+        if let Some(r) = by_sub.get_mut(&sub) {
+            r.lag_so_far_p50_ms = percentile(&l, 50);
+            r.lag_so_far_p99_ms = percentile(&l, 99);
         }
     }
     let mut unexpected: Vec<String> = deliveries
@@ -323,7 +351,17 @@ fn report(shared: &Shared, statuses: &[&str]) -> Report {
     Report {
         subscriptions: by_sub.into_values().collect(),
         unexpected,
+        endpoint: shared.endpoint.report(),
     }
+}
+
+/// The `p`th percentile of sorted values (nearest rank); 0 when empty.
+fn percentile(sorted: &[i64], p: usize) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
 }
 
 /// Settings for the poller configuration the emulator writes.
@@ -372,6 +410,7 @@ impl Emulator {
     pub async fn start(scenario: Scenario, ip: IpAddr) -> Result<Emulator, EmulatorError> {
         let seed = scenario.seed;
         let arm_tls = scenario.arm_tls;
+        let scenario_endpoint = scenario.endpoint.clone();
         let mut secrets = fastrand::Rng::with_seed(seed ^ 0x5eed);
         let shared = Arc::new(Shared {
             client_secret: format!("emulator-secret-{:016x}", secrets.u64(..)),
@@ -384,6 +423,7 @@ impl Emulator {
             deliveries: Mutex::new(HashMap::new()),
             started: Instant::now(),
             arm_scheme: if arm_tls { "https" } else { "http" },
+            endpoint: ingest::Capacity::new(&scenario_endpoint),
         });
         let arm_router = Router::new()
             .route(

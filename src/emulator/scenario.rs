@@ -31,6 +31,10 @@
 //! retry_after = "1s"
 //! token_bucket = true          # ARM's per-subscription reads: 250 tokens, 25 per second
 //!
+//! [endpoint]                   # the Guardrails endpoint's capacity
+//! max_in_flight = 64           # above this many requests at once: 429, Retry-After: 1 (0: no limit)
+//! service_time = "50ms"        # how long it takes to accept one event
+//!
 //! [[endpoint_outage]]          # relative to the emulator's start
 //! at = "20s"
 //! duration = "10s"
@@ -71,8 +75,23 @@ pub struct Scenario {
     pub late: Late,
     #[serde(default)]
     pub azure: AzureFaults,
+    #[serde(default)]
+    pub endpoint: Endpoint,
     #[serde(default, rename = "endpoint_outage")]
     pub endpoint_outages: Vec<Outage>,
+}
+
+/// The ingestion endpoint's capacity: with a service time, requests overlap,
+/// and those beyond `max_in_flight` at once are answered 429 with
+/// `Retry-After: 1`, as a gateway at its limit would.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// 0: no limit.
+    #[serde(default)]
+    pub max_in_flight: usize,
+    #[serde(default, with = "humantime_serde")]
+    pub service_time: Duration,
 }
 
 fn default_seed() -> u64 {
