@@ -866,19 +866,29 @@ statuses = ["Succeeded"]
     /// or change it; returns the first column of each row, as text.
     pub async fn state_sql(&self, sql: &str) -> Vec<Option<String>> {
         match &self.pg {
-            Some(pg) => {
-                let c = pg.connect("poller").await;
-                let rows = c.simple_query(sql).await.expect("state SQL");
-                rows.iter()
-                    .filter_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => {
-                            Some(r.get(0).map(str::to_string))
-                        }
-                        _ => None,
-                    })
-                    .collect()
-            }
-            None => {
+            Some(_) => self.try_state_sql(sql).await.expect("state SQL"),
+            None => self.sqlite_sql(sql),
+        }
+    }
+
+    /// [`Harness::state_sql`] on PostgreSQL, where the schema may not be
+    /// there yet.
+    pub async fn try_state_sql(&self, sql: &str) -> Result<Vec<Option<String>>, String> {
+        let pg = self.pg.as_ref().ok_or("not a PostgreSQL harness")?;
+        let c = pg.connect("poller").await;
+        let rows = c.simple_query(sql).await.map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn sqlite_sql(&self, sql: &str) -> Vec<Option<String>> {
+        {
+            {
                 let db = rusqlite::Connection::open(self.path("state.db")).expect("open state");
                 let mut stmt = db.prepare(sql).expect("state SQL");
                 let n = stmt.column_count();
