@@ -90,6 +90,8 @@ fn undetermined(lines: &[String]) -> String {
 pub struct App {
     pub config: Config,
     pub store: Store,
+    /// This process among the instances sharing the state (its lease holder id).
+    pub instance: crate::store::Instance,
     pub poller: Arc<Poller>,
     pub forwarder: Arc<Forwarder>,
     pub tokens: BTreeMap<String, Arc<TokenSource>>,
@@ -108,6 +110,7 @@ pub struct App {
 /// What a reload keeps of the running process.
 struct Kept {
     store: Store,
+    instance: crate::store::Instance,
     http: reqwest::Client,
     outbox_ready: Arc<Notify>,
     health: Arc<crate::health::Health>,
@@ -167,9 +170,10 @@ pub fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, StartError> {
 }
 
 impl App {
-    pub fn build(config: Config) -> Result<App, StartError> {
+    pub async fn build(config: Config) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
-        let store = Store::open(&config.state_path)?;
+        let instance = crate::store::Instance::new();
+        let store = Store::open(&config.state, &instance).await?;
         let http = http_client()?;
         let budget = Arc::new(ReadBudget::new(
             config.azure.reads_burst,
@@ -179,6 +183,7 @@ impl App {
             config,
             Kept {
                 store,
+                instance,
                 http,
                 outbox_ready: Arc::new(Notify::new()),
                 health: Arc::new(crate::health::Health::default()),
@@ -209,6 +214,7 @@ impl App {
             config,
             Kept {
                 store: self.store.clone(),
+                instance: self.instance.clone(),
                 http: self.http.clone(),
                 outbox_ready: self.outbox_ready.clone(),
                 health: self.health.clone(),
@@ -222,6 +228,7 @@ impl App {
     fn assemble(config: Config, kept: Kept) -> Result<App, StartError> {
         let Kept {
             store,
+            instance,
             http,
             outbox_ready,
             health,
@@ -279,6 +286,7 @@ impl App {
         Ok(App {
             config,
             store,
+            instance,
             poller,
             forwarder,
             tokens,
@@ -378,10 +386,9 @@ impl App {
                     ("clear", seen.join("; "))
                 }
             };
-            let id = sub.id.to_string();
             let note = self
                 .store
-                .call(move |s| s.note_detection(&id, now, state, &detail))
+                .note_detection(sub.id.as_str(), now, state, detail)
                 .await;
             if let Err(e) = note {
                 tracing::warn!(error = %e, "cannot note the detection result");

@@ -13,7 +13,6 @@ use crate::app::{App, StartError, parse_since};
 use crate::cli::{Cli, Command, DeadLetterAction, RunArgs};
 use crate::config::{Config, ProcessEnv};
 use crate::scheduler;
-use crate::store::StoreError;
 
 /// sysexits.h
 pub mod exit {
@@ -35,9 +34,7 @@ fn start_exit_code(e: &StartError) -> u8 {
         | StartError::HandlersDetected(_)
         | StartError::SinceTooOld(_)
         | StartError::SinceInvalid(_) => exit::CONFIG,
-        StartError::Store(StoreError::NotADatabase { .. } | StoreError::NewerSchema { .. }) => {
-            exit::CONFIG
-        }
+        StartError::Store(e) if e.is_config() => exit::CONFIG,
         StartError::Store(_) => exit::IOERR,
         StartError::Credential(_) => exit::CONFIG,
         StartError::Http(_) => exit::SOFTWARE,
@@ -129,10 +126,7 @@ fn check_config(path: &Path, online: bool) -> ExitCode {
 fn check_online(config: &Config) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::SOFTWARE);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async {
         let http = match crate::app::http_client() {
@@ -196,10 +190,7 @@ fn import(path: &Path, from_guardrails: bool, credential: Option<&str>) -> ExitC
     };
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::SOFTWARE);
-        }
+        Err(code) => return code,
     };
     let out = rt.block_on(async {
         if from_guardrails {
@@ -229,9 +220,7 @@ fn status_exit(e: &crate::status::StatusError) -> ExitCode {
     eprintln!("azure-activity-poller: {e}");
     ExitCode::from(match e {
         StatusError::Config(_) | StatusError::NoState(_) => exit::CONFIG,
-        StatusError::Store(StoreError::NotADatabase { .. } | StoreError::NewerSchema { .. }) => {
-            exit::CONFIG
-        }
+        StatusError::Store(e) if e.is_config() => exit::CONFIG,
         StatusError::Store(_) => exit::IOERR,
     })
 }
@@ -244,13 +233,17 @@ fn print_json<T: serde::Serialize>(value: &T) {
 }
 
 fn status(config: &Path, json: bool) -> ExitCode {
-    match crate::status::collect(config) {
-        Ok(rows) if json => {
-            print_json(&rows);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(crate::status::collect(config)) {
+        Ok(status) if json => {
+            print_json(&status.subscriptions);
             ExitCode::SUCCESS
         }
-        Ok(rows) => {
-            print!("{}", crate::status::render_table(&rows));
+        Ok(status) => {
+            print!("{}", crate::status::render_table(&status));
             ExitCode::SUCCESS
         }
         Err(e) => status_exit(&e),
@@ -258,16 +251,20 @@ fn status(config: &Path, json: bool) -> ExitCode {
 }
 
 fn dead_letters(action: DeadLetterAction) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
     let result = match &action {
-        DeadLetterAction::List { config, json } => {
-            crate::status::dead_letters(config).map(|rows| {
+        DeadLetterAction::List { config, json } => rt
+            .block_on(crate::status::dead_letters(config))
+            .map(|rows| {
                 if *json {
                     print_json(&rows);
                 } else {
                     print!("{}", crate::status::render_dead_letters(&rows));
                 }
-            })
-        }
+            }),
         DeadLetterAction::Retry {
             config,
             all,
@@ -280,16 +277,17 @@ fn dead_letters(action: DeadLetterAction) -> ExitCode {
         } => {
             let retry = matches!(action, DeadLetterAction::Retry { .. });
             let chosen = (!*all).then_some(numbers.as_slice());
-            crate::status::act_on_dead_letters(config, chosen, retry).map(|n| {
-                println!(
-                    "{n} dead letter(s) {}",
-                    if retry {
-                        "queued for delivery again"
-                    } else {
-                        "dropped"
-                    }
-                );
-            })
+            rt.block_on(crate::status::act_on_dead_letters(config, chosen, retry))
+                .map(|n| {
+                    println!(
+                        "{n} dead letter(s) {}",
+                        if retry {
+                            "queued for delivery again"
+                        } else {
+                            "dropped"
+                        }
+                    );
+                })
         }
     };
     match result {
@@ -301,10 +299,7 @@ fn dead_letters(action: DeadLetterAction) -> ExitCode {
 fn demo(duration: std::time::Duration) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::SOFTWARE);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(crate::demo::run(duration)) {
         Ok(true) => ExitCode::SUCCESS,
@@ -316,10 +311,15 @@ fn demo(duration: std::time::Duration) -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, std::io::Error> {
+/// The async runtime, or the exit code for a process that cannot have one.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+        .map_err(|e| {
+            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
+            ExitCode::from(exit::SOFTWARE)
+        })
 }
 
 fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
@@ -338,22 +338,20 @@ fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
     };
     let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("azure-activity-poller: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::SOFTWARE);
-        }
+        Err(code) => return code,
     };
     rt.block_on(async move {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
-        let app = match App::build(config) {
+        let app = match App::build(config).await {
             Ok(app) => Arc::new(app),
             Err(e) => return fail(&e),
         };
         tracing::info!(
             config = %path.display(),
-            state = %app.store.path().display(),
+            state = %app.store.describe(),
+            instance = %app.instance.id,
             subscriptions = app.config.subscriptions.len(),
             endpoint = %app.config.guardrails.ingest_url.redacted(),
             format = ?app.config.guardrails.format,

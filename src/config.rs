@@ -391,10 +391,63 @@ impl SubscriptionConfig {
     }
 }
 
+/// `[state]`: where the state lives.
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    /// `path = ...`: an SQLite file, for one instance.
+    Sqlite(PathBuf),
+    /// `url = "postgres://..."` (or `url_file`, `url_env`): a PostgreSQL
+    /// database shared by every instance.
+    Postgres(crate::store::DatabaseUrl),
+}
+
+impl StateConfig {
+    /// Printable: the path, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            StateConfig::Sqlite(p) => p.display().to_string(),
+            StateConfig::Postgres(u) => u.redacted(),
+        }
+    }
+
+    /// The same place (a reload cannot move the state).
+    pub fn same_as(&self, other: &StateConfig) -> bool {
+        match (self, other) {
+            (StateConfig::Sqlite(a), StateConfig::Sqlite(b)) => a == b,
+            (StateConfig::Postgres(a), StateConfig::Postgres(b)) => a.same_as(b),
+            _ => false,
+        }
+    }
+}
+
+/// `[ha]`: leases between instances sharing a PostgreSQL state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HaConfig {
+    /// How long a lease lasts unrenewed; renewed every third of it. A dead
+    /// instance's subscriptions are taken over this long after its last renewal.
+    pub lease: Duration,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl HaConfig {
+    /// How often leases are renewed (and free ones looked for).
+    pub fn renew_every(&self) -> Duration {
+        self.lease / 3
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
-    pub state_path: PathBuf,
+    pub state: StateConfig,
+    pub ha: HaConfig,
     pub azure: AzureConfig,
     pub credentials: BTreeMap<String, CredentialConfig>,
     pub guardrails: GuardrailsConfig,
@@ -423,6 +476,7 @@ mod raw {
         pub subscription: Vec<Spanned<Subscription>>,
         pub telemetry: Option<Telemetry>,
         pub detection: Option<Detection>,
+        pub ha: Option<Ha>,
     }
 
     #[derive(Deserialize)]
@@ -460,6 +514,15 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct State {
         pub path: Option<Spanned<PathBuf>>,
+        pub url: Option<Spanned<String>>,
+        pub url_file: Option<Spanned<PathBuf>>,
+        pub url_env: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Ha {
+        pub lease: Option<Spanned<String>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -716,15 +779,8 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
     };
 
     // [state]
-    let state_path = match file.state.as_ref().and_then(|s| s.get_ref().path.as_ref()) {
-        Some(p) => Some(base_dir.join(p.get_ref())),
-        None => {
-            if !ck.unreadable.contains("state") {
-                ck.at(0..0, "missing [state] path: where the state database lives");
-            }
-            None
-        }
-    };
+    let state = validate_state(file.state.as_ref(), ck, env, &base_dir, &resolve);
+    let ha = validate_ha(file.ha.as_ref(), ck);
 
     // [azure]
     let az = file.azure.unwrap_or_default();
@@ -976,7 +1032,8 @@ fn validate(file: raw::File, ck: &mut Checker<'_>, path: &Path, env: &dyn Env) -
 
     Some(Config {
         path: path.to_path_buf(),
-        state_path: state_path?,
+        state: state?,
+        ha: ha?,
         azure: AzureConfig {
             cloud,
             resource_manager_url: resource_manager_url?,
@@ -1017,6 +1074,90 @@ fn event_handlers(
             None
         }
     }
+}
+
+fn validate_state(
+    st: Option<&Spanned<raw::State>>,
+    ck: &mut Checker<'_>,
+    env: &dyn Env,
+    base_dir: &Path,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+) -> Option<StateConfig> {
+    let Some(st) = st else {
+        if !ck.unreadable.contains("state") {
+            ck.at(
+                0..0,
+                "missing [state]: path (an SQLite file) or url (a PostgreSQL database)",
+            );
+        }
+        return None;
+    };
+    let span = st.span();
+    let s = st.get_ref();
+    let url_given = s.url.is_some() || s.url_file.is_some() || s.url_env.is_some();
+    match (&s.path, url_given) {
+        (Some(p), false) => Some(StateConfig::Sqlite(base_dir.join(p.get_ref()))),
+        (Some(p), true) => {
+            ck.at(
+                p.span(),
+                "[state]: set either path (SQLite) or url (PostgreSQL), not both",
+            );
+            None
+        }
+        (None, false) => {
+            ck.at(
+                span,
+                "[state]: set path (an SQLite file) or url (a PostgreSQL database)",
+            );
+            None
+        }
+        (None, true) => {
+            let url = load_secret(
+                SecretSource {
+                    inline: s.url.as_ref(),
+                    file: s.url_file.as_ref(),
+                    env: s.url_env.as_ref(),
+                },
+                "[state] url",
+                span.clone(),
+                ck,
+                env,
+                resolve,
+            )?;
+            // The URL may hold a password: say what is wrong, never what it is.
+            let at = s
+                .url
+                .as_ref()
+                .map(|v| v.span())
+                .or(s.url_file.as_ref().map(|v| v.span()))
+                .or(s.url_env.as_ref().map(|v| v.span()))
+                .unwrap_or(span);
+            match crate::store::DatabaseUrl::parse(url.expose_secret()) {
+                Ok(u) => Some(StateConfig::Postgres(u)),
+                Err(e) => {
+                    ck.at(at, format!("[state] url: {e}"));
+                    None
+                }
+            }
+        }
+    }
+}
+
+fn validate_ha(h: Option<&raw::Ha>, ck: &mut Checker<'_>) -> Option<HaConfig> {
+    let mut out = HaConfig::default();
+    let Some(lease) = h.and_then(|h| h.lease.as_ref()) else {
+        return Some(out);
+    };
+    let v = ck.duration(lease, "[ha] lease")?;
+    if v < Duration::from_secs(1) || v > Duration::from_secs(3600) {
+        ck.at(
+            lease.span(),
+            "[ha] lease must be between 1s and 1h (renewed every third of it)",
+        );
+        return None;
+    }
+    out.lease = v;
+    Some(out)
 }
 
 fn validate_detection(d: Option<&raw::Detection>, ck: &mut Checker<'_>) -> Option<DetectionConfig> {
@@ -1239,6 +1380,7 @@ impl raw::File {
         self.subscription.extend(part.subscription);
         self.telemetry = part.telemetry.or(self.telemetry.take());
         self.detection = part.detection.or(self.detection.take());
+        self.ha = part.ha.or(self.ha.take());
     }
 }
 
@@ -1262,6 +1404,7 @@ fn redact_secret_value(source: &str, at: &Range<usize>, message: &str) -> String
         "access_key",
         "secret_key",
         "workspace_url",
+        "url",
     ]
     .contains(&key)
     {

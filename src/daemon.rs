@@ -13,6 +13,11 @@
 //! - The watchdog (`WatchdogSec=`) is pinged from this loop, only while the
 //!   forwarder runs and no subscription task is stuck in a poll without
 //!   progress; a hung scheduler therefore gets the service restarted.
+//! - Leases (`lease.rs`): a subscription task runs only while this instance
+//!   holds the subscription; the supervisor follows the store's `held`
+//!   channel, starting and stopping tasks as leases are taken, given back or
+//!   lost. With SQLite it holds every configured subscription. At a clean
+//!   stop the leases are given back, so another instance takes over at once.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,10 +31,11 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::config::{Config, CredentialConfig, ProcessEnv, SubscriptionConfig};
 use crate::event::Timestamp;
+use crate::lease;
 use crate::notify;
 use crate::poll::Heartbeat;
 use crate::scheduler::subscription_task;
-use crate::store::StoreError;
+use crate::store::{Share, StoreError};
 
 /// What the signal handler asks of the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +75,11 @@ struct Supervisor {
     retiring: JoinSet<()>,
     /// The live event handler checks (`detect.rs`), restarted on reload.
     detecting: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// The subscriptions this instance holds (see `lease.rs`).
+    held: watch::Receiver<std::collections::BTreeSet<String>>,
+    /// Tasks stopped because their lease went, until they end: a task
+    /// started again for the same subscription waits for its predecessor.
+    released: BTreeMap<String, JoinHandle<()>>,
 }
 
 impl Supervisor {
@@ -94,6 +105,39 @@ impl Supervisor {
                 beat,
             },
         );
+    }
+
+    /// Starts the tasks of held subscriptions and stops those of subscriptions
+    /// no longer held.
+    fn follow_leases(&mut self) {
+        let held = self.held.borrow_and_update().clone();
+        let gone: Vec<String> = self
+            .running
+            .keys()
+            .filter(|id| !held.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            tracing::info!(subscription = %id, "no longer held by this instance: stopping its polls");
+            if let Some(task) = self.retire(&id) {
+                self.released.insert(id.clone(), task);
+            }
+            self.app.health.untrack(&id);
+        }
+        self.released.retain(|_, t| !t.is_finished());
+        let start: Vec<SubscriptionConfig> = self
+            .app
+            .config
+            .subscriptions
+            .iter()
+            .filter(|s| held.contains(s.id.as_str()) && !self.running.contains_key(s.id.as_str()))
+            .cloned()
+            .collect();
+        for sub in start {
+            tracing::info!(subscription = %sub.label(), "held by this instance: polling it");
+            let previous = self.released.remove(sub.id.as_str());
+            self.start(sub, previous);
+        }
     }
 
     /// Tells a task to stop; returns its handle so a successor can wait for it.
@@ -137,12 +181,15 @@ impl Supervisor {
     fn apply(&mut self, new: Arc<App>, forwarding: &mut Forwarding) -> String {
         let old = self.app.clone();
         let (oc, nc) = (&old.config, &new.config);
-        if oc.state_path != nc.state_path {
+        if !oc.state.same_as(&nc.state) {
             tracing::warn!(
-                running = %oc.state_path.display(),
-                configured = %nc.state_path.display(),
-                "[state] path changes only on restart; still using the running one"
+                running = %oc.state.describe(),
+                configured = %nc.state.describe(),
+                "[state] changes only on restart; still using the running one"
             );
+        }
+        if oc.ha != nc.ha {
+            tracing::warn!("[ha] changes only on restart");
         }
         if oc.telemetry_listen != nc.telemetry_listen {
             tracing::warn!("[telemetry] listen changes only on restart");
@@ -206,7 +253,7 @@ impl Supervisor {
                     changed += 1;
                 }
                 None => {
-                    self.start(sub, None);
+                    // Started once this instance holds it (`follow_leases`).
                     added += 1;
                 }
             }
@@ -288,6 +335,14 @@ fn reload(current: &App, path: &Path) -> Result<Arc<App>, String> {
         .map_err(|e| e.to_string())
 }
 
+fn configured_ids(config: &Config) -> Vec<String> {
+    config
+        .subscriptions
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect()
+}
+
 /// Runs the daemon until a [`Signal::Stop`] (or the channel closes).
 pub async fn run(
     app: Arc<App>,
@@ -296,6 +351,27 @@ pub async fn run(
     grace: Duration,
 ) -> Result<(), StoreError> {
     let path = app.config.path.clone();
+    let ha = app.config.ha;
+    let first = lease::round(&app.store, &configured_ids(&app.config), ha, Share::Fair).await?;
+    app.health.leases(first.held.len(), first.share, first.live);
+    if app.store.shared() {
+        tracing::info!(
+            instance = %app.instance.id,
+            host = %app.instance.host,
+            pid = app.instance.pid,
+            held = first.held.len(),
+            share = first.share,
+            live = first.live,
+            "sharing the state with other instances: polling the subscriptions this one holds"
+        );
+    }
+    let keeper = lease::Keeper::spawn(
+        app.store.clone(),
+        app.health.clone(),
+        ha,
+        Share::Fair,
+        configured_ids(&app.config),
+    );
     let mut sup = Supervisor {
         permits: Arc::new(Semaphore::new(app.config.azure.concurrency)),
         app: app.clone(),
@@ -303,10 +379,10 @@ pub async fn run(
         running: BTreeMap::new(),
         retiring: JoinSet::new(),
         detecting: None,
+        held: app.store.held(),
+        released: BTreeMap::new(),
     };
-    for sub in app.config.subscriptions.clone() {
-        sup.start(sub, None);
-    }
+    sup.follow_leases();
     sup.restart_detection(false);
     let mut forwarding = start_forwarder(&app);
     notify::ready(&sup.status_line());
@@ -325,7 +401,9 @@ pub async fn run(
                     tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
                     match reload(&sup.app, &path) {
                         Ok(new) => {
+                            keeper.want(configured_ids(&new.config));
                             let summary = sup.apply(new, &mut forwarding);
+                            sup.follow_leases();
                             sup.restart_detection(true);
                             tracing::info!(%summary, "configuration reloaded");
                         }
@@ -338,6 +416,12 @@ pub async fn run(
                 }
                 Some(Signal::Stop) | None => break None,
             },
+            changed = sup.held.changed() => {
+                if changed.is_ok() {
+                    sup.follow_leases();
+                    notify::status(&sup.status_line());
+                }
+            }
             ended = &mut forwarding.task => break Some(match ended {
                 Ok(Ok(())) => StoreError::Task("the forwarder stopped".into()),
                 Ok(Err(e)) => e,
@@ -378,6 +462,11 @@ pub async fn run(
             });
         }
     }
+    for (_, t) in std::mem::take(&mut sup.released) {
+        tasks.spawn(async move {
+            let _ = t.await;
+        });
+    }
     let _ = forwarding.stop.send(true);
     let drained = tokio::time::timeout_at(deadline, async {
         while tasks.join_next().await.is_some() {}
@@ -391,17 +480,26 @@ pub async fn run(
         tasks.abort_all();
         sup.retiring.abort_all();
     }
-    if let Some(e) = failed {
-        return Err(e);
+    let ended = match failed {
+        Some(e) => Err(e),
+        None => match tokio::time::timeout_at(deadline + Duration::from_secs(1), forwarding.task)
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(StoreError::Task(e.to_string())),
+            Err(_) => {
+                tracing::warn!(
+                    "grace period over: abandoning deliveries in flight (they stay in the outbox)"
+                );
+                Ok(())
+            }
+        },
+    };
+    // Nothing polls or delivers any more: give the leases back, so that
+    // another instance takes over now rather than when they expire.
+    keeper.stop().await;
+    if let Err(e) = app.store.leave().await {
+        tracing::warn!(error = %e, "cannot give the leases back; they expire on their own");
     }
-    match tokio::time::timeout_at(deadline + Duration::from_secs(1), forwarding.task).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => Err(StoreError::Task(e.to_string())),
-        Err(_) => {
-            tracing::warn!(
-                "grace period over: abandoning deliveries in flight (they stay in the outbox)"
-            );
-            Ok(())
-        }
-    }
+    ended
 }

@@ -654,12 +654,10 @@ async fn apply(app: &crate::app::App, sub: &SubscriptionConfig, detection: &Dete
             (state, format!("check failed: {}", errors.join("; ")))
         }
     };
-    let id_owned = id.to_string();
     let now = chrono::Utc::now();
-    let detail = detail.clone();
     if let Err(e) = app
         .store
-        .call(move |s| s.note_detection(&id_owned, now, state, &detail))
+        .note_detection(id, now, state, detail.clone())
         .await
     {
         tracing::warn!(error = %e, "cannot note the detection result");

@@ -248,10 +248,7 @@ impl Forwarder {
                     skip.extend(self.waiting());
                     let want = (limit * 2).max(MIN_BATCH);
                     let after = self.lock_last().clone();
-                    let batch = self
-                        .store
-                        .call(move |s| s.next_batch(want, &skip, after.as_deref()))
-                        .await?;
+                    let batch = self.store.next_batch(want, skip, after).await?;
                     exhausted = batch.is_empty();
                     if let Some(last) = batch.last() {
                         *self.lock_last() = Some(last.subscription_id.clone());
@@ -352,9 +349,7 @@ impl Forwarder {
                 }
             }
         }
-        self.store
-            .call(move |s| s.settle(&acks, &rejects, &failures))
-            .await?;
+        self.store.settle(acks, rejects, failures).await?;
         for (ev, outcome) in done {
             if *outcome == Delivery::Acked {
                 self.delivered.add(&ev.subscription_id);
@@ -430,7 +425,7 @@ impl Forwarder {
             let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
             self.limit.restart();
             if since.elapsed() >= give_up_after {
-                let pending = self.store.call(|s| s.outbox_depth()).await?;
+                let pending = self.store.outbox_depth().await?;
                 return Err(ForwardError::Unavailable {
                     pending,
                     last: reason,

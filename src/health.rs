@@ -1,7 +1,8 @@
 //! Liveness and readiness, and the HTTP server that exposes them with the
-//! metrics: `/healthz` (the process answers), `/readyz` (every subscription
-//! polled successfully within three intervals; the body names the ones that
-//! are not), `/metrics` (Prometheus text). Off unless `[telemetry] listen` is set.
+//! metrics: `/healthz` (the process answers), `/readyz` (this instance holds
+//! its share of the subscriptions, and every one it holds was polled
+//! successfully within three intervals; the body names what is not),
+//! `/metrics` (Prometheus text). Off unless `[telemetry] listen` is set.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +33,8 @@ struct SubscriptionHealth {
 #[derive(Debug, Default)]
 pub struct Health {
     subs: Mutex<BTreeMap<String, SubscriptionHealth>>,
+    /// The last lease round: (held, share, live instances).
+    leases: Mutex<Option<(usize, usize, usize)>>,
 }
 
 /// How many intervals a subscription may go without a successful poll.
@@ -95,9 +98,28 @@ impl Health {
         self.lock().values().filter(|s| s.paused.is_some()).count()
     }
 
-    /// The subscriptions that are not ready, with why.
+    /// What the last lease round held, of its share, among `live` instances.
+    pub fn leases(&self, held: usize, share: usize, live: usize) {
+        *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = Some((held, share, live));
+    }
+
+    /// The subscriptions that are not ready, with why; first, when this
+    /// instance holds less than its share of the subscriptions, that.
     pub fn not_ready(&self) -> Vec<String> {
         let now = Instant::now();
+        let short = match *self.leases.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((held, share, live)) if held < share => Some(format!(
+                "holds {held} of its share of {share} subscription(s) ({live} live instance(s))"
+            )),
+            _ => None,
+        };
+        short
+            .into_iter()
+            .chain(self.not_ready_subscriptions(now))
+            .collect()
+    }
+
+    fn not_ready_subscriptions(&self, now: Instant) -> Vec<String> {
         self.lock()
             .values()
             .filter_map(|s| {
@@ -149,7 +171,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
     let Some(exporter) = a.exporter.clone() else {
         return (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response();
     };
-    if let Ok(states) = a.store.call(|s| s.states()).await {
+    if let Ok(states) = a.store.states().await {
         let outbox: Vec<(String, i64)> = states
             .iter()
             .map(|s| (s.subscription_id.clone(), s.outbox))

@@ -20,6 +20,7 @@ pub mod forward;
 pub mod guardrails_api;
 pub mod health;
 pub mod import;
+pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod poll;

@@ -58,7 +58,7 @@ impl PollError {
     pub fn is_transient(&self) -> bool {
         match self {
             PollError::Azure(e) => e.is_transient(),
-            PollError::Store(_) => false,
+            PollError::Store(e) => e.is_lease(),
         }
     }
 }
@@ -164,10 +164,7 @@ impl Poller {
         let id = sub.id.as_str().to_string();
         let window =
             chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
-        let existing = {
-            let id = id.clone();
-            self.store.call(move |s| s.cursor(&id)).await?
-        };
+        let existing = self.store.cursor(&id).await?;
         if existing.is_none() && since.is_none() && self.skew().is_none() {
             // A first run starts one window before Azure's "now", not ours:
             // ask Azure for the time with an empty query before placing it.
@@ -176,15 +173,12 @@ impl Poller {
             let fetched = self.client.fetch(&probe, tokens, beat).await?;
             self.learn_skew(fetched.server_date);
         }
-        let mut cursor = {
-            let id = id.clone();
-            let start = since.unwrap_or_else(|| self.now() - window);
-            self.store
-                .call(move |s| match s.cursor(&id)? {
-                    Some(c) => Ok(c),
-                    None => s.init_cursor(&id, to_ticks(start)),
-                })
-                .await?
+        let mut cursor = match existing {
+            Some(c) => c,
+            None => {
+                let start = since.unwrap_or_else(|| self.now() - window);
+                self.store.init_cursor(&id, to_ticks(start)).await?
+            }
         };
         let mut report = PollReport::default();
         loop {
@@ -343,9 +337,8 @@ impl Poller {
                     watermark,
                     prune_before: watermark - window,
                 };
-                let sub_id = id.clone();
                 self.store
-                    .call(move |s| s.record_page(&sub_id, &[], &[], Some(advance)))
+                    .record_page(&id, Vec::new(), Vec::new(), Some(advance))
                     .await?;
             }
         }
@@ -432,10 +425,9 @@ impl Poller {
                 watermark,
                 prune_before: watermark.max(start) - window,
             });
-            let sub_id = id.clone();
             let rec = self
                 .store
-                .call(move |s| s.record_page(&sub_id, &entries, &malformed, advance))
+                .record_page(&id, entries, malformed, advance)
                 .await?;
             report.new += rec.new;
             report.duplicate += rec.duplicate;

@@ -21,6 +21,7 @@ use crate::config::SubscriptionConfig;
 use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
 use crate::poll::{Heartbeat, PollError, PollReport};
+use crate::store::{Share, StoreError};
 
 /// Where in each interval a subscription polls: a stable spread from its id.
 fn phase(id: &str, interval: Duration) -> Duration {
@@ -65,7 +66,7 @@ async fn poll_and_log(
     let started = Instant::now();
     let outcome = match app.tokens_for(sub) {
         Some(tokens) => app.poller.poll(sub, &tokens, since, beat).await,
-        None => Err(PollError::Store(crate::store::StoreError::Task(format!(
+        None => Err(PollError::Store(StoreError::Task(format!(
             "credential {:?} is not built",
             sub.credential
         )))),
@@ -125,10 +126,34 @@ async fn poll_and_log(
             crate::metrics::poll_finished(&id, None, started.elapsed().as_secs_f64(), None);
         }
     }
-    if let Err(e) = app.store.call(move |s| s.note_poll(&id, now, &note)).await {
+    if let Err(e) = app.store.note_poll(&id, now, note).await {
         tracing::warn!(error = %e, "cannot note the poll result");
     }
     outcome
+}
+
+/// Takes the lease of every configured subscription for `--once`, waiting up
+/// to one lease for those another instance holds (a killed one's expire).
+async fn take_leases(
+    app: &App,
+    ids: &[String],
+) -> Result<std::collections::BTreeSet<String>, String> {
+    let ha = app.config.ha;
+    let deadline = Instant::now() + ha.lease + ha.renew_every();
+    loop {
+        let report = crate::lease::round(&app.store, ids, ha, Share::All)
+            .await
+            .map_err(|e| e.to_string())?;
+        if report.held.len() == ids.len() || Instant::now() >= deadline {
+            return Ok(report.held);
+        }
+        tracing::info!(
+            held = report.held.len(),
+            configured = ids.len(),
+            "another instance holds some subscriptions; waiting up to a lease for them"
+        );
+        tokio::time::sleep(ha.renew_every()).await;
+    }
 }
 
 /// One pass over every subscription, then delivery of everything queued.
@@ -139,6 +164,25 @@ pub async fn run_once(
 ) -> OnceSummary {
     let permits = Arc::new(Semaphore::new(app.config.azure.concurrency));
     let mut tasks = JoinSet::new();
+    let mut polls = Vec::new();
+    // On shared state, only the subscriptions no other live instance holds,
+    // kept for the whole run.
+    let ids: Vec<String> = app
+        .config
+        .subscriptions
+        .iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    let ha = app.config.ha;
+    let taken = take_leases(&app, &ids).await;
+    let held = taken.clone().unwrap_or_default();
+    let keeper = crate::lease::Keeper::spawn(
+        app.store.clone(),
+        app.health.clone(),
+        ha,
+        Share::All,
+        held.iter().cloned().collect(),
+    );
     // Deliver while polling, so a long catch-up does not pile up the outbox.
     let (stop_tx, stop_rx) = watch::channel(false);
     let forwarding = {
@@ -146,6 +190,23 @@ pub async fn run_once(
         tokio::spawn(async move { app.forwarder.run(app.outbox_ready.clone(), stop_rx).await })
     };
     for i in 0..app.config.subscriptions.len() {
+        let sub = &app.config.subscriptions[i];
+        if !held.contains(sub.id.as_str()) {
+            let refused = match &taken {
+                Ok(_) => StoreError::HeldElsewhere {
+                    subscription: sub.id.to_string(),
+                },
+                Err(reason) => StoreError::Pool {
+                    context: "taking leases",
+                    reason: reason.clone(),
+                },
+            };
+            polls.push(OnceResult {
+                subscription: sub.label(),
+                outcome: Err(PollError::Store(refused)),
+            });
+            continue;
+        }
         let app = app.clone();
         let permits = permits.clone();
         tasks.spawn(async move {
@@ -158,7 +219,6 @@ pub async fn run_once(
             }
         });
     }
-    let mut polls = Vec::new();
     while let Some(done) = tasks.join_next().await {
         match done {
             Ok(r) => polls.push(r),
@@ -169,14 +229,16 @@ pub async fn run_once(
     let early = match forwarding.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(ForwardError::Store(e)),
-        Err(e) => Err(ForwardError::Store(crate::store::StoreError::Task(
-            e.to_string(),
-        ))),
+        Err(e) => Err(ForwardError::Store(StoreError::Task(e.to_string()))),
     };
     let delivery = match early {
         Ok(()) => app.forwarder.drain(give_up_after).await,
         Err(e) => Err(e),
     };
+    keeper.stop().await;
+    if let Err(e) = app.store.leave().await {
+        tracing::warn!(error = %e, "cannot give the leases back; they expire on their own");
+    }
     polls.sort_by(|a, b| a.subscription.cmp(&b.subscription));
     OnceSummary { polls, delivery }
 }

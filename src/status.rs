@@ -1,13 +1,15 @@
 //! `status` and `dead-letters`: read (and for dead letters, change) the state
-//! database next to a running daemon. SQLite's WAL lets them read while the
-//! daemon writes; they never create or migrate a database.
+//! next to running daemons. SQLite's WAL lets them read while the daemon
+//! writes; PostgreSQL is shared anyway. They never create or migrate a
+//! database. On PostgreSQL, `status` also shows which instance holds each
+//! subscription's lease, and the instances with their host and pid.
 
 use std::path::Path;
 
 use chrono::Utc;
 use serde::Serialize;
 
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Config, ProcessEnv, StateConfig};
 use crate::event::{Timestamp, rfc3339};
 use crate::store::{Store, StoreError};
 
@@ -39,22 +41,47 @@ pub struct SubscriptionStatus {
     pub detection: Option<String>,
     pub detection_detail: Option<String>,
     pub detection_checked: Option<String>,
+    /// The instance holding the subscription's lease (PostgreSQL only).
+    pub lease_holder: Option<String>,
+    pub lease_expires: Option<String>,
+    /// The lease is unexpired.
+    pub lease_held: bool,
 }
 
-fn open(config_path: &Path) -> Result<(Config, Store), StatusError> {
+async fn open(config_path: &Path) -> Result<(Config, Store), StatusError> {
     let config = Config::load(config_path, &ProcessEnv)?;
-    if !config.state_path.exists() {
-        return Err(StatusError::NoState(
-            config.state_path.display().to_string(),
-        ));
+    if let StateConfig::Sqlite(path) = &config.state
+        && !path.exists()
+    {
+        return Err(StatusError::NoState(path.display().to_string()));
     }
-    let store = Store::open_existing(&config.state_path)?;
+    let store = Store::open_existing(&config.state).await?;
     Ok((config, store))
 }
 
-pub fn collect(config_path: &Path) -> Result<Vec<SubscriptionStatus>, StatusError> {
-    let (config, store) = open(config_path)?;
-    let states = store.states()?;
+/// What `status` shows: every subscription, and the instances sharing the state.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub subscriptions: Vec<SubscriptionStatus>,
+    /// Empty on SQLite.
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    pub instance: String,
+    pub host: String,
+    pub pid: i64,
+    pub started: String,
+    pub heartbeat_expires: String,
+    pub live: bool,
+    /// Subscriptions whose lease it holds (unexpired).
+    pub holds: usize,
+}
+
+pub async fn collect(config_path: &Path) -> Result<Status, StatusError> {
+    let (config, store) = open(config_path).await?;
+    let states = store.states().await?;
     let now = Utc::now();
     let mut out: Vec<SubscriptionStatus> = Vec::new();
     for sub in &config.subscriptions {
@@ -79,7 +106,27 @@ pub fn collect(config_path: &Path) -> Result<Vec<SubscriptionStatus>, StatusErro
             out.push(row(&st.subscription_id, None, false, Some(st), now));
         }
     }
-    Ok(out)
+    let instances = store
+        .instances()
+        .await?
+        .into_iter()
+        .map(|i| InstanceStatus {
+            holds: out
+                .iter()
+                .filter(|r| r.lease_holder.as_deref() == Some(i.id.as_str()) && r.lease_held)
+                .count(),
+            instance: i.id,
+            host: i.host,
+            pid: i.pid,
+            started: rfc3339(i.started_at),
+            heartbeat_expires: rfc3339(i.expires_at),
+            live: i.live,
+        })
+        .collect();
+    Ok(Status {
+        subscriptions: out,
+        instances,
+    })
 }
 
 fn row(
@@ -110,10 +157,18 @@ fn row(
         detection_checked: st
             .and_then(|s| s.detection.as_ref())
             .map(|d| rfc3339(d.checked_at)),
+        lease_holder: st.and_then(|s| s.lease.as_ref()).map(|l| l.holder.clone()),
+        lease_expires: st
+            .and_then(|s| s.lease.as_ref())
+            .map(|l| rfc3339(l.expires_at)),
+        lease_held: st
+            .and_then(|s| s.lease.as_ref())
+            .is_some_and(|l| l.expires_at > now),
     }
 }
 
-pub fn render_table(rows: &[SubscriptionStatus]) -> String {
+pub fn render_table(status: &Status) -> String {
+    let rows = &status.subscriptions;
     let mut out = format!(
         "{:<38} {:<16} {:<21} {:>8} {:<21} {:>7} {:>5}  {:<9} {}\n",
         "SUBSCRIPTION",
@@ -173,6 +228,39 @@ pub fn render_table(rows: &[SubscriptionStatus]) -> String {
         out.push('\n');
         out.push_str(&notes);
     }
+    if !status.instances.is_empty() {
+        out.push_str(&format!(
+            "\n{:<34} {:<24} {:>8} {:<21} {:>5} {}\n",
+            "INSTANCE", "HOST", "PID", "STARTED", "HOLDS", "STATE"
+        ));
+        for i in &status.instances {
+            out.push_str(&format!(
+                "{:<34} {:<24} {:>8} {:<21} {:>5} {}\n",
+                i.instance,
+                i.host,
+                i.pid,
+                i.started,
+                i.holds,
+                if i.live { "live" } else { "gone" }
+            ));
+        }
+        out.push_str(&format!(
+            "\n{:<38} {:<34} {}\n",
+            "SUBSCRIPTION", "LEASE HOLDER", "LEASE EXPIRES"
+        ));
+        for r in rows {
+            out.push_str(&format!(
+                "{:<38} {:<34} {}\n",
+                r.subscription,
+                match (&r.lease_holder, r.lease_held) {
+                    (Some(h), true) => h.clone(),
+                    (Some(h), false) => format!("{h} (expired)"),
+                    (None, _) => "-".into(),
+                },
+                r.lease_expires.as_deref().unwrap_or("-")
+            ));
+        }
+    }
     out
 }
 
@@ -185,10 +273,11 @@ pub struct DeadLetterRow {
     pub reason: String,
 }
 
-pub fn dead_letters(config_path: &Path) -> Result<Vec<DeadLetterRow>, StatusError> {
-    let (_, store) = open(config_path)?;
+pub async fn dead_letters(config_path: &Path) -> Result<Vec<DeadLetterRow>, StatusError> {
+    let (_, store) = open(config_path).await?;
     Ok(store
-        .dead_letters()?
+        .dead_letters()
+        .await?
         .into_iter()
         .map(|d| DeadLetterRow {
             number: d.seq,
@@ -218,15 +307,16 @@ pub fn render_dead_letters(rows: &[DeadLetterRow]) -> String {
 }
 
 /// Retries (`retry = true`) or drops dead letters; `None` means all.
-pub fn act_on_dead_letters(
+pub async fn act_on_dead_letters(
     config_path: &Path,
     numbers: Option<&[i64]>,
     retry: bool,
 ) -> Result<usize, StatusError> {
-    let (_, store) = open(config_path)?;
+    let (_, store) = open(config_path).await?;
+    let numbers = numbers.map(<[i64]>::to_vec);
     Ok(if retry {
-        store.retry_dead_letters(numbers)?
+        store.retry_dead_letters(numbers).await?
     } else {
-        store.drop_dead_letters(numbers)?
+        store.drop_dead_letters(numbers).await?
     })
 }

@@ -975,3 +975,52 @@ fn check_config_warns_when_the_service_could_not_read_the_file() {
     run.assert_valid();
     assert!(run.warnings().is_empty(), "{}", run.context());
 }
+
+// ------------------------------------------------------ [state] url, [ha] ----
+
+#[test]
+fn a_postgres_state_url_and_ha_lease_are_valid() {
+    let text = BASE.replace(
+        "path = \"state.db\"\n",
+        "url = \"postgres://poller:pw-DO-NOT-LOG@db.example:5432/poller?sslmode=verify-full\"\n\n[ha]\nlease = \"10s\"\n",
+    );
+    let run = check(&text);
+    run.assert_valid();
+    run.assert_never_shows("pw-DO-NOT-LOG");
+}
+
+#[test]
+fn state_url_problems_are_reported_without_the_password() {
+    for (url, words) in [
+        (
+            "mysql://poller:pw-DO-NOT-LOG@db/x",
+            &["[state] url", "postgres://"][..],
+        ),
+        (
+            "postgres://poller:pw-DO-NOT-LOG@db/x?sslmode=sometimes",
+            &["[state] url", "sslmode"][..],
+        ),
+    ] {
+        let text = BASE.replace("path = \"state.db\"\n", &format!("url = \"{url}\"\n"));
+        let run = check(&text);
+        run.assert_problem((2, 7), words);
+        run.assert_never_shows("pw-DO-NOT-LOG");
+    }
+    let both = BASE.replace(
+        "path = \"state.db\"\n",
+        "path = \"state.db\"\nurl = \"postgres://p@db/x\"\n",
+    );
+    check(&both).assert_problem((2, 8), &["either path", "not both"]);
+}
+
+#[test]
+fn an_ha_lease_out_of_range_is_reported() {
+    let text = format!("{BASE}\n[ha]\nlease = \"100ms\"\n");
+    let run = check(&text);
+    assert_eq!(run.code, Some(CONFIG_EXIT), "{}", run.context());
+    assert!(
+        run.stderr.contains("[ha] lease must be between 1s and 1h"),
+        "{}",
+        run.context()
+    );
+}

@@ -9,9 +9,33 @@ use std::time::Duration;
 use chrono::Utc;
 use support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn once_delivers_a_multi_page_window_exactly_once() {
-    let mut h = Harness::new().await;
+crate::on_both_backends!(
+    once_delivers_a_multi_page_window_exactly_once,
+    only_configured_statuses_are_sent,
+    refusal_exits_78_and_polls_and_sends_nothing,
+    the_real_client_secret_credential_signs_in_and_its_token_is_used,
+    a_wrong_client_secret_fails_clearly_without_printing_it,
+    a_restart_resumes_from_the_watermark_without_gap_or_duplicate,
+    the_daemon_delivers_a_late_entry_exactly_once,
+    endpoint_down_then_up_delivers_everything_once,
+    once_with_the_endpoint_down_exits_75_and_the_next_run_delivers,
+    throttling_honours_retry_after,
+    server_errors_and_cut_connections_are_retried,
+    persistent_server_errors_fail_the_subscription_with_75_and_keep_the_watermark,
+    a_401_refreshes_the_token_once,
+    a_malformed_page_fails_the_poll_without_moving_the_watermark,
+    unidentifiable_entries_and_rejected_events_go_to_dead_letters,
+    a_host_clock_ahead_of_azure_loses_nothing,
+    a_next_link_to_another_host_is_refused,
+    since_places_the_first_query_and_is_bounded_by_90_days,
+    killed_mid_window_resumes_without_loss_or_duplicate,
+    killed_while_delivering_loses_nothing_and_repeats_only_cut_posts,
+    a_failing_subscription_does_not_stop_the_others,
+    each_format_posts_the_webhook_shape,
+);
+
+async fn once_delivers_a_multi_page_window_exactly_once(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.fakes.azure.lock().unwrap().page_size = 50;
     let good = spread(SUB_A, "ok", 230, 8, "Succeeded");
     h.fakes.add(good.clone());
@@ -29,9 +53,8 @@ async fn once_delivers_a_multi_page_window_exactly_once() {
     assert!(run.stderr.contains("poll complete"), "{}", run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn only_configured_statuses_are_sent() {
-    let mut h = Harness::new().await;
+async fn only_configured_statuses_are_sent(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let mut all = Vec::new();
     let succeeded = spread(SUB_A, "s", 20, 8, "Succeeded");
     all.extend(succeeded.clone());
@@ -52,9 +75,8 @@ async fn only_configured_statuses_are_sent() {
     assert_exactly_once(&h.fakes.received_ids(), &ids(&succeeded));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusal_exits_78_and_polls_and_sends_nothing() {
-    let mut h = Harness::new().await;
+async fn refusal_exits_78_and_polls_and_sends_nothing(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.subscriptions = vec![(SUB_A.to_string(), false), (SUB_B.to_string(), true)];
     h.fakes.add(spread(SUB_A, "a", 5, 8, "Succeeded"));
     for args in [vec![], vec!["--once"]] {
@@ -91,9 +113,8 @@ fn assert_no_secrets(h: &Harness, output: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_client_secret_credential_signs_in_and_its_token_is_used() {
-    let mut h = Harness::new().await;
+async fn the_real_client_secret_credential_signs_in_and_its_token_is_used(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.fakes.add(spread(SUB_A, "a", 3, 5, "Succeeded"));
     let run = h.once(&[]).await;
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
@@ -117,9 +138,8 @@ async fn the_real_client_secret_credential_signs_in_and_its_token_is_used() {
     assert_no_secrets(&h, &run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_client_secret_fails_clearly_without_printing_it() {
-    let mut h = Harness::new().await;
+async fn a_wrong_client_secret_fails_clearly_without_printing_it(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     std::fs::write(h.path("client-secret"), "not-the-secret-DO-NOT-LOG").unwrap();
     let run = h.once(&[]).await;
     assert_eq!(run.code, Some(69), "stderr:\n{}", run.stderr);
@@ -132,9 +152,8 @@ async fn a_wrong_client_secret_fails_clearly_without_printing_it() {
     assert_eq!(h.fakes.ingest.lock().unwrap().attempts, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_resumes_from_the_watermark_without_gap_or_duplicate() {
-    let mut h = Harness::new().await;
+async fn a_restart_resumes_from_the_watermark_without_gap_or_duplicate(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "30s";
     let first = spread(SUB_A, "first", 40, 20, "Succeeded");
     h.fakes.add(first.clone());
@@ -183,9 +202,8 @@ async fn a_restart_resumes_from_the_watermark_without_gap_or_duplicate() {
     assert_no_secrets(&h, &run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_daemon_delivers_a_late_entry_exactly_once() {
-    let mut h = Harness::new().await;
+async fn the_daemon_delivers_a_late_entry_exactly_once(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.interval = "1s";
     h.window = "20s";
     let early = spread(SUB_A, "early", 10, 5, "Succeeded");
@@ -227,9 +245,8 @@ async fn the_daemon_delivers_a_late_entry_exactly_once() {
     assert_no_secrets(&h, &log);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoint_down_then_up_delivers_everything_once() {
-    let mut h = Harness::new().await;
+async fn endpoint_down_then_up_delivers_everything_once(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.interval = "1s";
     h.window = "20s";
     h.fakes.set_ingest(IngestMode::Down(503));
@@ -266,9 +283,8 @@ async fn endpoint_down_then_up_delivers_everything_once() {
     assert_no_secrets(&h, &log);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn once_with_the_endpoint_down_exits_75_and_the_next_run_delivers() {
-    let mut h = Harness::new().await;
+async fn once_with_the_endpoint_down_exits_75_and_the_next_run_delivers(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "30s";
     h.fakes.set_ingest(IngestMode::Down(500));
     let entries = spread(SUB_A, "e", 12, 5, "Succeeded");
@@ -287,9 +303,8 @@ async fn once_with_the_endpoint_down_exits_75_and_the_next_run_delivers() {
     assert_no_secrets(&h, &run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttling_honours_retry_after() {
-    let mut h = Harness::new().await;
+async fn throttling_honours_retry_after(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let entries = spread(SUB_A, "t", 5, 5, "Succeeded");
     h.fakes.add(entries.clone());
     h.fakes.fault(Fault::Status(429, Some(1)));
@@ -307,9 +322,8 @@ async fn throttling_honours_retry_after() {
     assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_errors_and_cut_connections_are_retried() {
-    let mut h = Harness::new().await;
+async fn server_errors_and_cut_connections_are_retried(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.fakes.azure.lock().unwrap().page_size = 4;
     let entries = spread(SUB_A, "r", 10, 5, "Succeeded");
     h.fakes.add(entries.clone());
@@ -326,9 +340,10 @@ async fn server_errors_and_cut_connections_are_retried() {
     assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn persistent_server_errors_fail_the_subscription_with_75_and_keep_the_watermark() {
-    let mut h = Harness::new().await;
+async fn persistent_server_errors_fail_the_subscription_with_75_and_keep_the_watermark(
+    backend: Backend,
+) {
+    let mut h = Harness::on(backend).await;
     let entries = spread(SUB_A, "p", 6, 5, "Succeeded");
     h.fakes.add(entries.clone());
     for _ in 0..5 {
@@ -349,9 +364,8 @@ async fn persistent_server_errors_fail_the_subscription_with_75_and_keep_the_wat
     assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_401_refreshes_the_token_once() {
-    let mut h = Harness::new().await;
+async fn a_401_refreshes_the_token_once(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let entries = spread(SUB_A, "u", 3, 5, "Succeeded");
     h.fakes.add(entries.clone());
     h.fakes.fault(Fault::Status(401, None));
@@ -371,9 +385,8 @@ async fn a_401_refreshes_the_token_once() {
     assert!(run.stderr.contains("HTTP 403"), "{}", run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_malformed_page_fails_the_poll_without_moving_the_watermark() {
-    let mut h = Harness::new().await;
+async fn a_malformed_page_fails_the_poll_without_moving_the_watermark(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "30s";
     let entries = spread(SUB_A, "m", 8, 5, "Succeeded");
     h.fakes.add(entries.clone());
@@ -390,9 +403,8 @@ async fn a_malformed_page_fails_the_poll_without_moving_the_watermark() {
     assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unidentifiable_entries_and_rejected_events_go_to_dead_letters() {
-    let mut h = Harness::new().await;
+async fn unidentifiable_entries_and_rejected_events_go_to_dead_letters(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let good = spread(SUB_A, "g", 6, 5, "Succeeded");
     let mut no_id = entry(
         SUB_A,
@@ -436,23 +448,17 @@ async fn unidentifiable_entries_and_rejected_events_go_to_dead_letters() {
     let attempts = h.fakes.ingest.lock().unwrap().attempts;
     assert_eq!(attempts, good.len() + 1);
     // All three are kept where people can see them.
-    let db = rusqlite::Connection::open(h.path("state.db")).unwrap();
-    let dead: i64 = db
-        .query_row("SELECT COUNT(*) FROM dead_letter", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(dead, 3);
+    let dead = h.state_sql("SELECT COUNT(*) FROM dead_letter").await;
+    assert_eq!(dead, [Some("3".to_string())]);
     // A second run quarantines nothing twice.
     let run = h.once(&[]).await;
     assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
-    let dead: i64 = db
-        .query_row("SELECT COUNT(*) FROM dead_letter", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(dead, 3);
+    let dead = h.state_sql("SELECT COUNT(*) FROM dead_letter").await;
+    assert_eq!(dead, [Some("3".to_string())]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_clock_ahead_of_azure_loses_nothing() {
-    let mut h = Harness::new().await;
+async fn a_host_clock_ahead_of_azure_loses_nothing(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.interval = "1s";
     h.window = "5s";
     // Azure's clock is a minute behind this host's.
@@ -497,9 +503,8 @@ async fn a_host_clock_ahead_of_azure_loses_nothing() {
     assert!(log.contains("clock differs from Azure's"), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_next_link_to_another_host_is_refused() {
-    let mut h = Harness::new().await;
+async fn a_next_link_to_another_host_is_refused(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.fakes.fault(Fault::Body(
         "{\"value\": [], \"nextLink\": \"http://127.0.0.2:1/subscriptions/x?$skiptoken=1\"}",
     ));
@@ -512,9 +517,8 @@ async fn a_next_link_to_another_host_is_refused() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn since_places_the_first_query_and_is_bounded_by_90_days() {
-    let mut h = Harness::new().await;
+async fn since_places_the_first_query_and_is_bounded_by_90_days(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let old = entry(
         SUB_A,
         "two-hours-ago",
@@ -528,7 +532,7 @@ async fn since_places_the_first_query_and_is_bounded_by_90_days() {
     // Caught up in one-hour chunks.
     assert!(h.fakes.arm_requests().len() >= 2);
 
-    let mut h = Harness::new().await;
+    let mut h = Harness::on(backend).await;
     for bad in ["91days", "2020-01-01T00:00:00Z", "yesterday-ish"] {
         let run = h.once(&["--since", bad]).await;
         assert_eq!(run.code, Some(78), "--since {bad}: stderr:\n{}", run.stderr);
@@ -537,9 +541,8 @@ async fn since_places_the_first_query_and_is_bounded_by_90_days() {
     assert!(h.fakes.arm_requests().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_window_resumes_without_loss_or_duplicate() {
-    let mut h = Harness::new().await;
+async fn killed_mid_window_resumes_without_loss_or_duplicate(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "60s";
     h.fakes.azure.lock().unwrap().page_size = 5;
     h.fakes.set_ingest(IngestMode::Down(503));
@@ -565,9 +568,8 @@ async fn killed_mid_window_resumes_without_loss_or_duplicate() {
     assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_while_delivering_loses_nothing_and_repeats_only_cut_posts() {
-    let mut h = Harness::new().await;
+async fn killed_while_delivering_loses_nothing_and_repeats_only_cut_posts(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "60s";
     h.fakes.ingest.lock().unwrap().delay = Some(Duration::from_millis(15));
     let entries = spread(SUB_A, "d", 240, 30, "Succeeded");
@@ -607,9 +609,8 @@ async fn killed_while_delivering_loses_nothing_and_repeats_only_cut_posts() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_subscription_does_not_stop_the_others() {
-    let mut h = Harness::new().await;
+async fn a_failing_subscription_does_not_stop_the_others(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     const SUB_C: &str = "31522864-0578-4ea0-9fdc-e66cc564d18c";
     h.subscriptions = vec![
         (SUB_A.to_string(), false),
@@ -671,8 +672,7 @@ async fn a_failing_subscription_does_not_stop_the_others() {
     assert_exactly_once(&h.fakes.received_ids(), &expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_format_posts_the_webhook_shape() {
+async fn each_format_posts_the_webhook_shape(backend: Backend) {
     for (format, schema) in [
         (
             "activity-log-alert",
@@ -681,7 +681,7 @@ async fn each_format_posts_the_webhook_shape() {
         ("common-alert-schema", Some("azureMonitorCommonAlertSchema")),
         ("event-data", None),
     ] {
-        let mut h = Harness::new().await;
+        let mut h = Harness::on(backend).await;
         h.format = format;
         let e = entry(
             SUB_A,
@@ -791,4 +791,24 @@ async fn a_commit_torn_by_a_kill_recovers() {
     // whose watermark did not move): at worst, a few events are sent again.
     let duplicates: usize = c.values().map(|n| n - 1).sum();
     assert!(duplicates <= 8, "{duplicates} duplicates");
+}
+
+/// The PostgreSQL counterpart of a newer SQLite file: a schema version above
+/// this build's is refused (78) and left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_schema_from_a_newer_version_is_refused() {
+    let mut h = Harness::on(Backend::Postgres).await;
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    h.state_sql("UPDATE schema_version SET version = 99").await;
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(78), "stderr:\n{}", run.stderr);
+    assert!(run.stderr.contains("schema version 99"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains(postgres::DB_PASSWORD),
+        "{}",
+        run.stderr
+    );
+    let v = h.state_sql("SELECT version FROM schema_version").await;
+    assert_eq!(v, [Some("99".to_string())], "the version was reset");
 }

@@ -14,6 +14,7 @@
 #![allow(dead_code)]
 
 pub mod detection;
+pub mod postgres;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -690,14 +691,49 @@ pub fn assert_exactly_once(delivered: &[String], expected: &[String]) {
 pub const SUB_A: &str = "089bd33f-d4ec-47fe-8ba5-0753aa5c5b33";
 pub const SUB_B: &str = "1e8d8218-c5e7-4578-9acc-9abbd5d23315";
 
+/// Where the poller under test keeps its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates, for each named `async fn name(backend: Backend)`, a module
+/// `name` with two tests, `sqlite` and `postgres`: every end-to-end test runs
+/// on both state backends.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::support::Backend::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name($crate::support::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
 pub struct Harness {
     pub fakes: Fakes,
+    pub backend: Backend,
+    /// The PostgreSQL server of a `Backend::Postgres` harness.
+    pub pg: Option<postgres::PgServer>,
+    /// Its database's URL (password included).
+    pub db_url: Option<String>,
     pub dir: tempfile::TempDir,
     pub format: &'static str,
     pub interval: &'static str,
     pub window: &'static str,
     pub subscriptions: Vec<(String, bool)>,
     pub extra: String,
+    /// `[ha] lease` on PostgreSQL.
+    pub lease: &'static str,
     /// Extra environment for the poller.
     pub env: Vec<(String, String)>,
     runs: usize,
@@ -711,6 +747,22 @@ pub struct Run {
 
 impl Harness {
     pub async fn new() -> Harness {
+        Harness::on(Backend::Sqlite).await
+    }
+
+    /// A harness whose poller keeps its state on `backend` (PostgreSQL: a
+    /// server of its own, database `poller`).
+    pub async fn on(backend: Backend) -> Harness {
+        let (pg, db_url) = match backend {
+            Backend::Sqlite => (None, None),
+            Backend::Postgres => {
+                let server = tokio::task::spawn_blocking(postgres::PgServer::start)
+                    .await
+                    .expect("start PostgreSQL");
+                let url = server.database("poller").await;
+                (Some(server), Some(url))
+            }
+        };
         let fakes = Fakes::start().await;
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("ca.pem"), &fakes.ca_pem).expect("write CA");
@@ -722,12 +774,16 @@ impl Harness {
         std::fs::write(dir.path().join("ingest-url"), fakes.ingest_url()).expect("write url");
         Harness {
             fakes,
+            backend,
+            pg,
+            db_url,
             dir,
             format: "activity-log-alert",
             interval: "1s",
             window: "10s",
             subscriptions: vec![(SUB_A.to_string(), false)],
             extra: String::new(),
+            lease: "2s",
             env: Vec::new(),
             runs: 0,
         }
@@ -740,7 +796,7 @@ impl Harness {
     pub fn config_text(&self) -> String {
         let mut s = format!(
             r#"[state]
-path = "{state}"
+{state}
 
 [azure]
 cloud = "custom"
@@ -771,7 +827,7 @@ window = "{window}"
 statuses = ["Succeeded"]
 {extra}
 "#,
-            state = self.path("state.db").display(),
+            state = self.state_section(),
             arm = self.fakes.arm_addr,
             login = self.fakes.login_addr,
             secret = self.path("client-secret").display(),
@@ -795,6 +851,65 @@ statuses = ["Succeeded"]
             ));
         }
         s
+    }
+
+    /// The `[state]` keys for this harness's backend.
+    pub fn state_section(&self) -> String {
+        match &self.db_url {
+            // Short leases, so that a killed poller's are taken over soon.
+            Some(url) => format!("url = \"{url}\"\n\n[ha]\nlease = \"{}\"", self.lease),
+            None => format!("path = \"{}\"", self.path("state.db").display()),
+        }
+    }
+
+    /// Runs SQL against the state (either backend), for a test to look at
+    /// or change it; returns the first column of each row, as text.
+    pub async fn state_sql(&self, sql: &str) -> Vec<Option<String>> {
+        match &self.pg {
+            Some(_) => self.try_state_sql(sql).await.expect("state SQL"),
+            None => self.sqlite_sql(sql),
+        }
+    }
+
+    /// [`Harness::state_sql`] on PostgreSQL, where the schema may not be
+    /// there yet.
+    pub async fn try_state_sql(&self, sql: &str) -> Result<Vec<Option<String>>, String> {
+        let pg = self.pg.as_ref().ok_or("not a PostgreSQL harness")?;
+        let c = pg.connect("poller").await;
+        let rows = c.simple_query(sql).await.map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn sqlite_sql(&self, sql: &str) -> Vec<Option<String>> {
+        {
+            {
+                let db = rusqlite::Connection::open(self.path("state.db")).expect("open state");
+                let mut stmt = db.prepare(sql).expect("state SQL");
+                let n = stmt.column_count();
+                stmt.query_map([], |r| {
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    let v: rusqlite::types::Value = r.get(0)?;
+                    Ok(match v {
+                        rusqlite::types::Value::Null => None,
+                        rusqlite::types::Value::Integer(i) => Some(i.to_string()),
+                        rusqlite::types::Value::Real(f) => Some(f.to_string()),
+                        rusqlite::types::Value::Text(t) => Some(t),
+                        rusqlite::types::Value::Blob(_) => Some("<blob>".into()),
+                    })
+                })
+                .expect("state SQL")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("state SQL")
+            }
+        }
     }
 
     pub fn write_config(&self) -> PathBuf {
@@ -845,11 +960,20 @@ statuses = ["Succeeded"]
             .await
             .expect("the poller did not finish within 2 minutes")
             .expect("wait for the poller");
-        Run {
+        let run = Run {
             code: out.status.code(),
             stderr: std::fs::read_to_string(&log).unwrap_or_default(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        }
+        };
+        // The database password never shows, whatever the run did.
+        assert!(
+            !run.stderr.contains(postgres::DB_PASSWORD)
+                && !run.stdout.contains(postgres::DB_PASSWORD),
+            "the database password was printed:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        run
     }
 
     /// Starts the daemon; the caller stops or kills it.
@@ -894,7 +1018,12 @@ impl Daemon {
             .await
             .expect("the daemon did not stop within 60s after SIGTERM")
             .expect("wait for the daemon");
-        (status.code(), self.log())
+        let log = self.log();
+        assert!(
+            !log.contains(postgres::DB_PASSWORD),
+            "the database password was printed:\n{log}"
+        );
+        (status.code(), log)
     }
 
     /// SIGKILL: no chance to clean up.

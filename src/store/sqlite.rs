@@ -1,61 +1,26 @@
-//! The state database: per subscription a [`Cursor`] (the watermark), the
-//! `eventDataId`s already recorded within the look-back, an outbox of events not
-//! yet acknowledged by the endpoint, and a dead-letter table of events the
-//! endpoint rejected or the poller could not identify.
+//! The SQLite backend: one file, one process. WAL mode with `synchronous =
+//! NORMAL`: a transaction that returned survives the process being killed; a
+//! power loss can roll back the last ones, watermark included, which
+//! re-fetches rather than loses. The poller records each page's new entries
+//! (seen ids and outbox rows) in one transaction, and the last page of a
+//! window moves the watermark in that same transaction; the forwarder deletes
+//! an outbox row only after a 2xx. A kill at any moment therefore loses
+//! nothing: an uncommitted page is fetched again, and the seen ids keep an
+//! already-recorded entry from being queued twice.
 //!
-//! SQLite in WAL mode with `synchronous = NORMAL`: a transaction that returned
-//! survives the process being killed; a power loss can roll back the last
-//! ones, watermark included, which re-fetches rather than loses. The poller records each page's new entries (seen ids and outbox rows) in
-//! one transaction, and the last page of a window moves the watermark in that same
-//! transaction; the forwarder deletes an outbox row only after a 2xx. A kill at any
-//! moment therefore loses nothing: an uncommitted page is fetched again, and the
-//! seen ids keep an already-recorded entry from being queued twice.
-//!
-//! The connection is synchronous; async callers go through [`Store::call`], which
-//! runs the closure on tokio's blocking pool.
+//! The connection is synchronous; [`super::Store`] runs it on tokio's
+//! blocking pool.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::{
+    Advance, Cursor, DeadLetter, DetectionNote, OutboxEvent, Recorded, SCHEMA_VERSION, StoreError,
+    SubscriptionState,
+};
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
-
-/// The schema this build reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("state database {path}: cannot open: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("state database {path}: cannot create its directory: {source}")]
-    Directory {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error(
-        "state database {path} is not an SQLite database (refusing to overwrite it; move it away to start afresh)"
-    )]
-    NotADatabase { path: PathBuf },
-    #[error(
-        "state database {path} has schema version {found}, newer than this build's {supported}; run a newer azure-activity-poller"
-    )]
-    NewerSchema {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
-    #[error("state database: {context}: {source}")]
-    Sqlite {
-        context: &'static str,
-        source: rusqlite::Error,
-    },
-    #[error("state database: a background task failed: {0}")]
-    Task(String),
-}
 
 trait Context<T> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError>;
@@ -67,86 +32,17 @@ impl<T> Context<T> for Result<T, rusqlite::Error> {
     }
 }
 
-/// Where a subscription's polling stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    /// Every entry with an `eventTimestamp` at or before this was visible to a
-    /// completed, recorded query (subject to the look-back window for late ones).
-    pub watermark: Timestamp,
-    /// Seen ids older than this were pruned: no query may start before it, or
-    /// entries could be delivered twice.
-    pub pruned_before: Timestamp,
-}
-
-/// The watermark move that closes a window, committed with its last page.
-#[derive(Debug, Clone, Copy)]
-pub struct Advance {
-    pub watermark: Timestamp,
-    /// Seen ids with an `eventTimestamp` before this are dropped.
-    pub prune_before: Timestamp,
-}
-
-/// What recording one page did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Recorded {
-    /// Entries queued for delivery.
-    pub new: usize,
-    /// Entries already recorded by an earlier query.
-    pub duplicate: usize,
-    /// Unidentifiable entries newly put in the dead-letter table.
-    pub quarantined: usize,
-}
-
-/// An event waiting for the endpoint's acknowledgement.
-#[derive(Debug, Clone)]
-pub struct OutboxEvent {
-    pub seq: i64,
-    pub subscription_id: String,
-    pub event_data_id: String,
-    pub entry: String,
-    pub attempts: i64,
-}
-
-/// A dead letter, for `status` and `dead-letters list`.
-#[derive(Debug, Clone)]
-pub struct DeadLetter {
-    pub seq: i64,
-    pub subscription_id: String,
-    pub event_data_id: String,
-    pub reason: String,
-    pub failed_at: Timestamp,
-}
-
-/// The last poll of a subscription, as `status` shows it.
-#[derive(Debug, Clone)]
-pub struct SubscriptionState {
-    pub subscription_id: String,
-    pub cursor: Option<Cursor>,
-    pub last_poll_at: Option<Timestamp>,
-    pub last_result: Option<String>,
-    pub outbox: i64,
-    pub dead_letters: i64,
-    pub detection: Option<DetectionNote>,
-}
-
-/// The last event handler check of a subscription, as the daemon noted it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DetectionNote {
-    /// `clear`, `paused` or `unknown`.
-    pub state: String,
-    pub detail: String,
-    pub checked_at: Timestamp,
-}
-
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -193,9 +89,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 );
 ";
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the state database at `path`.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
                 path: dir.to_path_buf(),
@@ -211,7 +107,7 @@ impl Store {
 
     /// Opens an existing database without creating or migrating anything, for
     /// `status` next to a running daemon.
-    pub fn open_existing(path: &Path) -> Result<Store, StoreError> {
+    pub fn open_existing(path: &Path) -> Result<SqliteStore, StoreError> {
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
             .map_err(|source| StoreError::Open {
             path: path.to_path_buf(),
@@ -220,7 +116,7 @@ impl Store {
         Self::init(conn, path)
     }
 
-    fn init(conn: Connection, path: &Path) -> Result<Store, StoreError> {
+    fn init(conn: Connection, path: &Path) -> Result<SqliteStore, StoreError> {
         let not_db = |e: rusqlite::Error| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase) => StoreError::NotADatabase {
                 path: path.to_path_buf(),
@@ -237,7 +133,7 @@ impl Store {
             .map_err(not_db)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::NewerSchema {
-                path: path.to_path_buf(),
+                location: path.display().to_string(),
                 found: version,
                 supported: SCHEMA_VERSION,
             });
@@ -256,7 +152,7 @@ impl Store {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(not_db)?;
         }
-        Ok(Store {
+        Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
         })
@@ -274,17 +170,6 @@ impl Store {
         // committed (rusqlite rolls back on drop), so a poisoned lock is usable.
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
-    }
-
-    /// Runs `f` on the blocking pool, so that disk waits do not stall the runtime.
-    pub async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<R, StoreError> + Send + 'static,
-    ) -> Result<R, StoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     pub fn cursor(&self, subscription_id: &str) -> Result<Option<Cursor>, StoreError> {
@@ -451,12 +336,8 @@ impl Store {
     }
 
     /// Up to `limit` events waiting for delivery, skipping `in_flight`, shared
-    /// round-robin among the subscriptions that have any waiting, so that a
-    /// subscription catching up days of backlog never holds back another's
-    /// fresh events: each gets an equal share of the batch (the rest of it
-    /// goes to those with more waiting), oldest first within a subscription.
-    /// The batch interleaves subscriptions, starting after `after` (the one
-    /// served last), so the order of delivery rotates too.
+    /// round-robin among the subscriptions that have any waiting
+    /// ([`super::round_robin`]).
     pub fn next_batch(
         &self,
         limit: usize,
@@ -469,7 +350,7 @@ impl Store {
         self.with(|c| {
             // The subscriptions with events waiting: a loose index scan, one
             // index lookup per subscription, however deep the backlog.
-            let mut subs: Vec<String> = {
+            let subs: Vec<String> = {
                 let mut stmt = c
                     .prepare_cached(
                         "WITH RECURSIVE s(id) AS (
@@ -486,18 +367,13 @@ impl Store {
                 rows.collect::<Result<_, _>>()
                     .ctx("listing subscriptions with events waiting")?
             };
-            if let Some(last) = after
-                && let Some(i) = subs.iter().position(|s| s.as_str() > last)
-            {
-                subs.rotate_left(i);
-            }
             let mut stmt = c
                 .prepare_cached(
                     "SELECT seq, subscription_id, event_data_id, entry, attempts FROM outbox
                      WHERE subscription_id = ?1 ORDER BY event_ts_ns, seq LIMIT ?2",
                 )
                 .ctx("preparing outbox read")?;
-            let mut read = |sub: &str, want: usize| -> Result<Vec<OutboxEvent>, StoreError> {
+            let mut read = |sub: String, want: usize| -> Result<Vec<OutboxEvent>, StoreError> {
                 let n = i64::try_from(want + in_flight.len()).unwrap_or(i64::MAX);
                 let rows = stmt
                     .query_map(params![sub, n], |r| {
@@ -522,40 +398,10 @@ impl Store {
                 }
                 Ok(out)
             };
-            let share = limit.div_ceil(subs.len().max(1));
-            let mut per_sub: Vec<Vec<OutboxEvent>> = Vec::with_capacity(subs.len());
-            let mut total = 0;
-            for sub in &subs {
-                if total >= limit {
-                    break;
-                }
-                let got = read(sub, share.min(limit - total))?;
-                total += got.len();
-                per_sub.push(got);
-            }
-            // What the quiet subscriptions left goes to those with more waiting.
-            let mut i = 0;
-            while total < limit && i < per_sub.len() {
-                if per_sub[i].len() == share {
-                    let have = per_sub[i].len();
-                    let mut more = read(&subs[i], have + (limit - total))?;
-                    let extra = more.split_off(have.min(more.len()));
-                    total += extra.len();
-                    per_sub[i].extend(extra);
-                }
-                i += 1;
-            }
-            // Interleave: the first of each subscription, then the second, ...
-            let mut out = Vec::with_capacity(total);
-            let mut iters: Vec<_> = per_sub.into_iter().map(Vec::into_iter).collect();
-            while out.len() < total {
-                for it in iters.iter_mut() {
-                    if let Some(e) = it.next() {
-                        out.push(e);
-                    }
-                }
-            }
-            Ok(out)
+            // The reads are synchronous: every future is ready at once.
+            futures::executor::block_on(super::round_robin(subs, limit, after, |sub, want| {
+                std::future::ready(read(sub, want))
+            }))
         })
     }
 
@@ -742,6 +588,7 @@ impl Store {
                             }),
                             _ => None,
                         },
+                        lease: None,
                     })
                 })
                 .ctx("reading subscription states")?;
@@ -788,7 +635,7 @@ mod tests {
     #[test]
     fn an_entry_is_queued_once_and_pruned_after_the_lookback() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let t0 = parse_timestamp("2026-01-01T00:00:00Z").unwrap();
         store.init_cursor("sub", t0).unwrap();
         let a = entry("a", "2026-01-01T00:01:00Z");
@@ -835,7 +682,7 @@ mod tests {
     #[test]
     fn a_backlog_never_crowds_out_another_subscriptions_events() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         let backlog: Vec<Entry> = (0..500)
             .map(|i| entry(&format!("old-{i:03}"), "2026-01-01T00:00:00Z"))
             .collect();
@@ -869,7 +716,7 @@ mod tests {
         let junk = dir.path().join("junk.db");
         std::fs::write(&junk, vec![b'x'; 4096]).unwrap();
         assert!(matches!(
-            Store::open(&junk),
+            SqliteStore::open(&junk),
             Err(StoreError::NotADatabase { .. })
         ));
         // The file is left as it was.
@@ -881,7 +728,7 @@ mod tests {
             c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
                 .unwrap();
         }
-        let err = Store::open(&newer).unwrap_err();
+        let err = SqliteStore::open(&newer).unwrap_err();
         assert!(
             matches!(err, StoreError::NewerSchema { found, .. } if found == SCHEMA_VERSION + 1)
         );
@@ -890,7 +737,7 @@ mod tests {
     #[test]
     fn ack_and_reject_empty_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
         store
             .record_page(
                 "sub",

@@ -1,0 +1,642 @@
+//! The state store: per subscription a [`Cursor`] (the watermark), the
+//! `eventDataId`s already recorded within the look-back, an outbox of events
+//! not yet acknowledged by the endpoint, a dead-letter table of events the
+//! endpoint rejected or the poller could not identify, and (shared state only)
+//! a lease per subscription saying which running instance owns it.
+//!
+//! One async interface, [`Store`], over two backends with the same schema
+//! concepts and the same transaction boundaries:
+//! - `sqlite.rs`: one file, one process (the default). Its connection is
+//!   synchronous and runs on tokio's blocking pool. Leases are trivially held.
+//! - `postgres.rs`: a PostgreSQL database shared by every instance (`[state]
+//!   url`), for running two or more for high availability. Leases live in the
+//!   database, taken and renewed on its clock; every write that moves a
+//!   watermark or deletes an outbox row checks the lease in its own
+//!   transaction (a fence), so an instance that stalled past its lease cannot
+//!   move state another instance now owns.
+//!
+//! Either way, a page's new events and its watermark move commit together,
+//! and an outbox row is deleted only after the endpoint's 2xx.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::StateConfig;
+use crate::event::{Entry, Malformed, Timestamp};
+
+pub use postgres::{DatabaseUrl, PgStore};
+pub use sqlite::SqliteStore;
+
+/// The SQLite schema this build reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: cannot open: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: cannot create its directory: {source}")]
+    Directory {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "state database {path} is not an SQLite database (refusing to overwrite it; move it away to start afresh)"
+    )]
+    NotADatabase { path: std::path::PathBuf },
+    #[error(
+        "state database {location} has schema version {found}, newer than this build's {supported}; run a newer azure-activity-poller"
+    )]
+    NewerSchema {
+        location: String,
+        found: i64,
+        supported: i64,
+    },
+    #[error("state database: {context}: {source}")]
+    Sqlite {
+        context: &'static str,
+        source: rusqlite::Error,
+    },
+    #[error("state database {location}: cannot connect: {reason}")]
+    Connect { location: String, reason: String },
+    #[error("state database {location}: {reason}")]
+    Tls { location: String, reason: String },
+    #[error("state database: {context}: {source}")]
+    Postgres {
+        context: &'static str,
+        source: tokio_postgres::Error,
+    },
+    #[error("state database: {context}: no connection: {reason}")]
+    Pool {
+        context: &'static str,
+        reason: String,
+    },
+    #[error("state database {location} has no poller schema yet: the poller has not run with it")]
+    NoSchema { location: String },
+    #[error(
+        "subscription {subscription}: this instance no longer holds its lease; the write was refused and the subscription dropped"
+    )]
+    LeaseLost { subscription: String },
+    #[error(
+        "subscription {subscription}: another live instance holds its lease; it polls and delivers it"
+    )]
+    HeldElsewhere { subscription: String },
+    #[error("state database {location} is not empty ({what}); refusing to copy into it")]
+    NotEmpty { location: String, what: String },
+    #[error("state database: a background task failed: {0}")]
+    Task(String),
+}
+
+impl StoreError {
+    /// About who owns a subscription, not about the state: try again later.
+    pub fn is_lease(&self) -> bool {
+        matches!(
+            self,
+            StoreError::LeaseLost { .. } | StoreError::HeldElsewhere { .. }
+        )
+    }
+
+    /// The state itself is unusable by this build (exit 78 rather than 74).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotADatabase { .. }
+                | StoreError::NewerSchema { .. }
+                | StoreError::NoSchema { .. }
+                | StoreError::Tls { .. }
+                | StoreError::NotEmpty { .. }
+        )
+    }
+}
+
+/// Where a subscription's polling stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// Every entry with an `eventTimestamp` at or before this was visible to a
+    /// completed, recorded query (subject to the look-back window for late ones).
+    pub watermark: Timestamp,
+    /// Seen ids older than this were pruned: no query may start before it, or
+    /// entries could be delivered twice.
+    pub pruned_before: Timestamp,
+}
+
+/// The watermark move that closes a window, committed with its last page.
+#[derive(Debug, Clone, Copy)]
+pub struct Advance {
+    pub watermark: Timestamp,
+    /// Seen ids with an `eventTimestamp` before this are dropped.
+    pub prune_before: Timestamp,
+}
+
+/// What recording one page did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// Entries queued for delivery.
+    pub new: usize,
+    /// Entries already recorded by an earlier query.
+    pub duplicate: usize,
+    /// Unidentifiable entries newly put in the dead-letter table.
+    pub quarantined: usize,
+}
+
+/// An event waiting for the endpoint's acknowledgement.
+#[derive(Debug, Clone)]
+pub struct OutboxEvent {
+    pub seq: i64,
+    pub subscription_id: String,
+    pub event_data_id: String,
+    pub entry: String,
+    pub attempts: i64,
+}
+
+/// A dead letter, for `status` and `dead-letters list`.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub seq: i64,
+    pub subscription_id: String,
+    pub event_data_id: String,
+    pub reason: String,
+    pub failed_at: Timestamp,
+}
+
+/// The last poll of a subscription, as `status` shows it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionState {
+    pub subscription_id: String,
+    pub cursor: Option<Cursor>,
+    pub last_poll_at: Option<Timestamp>,
+    pub last_result: Option<String>,
+    pub outbox: i64,
+    pub dead_letters: i64,
+    pub detection: Option<DetectionNote>,
+    /// Who holds the subscription's lease, and until when (shared state only).
+    pub lease: Option<LeaseNote>,
+}
+
+/// The last event handler check of a subscription, as the daemon noted it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectionNote {
+    /// `clear`, `paused` or `unknown`.
+    pub state: String,
+    pub detail: String,
+    pub checked_at: Timestamp,
+}
+
+/// A subscription's lease as the database holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseNote {
+    pub holder: String,
+    pub expires_at: Timestamp,
+}
+
+/// A running instance, as its heartbeat row shows it.
+#[derive(Debug, Clone)]
+pub struct InstanceRow {
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    pub started_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub live: bool,
+}
+
+/// This process among the instances sharing a database: an id made fresh at
+/// each start, so that a restarted process or two on one host never mistake
+/// each other's leases.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+}
+
+impl Instance {
+    pub fn new() -> Instance {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown-host".into());
+        Instance {
+            id: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
+            host,
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl Default for Instance {
+    fn default() -> Self {
+        Instance::new()
+    }
+}
+
+/// How many subscriptions a lease round may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Share {
+    /// The daemon: configured / live instances, rounded up.
+    Fair,
+    /// `--once`: every subscription no live instance holds.
+    All,
+}
+
+/// What a lease round found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseReport {
+    pub held: BTreeSet<String>,
+    /// Live instances, this one included.
+    pub live: usize,
+    /// How many this instance should hold.
+    pub share: usize,
+}
+
+/// Subscriptions this instance holds, shared by the store (which filters
+/// delivery and drops a subscription whose fenced write was refused) and the
+/// supervisor (which polls exactly these).
+pub type Held = Arc<watch::Sender<BTreeSet<String>>>;
+
+#[derive(Clone, Debug)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// The one store interface; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Backend,
+    held: Held,
+}
+
+/// Runs a closure on the SQLite store on the blocking pool, so that disk
+/// waits do not stall the runtime.
+async fn blocking<R: Send + 'static>(
+    store: &SqliteStore,
+    f: impl FnOnce(&SqliteStore) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+impl Store {
+    /// Opens (creating or migrating) the configured state store.
+    pub async fn open(state: &StateConfig, me: &Instance) -> Result<Store, StoreError> {
+        let held: Held = Arc::new(watch::channel(BTreeSet::new()).0);
+        let backend = match state {
+            StateConfig::Sqlite(path) => {
+                let path = path.clone();
+                Backend::Sqlite(
+                    tokio::task::spawn_blocking(move || SqliteStore::open(&path))
+                        .await
+                        .map_err(|e| StoreError::Task(e.to_string()))??,
+                )
+            }
+            StateConfig::Postgres(url) => {
+                Backend::Postgres(PgStore::open(url, me, held.clone(), true).await?)
+            }
+        };
+        Ok(Store { backend, held })
+    }
+
+    /// Opens an existing store without creating or migrating anything, for
+    /// `status` and `dead-letters` next to a running daemon.
+    pub async fn open_existing(state: &StateConfig) -> Result<Store, StoreError> {
+        let held: Held = Arc::new(watch::channel(BTreeSet::new()).0);
+        let backend = match state {
+            StateConfig::Sqlite(path) => {
+                let path = path.clone();
+                Backend::Sqlite(
+                    tokio::task::spawn_blocking(move || SqliteStore::open_existing(&path))
+                        .await
+                        .map_err(|e| StoreError::Task(e.to_string()))??,
+                )
+            }
+            StateConfig::Postgres(url) => {
+                Backend::Postgres(PgStore::open(url, &Instance::new(), held.clone(), false).await?)
+            }
+        };
+        Ok(Store { backend, held })
+    }
+
+    /// Where the state lives, printable (a database URL's password redacted).
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite(s) => s.path().display().to_string(),
+            Backend::Postgres(p) => p.describe(),
+        }
+    }
+
+    /// True when instances share this store (leases matter).
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The subscriptions this instance holds, as they change.
+    pub fn held(&self) -> watch::Receiver<BTreeSet<String>> {
+        self.held.subscribe()
+    }
+
+    pub async fn cursor(&self, subscription_id: &str) -> Result<Option<Cursor>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let id = subscription_id.to_string();
+                blocking(s, move |s| s.cursor(&id)).await
+            }
+            Backend::Postgres(p) => p.cursor(subscription_id).await,
+        }
+    }
+
+    /// The subscription's cursor, created at `since` if it has none.
+    pub async fn init_cursor(
+        &self,
+        subscription_id: &str,
+        since: Timestamp,
+    ) -> Result<Cursor, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let id = subscription_id.to_string();
+                blocking(s, move |s| s.init_cursor(&id, since)).await
+            }
+            Backend::Postgres(p) => p.init_cursor(subscription_id, since).await,
+        }
+    }
+
+    /// Records one page's kept entries and quarantined ones in one transaction;
+    /// with `advance`, moves the watermark and prunes seen ids in the same one.
+    /// On shared state the transaction first checks that this instance still
+    /// holds the subscription's lease ([`StoreError::LeaseLost`] if not).
+    pub async fn record_page(
+        &self,
+        subscription_id: &str,
+        entries: Vec<Entry>,
+        malformed: Vec<(Malformed, Timestamp)>,
+        advance: Option<Advance>,
+    ) -> Result<Recorded, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let id = subscription_id.to_string();
+                blocking(s, move |s| {
+                    s.record_page(&id, &entries, &malformed, advance)
+                })
+                .await
+            }
+            Backend::Postgres(p) => {
+                p.record_page(subscription_id, &entries, &malformed, advance)
+                    .await
+            }
+        }
+    }
+
+    /// Notes how a poll ended, for `status` and readiness.
+    pub async fn note_poll(
+        &self,
+        subscription_id: &str,
+        at: Timestamp,
+        result: String,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let id = subscription_id.to_string();
+                blocking(s, move |s| s.note_poll(&id, at, &result)).await
+            }
+            Backend::Postgres(p) => p.note_poll(subscription_id, at, &result).await,
+        }
+    }
+
+    /// Notes the last event handler check, for `status`.
+    pub async fn note_detection(
+        &self,
+        subscription_id: &str,
+        at: Timestamp,
+        state: &'static str,
+        detail: String,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                let id = subscription_id.to_string();
+                blocking(s, move |s| s.note_detection(&id, at, state, &detail)).await
+            }
+            Backend::Postgres(p) => p.note_detection(subscription_id, at, state, &detail).await,
+        }
+    }
+
+    /// Up to `limit` events waiting for delivery, skipping `in_flight`, shared
+    /// round-robin among the subscriptions that have any waiting (see
+    /// [`round_robin`]), starting after `after`. On shared state, only the
+    /// subscriptions this instance holds.
+    pub async fn next_batch(
+        &self,
+        limit: usize,
+        in_flight: Vec<i64>,
+        after: Option<String>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => {
+                blocking(s, move |s| {
+                    s.next_batch(limit, &in_flight, after.as_deref())
+                })
+                .await
+            }
+            Backend::Postgres(p) => p.next_batch(limit, &in_flight, after.as_deref()).await,
+        }
+    }
+
+    /// Records delivery outcomes in one transaction: acknowledged events are
+    /// forgotten, rejected ones become dead letters, failed ones count an
+    /// attempt. On shared state, rows of subscriptions whose lease this
+    /// instance lost are left alone (their new holder delivers them).
+    pub async fn settle(
+        &self,
+        acks: Vec<i64>,
+        rejects: Vec<(i64, String)>,
+        failures: Vec<(i64, String)>,
+    ) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.settle(&acks, &rejects, &failures)).await,
+            Backend::Postgres(p) => p.settle(&acks, &rejects, &failures).await,
+        }
+    }
+
+    /// Puts dead letters back in the outbox (all when `seqs` is `None`);
+    /// returns how many.
+    pub async fn retry_dead_letters(&self, seqs: Option<Vec<i64>>) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.retry_dead_letters(seqs.as_deref())).await,
+            Backend::Postgres(p) => p.retry_dead_letters(seqs.as_deref()).await,
+        }
+    }
+
+    /// Deletes dead letters (all when `seqs` is `None`); returns how many.
+    pub async fn drop_dead_letters(&self, seqs: Option<Vec<i64>>) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.drop_dead_letters(seqs.as_deref())).await,
+            Backend::Postgres(p) => p.drop_dead_letters(seqs.as_deref()).await,
+        }
+    }
+
+    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.outbox_depth()).await,
+            Backend::Postgres(p) => p.outbox_depth().await,
+        }
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.dead_letters()).await,
+            Backend::Postgres(p) => p.dead_letters().await,
+        }
+    }
+
+    /// Every subscription the store knows, with its counts.
+    pub async fn states(&self) -> Result<Vec<SubscriptionState>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.states()).await,
+            Backend::Postgres(p) => p.states().await,
+        }
+    }
+
+    /// The instances that share the store (none for SQLite).
+    pub async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(Vec::new()),
+            Backend::Postgres(p) => p.instances().await,
+        }
+    }
+
+    /// One lease round over the configured subscriptions `wanted`: renews
+    /// what this instance holds, takes free and expired leases up to its
+    /// `share`, gives back what it holds beyond it, and publishes the result
+    /// (see [`Store::held`]). SQLite: every subscription, at once.
+    pub async fn lease_round(
+        &self,
+        wanted: &[String],
+        lease: Duration,
+        share: Share,
+    ) -> Result<LeaseReport, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => {
+                let held: BTreeSet<String> = wanted.iter().cloned().collect();
+                self.held.send_if_modified(|h| {
+                    let changed = *h != held;
+                    *h = held.clone();
+                    changed
+                });
+                Ok(LeaseReport {
+                    share: held.len(),
+                    held,
+                    live: 1,
+                })
+            }
+            Backend::Postgres(p) => p.lease_round(wanted, lease, share).await,
+        }
+    }
+
+    /// Forgets every lease (none held any more), as when the database could
+    /// not be reached for a whole lease.
+    pub fn drop_all_leases(&self) {
+        if self.shared() {
+            self.held.send_if_modified(|h| {
+                let changed = !h.is_empty();
+                h.clear();
+                changed
+            });
+        }
+    }
+
+    /// Gives up every lease and the heartbeat, at a clean stop, so that the
+    /// other instances take over at once rather than after the lease.
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(_) => Ok(()),
+            Backend::Postgres(p) => p.leave().await,
+        }
+    }
+
+    /// The SQLite store, for `state copy`.
+    pub fn as_sqlite(&self) -> Option<&SqliteStore> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL store, for `state copy`.
+    pub fn as_postgres(&self) -> Option<&PgStore> {
+        match &self.backend {
+            Backend::Sqlite(_) => None,
+            Backend::Postgres(p) => Some(p),
+        }
+    }
+}
+
+/// Shares a batch of `limit` events round-robin among `subs` (the
+/// subscriptions with events waiting, in order), so that a subscription
+/// catching up days of backlog never holds back another's fresh events: each
+/// gets an equal share of the batch (the rest of it goes to those with more
+/// waiting), oldest first within a subscription. The batch interleaves
+/// subscriptions, starting after `after` (the one served last), so the order
+/// of delivery rotates too. `read(sub, n)` returns up to `n` of a
+/// subscription's oldest waiting events (not in flight).
+pub async fn round_robin<F, Fut>(
+    mut subs: Vec<String>,
+    limit: usize,
+    after: Option<&str>,
+    mut read: F,
+) -> Result<Vec<OutboxEvent>, StoreError>
+where
+    F: FnMut(String, usize) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<OutboxEvent>, StoreError>>,
+{
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    if let Some(last) = after
+        && let Some(i) = subs.iter().position(|s| s.as_str() > last)
+    {
+        subs.rotate_left(i);
+    }
+    let share = limit.div_ceil(subs.len().max(1));
+    let mut per_sub: Vec<Vec<OutboxEvent>> = Vec::with_capacity(subs.len());
+    let mut total = 0;
+    for sub in &subs {
+        if total >= limit {
+            break;
+        }
+        let got = read(sub.clone(), share.min(limit - total)).await?;
+        total += got.len();
+        per_sub.push(got);
+    }
+    // What the quiet subscriptions left goes to those with more waiting.
+    let mut i = 0;
+    while total < limit && i < per_sub.len() {
+        if per_sub[i].len() == share {
+            let have = per_sub[i].len();
+            let mut more = read(subs[i].clone(), have + (limit - total)).await?;
+            let extra = more.split_off(have.min(more.len()));
+            total += extra.len();
+            per_sub[i].extend(extra);
+        }
+        i += 1;
+    }
+    // Interleave: the first of each subscription, then the second, ...
+    let mut out = Vec::with_capacity(total);
+    let mut iters: Vec<_> = per_sub.into_iter().map(Vec::into_iter).collect();
+    while out.len() < total {
+        for it in iters.iter_mut() {
+            if let Some(e) = it.next() {
+                out.push(e);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,1139 @@
+//! The PostgreSQL backend: state shared by every instance, for running two or
+//! more for high availability.
+//!
+//! The same tables as SQLite (`cursor`, `seen`, `outbox`, `dead_letter`,
+//! `detection`) plus `instance` (one heartbeat row per running process) and
+//! `lease` (`subscription_id, holder, expires_at`). Leases are taken and
+//! renewed on the database's clock (`now()`), never the hosts':
+//! `INSERT ... ON CONFLICT DO UPDATE ... WHERE lease.expires_at < now() OR
+//! lease.holder = $me`. Every transaction that records a page (and so may
+//! move a watermark) or deletes outbox rows first reads its lease rows `FOR
+//! SHARE`, held by this instance and unexpired: a takeover's upsert waits for
+//! that transaction and a write after the takeover is refused (the fence).
+//!
+//! Connections come from a `deadpool-postgres` pool, which replaces broken
+//! ones; a statement that fails because the database went away (restart,
+//! failover) is retried for up to [`RETRY_FOR`], and every transaction is safe
+//! to repeat (seen ids make a recorded page a no-op, the watermark only moves
+//! forward, deletes of gone rows delete nothing). TLS is rustls, trusting the
+//! system store or `sslrootcert=`.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use tokio_rustls::rustls;
+
+use super::{
+    Advance, Cursor, DeadLetter, DetectionNote, Held, Instance, InstanceRow, LeaseNote,
+    LeaseReport, OutboxEvent, Recorded, Share, StoreError, SubscriptionState,
+};
+use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
+
+/// The schema this build reads and writes (the `schema_version` table).
+pub const PG_SCHEMA_VERSION: i64 = 1;
+
+/// How long a statement is retried while the database cannot be reached.
+pub const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// Serialises schema creation between instances starting together.
+const MIGRATION_LOCK: i64 = 0x6161_7070_6f6c_6c72;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS cursor (
+    subscription_id  TEXT PRIMARY KEY,
+    watermark_ns     BIGINT NOT NULL,
+    pruned_before_ns BIGINT NOT NULL,
+    last_poll_at_ns  BIGINT,
+    last_result      TEXT
+);
+CREATE TABLE IF NOT EXISTS seen (
+    subscription_id TEXT NOT NULL,
+    event_data_id   TEXT NOT NULL,
+    event_ts_ns     BIGINT NOT NULL,
+    PRIMARY KEY (subscription_id, event_data_id)
+);
+CREATE INDEX IF NOT EXISTS seen_by_time ON seen (subscription_id, event_ts_ns);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq             BIGSERIAL PRIMARY KEY,
+    subscription_id TEXT NOT NULL,
+    event_data_id   TEXT NOT NULL,
+    event_ts_ns     BIGINT NOT NULL,
+    entry           TEXT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    last_error      TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_by_subscription ON outbox (subscription_id, event_ts_ns, seq);
+CREATE TABLE IF NOT EXISTS detection (
+    subscription_id TEXT PRIMARY KEY,
+    state           TEXT NOT NULL,
+    detail          TEXT NOT NULL,
+    checked_at_ns   BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    seq             BIGSERIAL PRIMARY KEY,
+    subscription_id TEXT NOT NULL,
+    event_data_id   TEXT NOT NULL,
+    event_ts_ns     BIGINT,
+    entry           TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    failed_at_ns    BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS instance (
+    id         TEXT PRIMARY KEY,
+    host       TEXT NOT NULL,
+    pid        BIGINT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lease (
+    subscription_id TEXT PRIMARY KEY,
+    holder          TEXT NOT NULL,
+    expires_at      TIMESTAMPTZ NOT NULL
+);
+";
+
+/// A `postgres://` URL. It may hold a password, so it is a secret: `Debug`
+/// and [`DatabaseUrl::redacted`] print everything but the password.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+/// How to talk TLS to the server.
+enum Tls {
+    Off,
+    On {
+        mode: tokio_postgres::config::SslMode,
+        root_cert: Option<std::path::PathBuf>,
+    },
+}
+
+impl DatabaseUrl {
+    /// Checks the URL's form; the message never holds the password.
+    pub fn parse(text: &str) -> Result<DatabaseUrl, String> {
+        let url = DatabaseUrl(SecretString::from(text.trim().to_string()));
+        url.connect_config()?;
+        Ok(url)
+    }
+
+    /// The same URL (a reload cannot move the state).
+    pub fn same_as(&self, other: &DatabaseUrl) -> bool {
+        self.0.expose_secret() == other.0.expose_secret()
+    }
+
+    /// Scheme, user, host, port and database; the password as `[redacted]`.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(self.0.expose_secret()) {
+            Ok(u) => {
+                let password = if u.password().is_some() {
+                    ":[redacted]"
+                } else {
+                    ""
+                };
+                let user = if u.username().is_empty() {
+                    String::new()
+                } else {
+                    format!("{}{password}@", u.username())
+                };
+                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+                format!(
+                    "{}://{user}{}{port}{}",
+                    u.scheme(),
+                    u.host_str().unwrap_or(""),
+                    u.path()
+                )
+            }
+            Err(_) => "postgres://[redacted]".into(),
+        }
+    }
+
+    /// The client configuration and how to do TLS: `sslmode=disable` (or no
+    /// `sslmode` with a loopback host or a socket directory) is plain; any
+    /// other mode is TLS, verifying the server's certificate and name against
+    /// the system store, or `sslrootcert=FILE`.
+    fn connect_config(&self) -> Result<(tokio_postgres::Config, Tls), String> {
+        use tokio_postgres::config::SslMode;
+        let mut url = url::Url::parse(self.0.expose_secret()).map_err(|e| {
+            format!("not a URL ({e}); expected postgres://user:password@host:port/database")
+        })?;
+        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
+            return Err(format!(
+                "scheme {:?}: expected postgres:// or postgresql://",
+                url.scheme()
+            ));
+        }
+        let mut sslmode = None;
+        let mut root_cert = None;
+        let mut socket = false;
+        let rest: Vec<(String, String)> = url
+            .query_pairs()
+            .filter_map(|(k, v)| match &*k {
+                "sslmode" => {
+                    sslmode = Some(v.into_owned());
+                    None
+                }
+                "sslrootcert" => {
+                    root_cert = Some(std::path::PathBuf::from(v.into_owned()));
+                    None
+                }
+                _ => {
+                    socket |= k == "host" && v.starts_with('/');
+                    Some((k.into_owned(), v.into_owned()))
+                }
+            })
+            .collect();
+        url.set_query(None);
+        if !rest.is_empty() {
+            url.query_pairs_mut().extend_pairs(rest);
+        }
+        let loopback = match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            // postgres:// is not a special scheme: its host stays text.
+            Some(url::Host::Domain(d)) => {
+                d == "localhost"
+                    || d.trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+            None => true,
+        } || socket;
+        let mut config: tokio_postgres::Config = url
+            .as_str()
+            .parse()
+            .map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL URL: {e}"))?;
+        if config.get_hosts().is_empty() {
+            return Err("no host".into());
+        }
+        config.connect_timeout(Duration::from_secs(10));
+        config.keepalives_idle(Duration::from_secs(30));
+        config.application_name("azure-activity-poller");
+        let tls = match sslmode.as_deref() {
+            Some("disable") => Tls::Off,
+            None if loopback && root_cert.is_none() => Tls::Off,
+            Some("allow" | "prefer") => Tls::On {
+                mode: SslMode::Prefer,
+                root_cert,
+            },
+            None | Some("require" | "verify-ca" | "verify-full") => Tls::On {
+                mode: SslMode::Require,
+                root_cert,
+            },
+            Some(other) => {
+                return Err(format!(
+                    "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
+                ));
+            }
+        };
+        Ok((config, tls))
+    }
+}
+
+trait Context<T> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, tokio_postgres::Error> {
+    fn ctx(self, context: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Postgres { context, source })
+    }
+}
+
+/// The database went away (restart, failover, a cut connection) or asked
+/// for the transaction to be tried again: worth retrying.
+fn transient(e: &StoreError) -> bool {
+    match e {
+        StoreError::Pool { .. } => true,
+        StoreError::Postgres { source, .. } => {
+            if source.is_closed() {
+                return true;
+            }
+            match source.code() {
+                None => source.as_db_error().is_none(),
+                Some(code) => {
+                    let c = code.code();
+                    c.starts_with("08") || c.starts_with("57P") || c == "40001" || c == "40P01"
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
+fn micros_to_ts(us: i64) -> Timestamp {
+    from_nanos(us.saturating_mul(1000))
+}
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: Pool,
+    location: String,
+    me: Arc<Instance>,
+    held: Held,
+    /// Leases given back at the last round (its share shrank): no longer
+    /// polled, deleted at the next round once their tasks had time to stop.
+    releasing: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+type Client = deadpool_postgres::Object;
+
+impl PgStore {
+    /// Connects; with `migrate`, creates or migrates the schema, else only
+    /// checks that it is there and not newer than this build's.
+    pub async fn open(
+        url: &DatabaseUrl,
+        me: &Instance,
+        held: Held,
+        migrate: bool,
+    ) -> Result<PgStore, StoreError> {
+        let location = url.redacted();
+        let (config, tls) = url.connect_config().map_err(|reason| StoreError::Connect {
+            location: location.clone(),
+            reason,
+        })?;
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            Tls::Off => {
+                let mut config = config;
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+            }
+            Tls::On { mode, root_cert } => {
+                let mut config = config;
+                config.ssl_mode(mode);
+                let tls =
+                    rustls_config(root_cert.as_deref()).map_err(|reason| StoreError::Tls {
+                        location: location.clone(),
+                        reason,
+                    })?;
+                Manager::from_config(
+                    config,
+                    tokio_postgres_rustls::MakeRustlsConnect::new(tls),
+                    manager_config,
+                )
+            }
+        };
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(15)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Connect {
+                location: location.clone(),
+                reason: e.to_string(),
+            })?;
+        let store = PgStore {
+            pool,
+            location,
+            me: Arc::new(me.clone()),
+            held,
+            releasing: Arc::default(),
+        };
+        // The first connection tells whether the server is there at all.
+        drop(store.pool.get().await.map_err(|e| StoreError::Connect {
+            location: store.location.clone(),
+            reason: e.to_string(),
+        })?);
+        if migrate {
+            store.migrate().await?;
+        } else {
+            store.check_schema().await?;
+        }
+        Ok(store)
+    }
+
+    pub fn describe(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn client(&self, context: &'static str) -> Result<Client, StoreError> {
+        self.pool.get().await.map_err(|e| StoreError::Pool {
+            context,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the database has
+    /// been unreachable for [`RETRY_FOR`].
+    async fn retrying<R, F, Fut>(&self, mut attempt: F) -> Result<R, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<R, StoreError>>,
+    {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match attempt().await {
+                Err(e) if transient(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "the state database is unreachable; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut c = self.client("creating the schema").await?;
+        let tx = c.transaction().await.ctx("creating the schema")?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .ctx("creating the schema")?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+            .await
+            .ctx("creating the schema")?;
+        let found: Option<i64> = tx
+            .query_one("SELECT max(version) FROM schema_version", &[])
+            .await
+            .ctx("reading the schema version")?
+            .get(0);
+        if let Some(found) = found
+            && found > PG_SCHEMA_VERSION
+        {
+            return Err(StoreError::NewerSchema {
+                location: self.location.clone(),
+                found,
+                supported: PG_SCHEMA_VERSION,
+            });
+        }
+        tx.batch_execute(SCHEMA).await.ctx("creating the schema")?;
+        if found != Some(PG_SCHEMA_VERSION) {
+            tx.execute("DELETE FROM schema_version", &[])
+                .await
+                .ctx("noting the schema version")?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&PG_SCHEMA_VERSION],
+            )
+            .await
+            .ctx("noting the schema version")?;
+        }
+        tx.commit().await.ctx("creating the schema")
+    }
+
+    async fn check_schema(&self) -> Result<(), StoreError> {
+        let c = self.client("reading the schema version").await?;
+        let exists: bool = c
+            .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+            .await
+            .ctx("reading the schema version")?
+            .get(0);
+        if !exists {
+            return Err(StoreError::NoSchema {
+                location: self.location.clone(),
+            });
+        }
+        let found: Option<i64> = c
+            .query_one("SELECT max(version) FROM schema_version", &[])
+            .await
+            .ctx("reading the schema version")?
+            .get(0);
+        match found {
+            Some(found) if found > PG_SCHEMA_VERSION => Err(StoreError::NewerSchema {
+                location: self.location.clone(),
+                found,
+                supported: PG_SCHEMA_VERSION,
+            }),
+            Some(_) => Ok(()),
+            None => Err(StoreError::NoSchema {
+                location: self.location.clone(),
+            }),
+        }
+    }
+
+    /// Read-only statements, retried while the database is away.
+    async fn query(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StoreError> {
+        self.retrying(move || async move {
+            let c = self.client(context).await?;
+            c.query(sql, params).await.ctx(context)
+        })
+        .await
+    }
+
+    /// One statement that changes something, retried while the database is
+    /// away (only statements that are safe to repeat).
+    async fn execute(
+        &self,
+        context: &'static str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.retrying(move || async move {
+            let c = self.client(context).await?;
+            c.execute(sql, params).await.ctx(context)
+        })
+        .await
+    }
+
+    pub async fn cursor(&self, subscription_id: &str) -> Result<Option<Cursor>, StoreError> {
+        let rows = self
+            .query(
+                "reading cursor",
+                "SELECT watermark_ns, pruned_before_ns FROM cursor WHERE subscription_id = $1",
+                &[&subscription_id],
+            )
+            .await?;
+        Ok(rows.first().map(|r| Cursor {
+            watermark: from_nanos(r.get(0)),
+            pruned_before: from_nanos(r.get(1)),
+        }))
+    }
+
+    pub async fn init_cursor(
+        &self,
+        subscription_id: &str,
+        since: Timestamp,
+    ) -> Result<Cursor, StoreError> {
+        self.execute(
+            "creating cursor",
+            "INSERT INTO cursor (subscription_id, watermark_ns, pruned_before_ns) VALUES ($1, $2, $2)
+             ON CONFLICT (subscription_id) DO NOTHING",
+            &[&subscription_id, &to_nanos(since)],
+        )
+        .await?;
+        self.cursor(subscription_id)
+            .await?
+            .ok_or_else(|| StoreError::Task("the cursor just created is gone".into()))
+    }
+
+    /// Drops subscriptions whose fenced write was refused: they are no longer
+    /// this instance's to poll or deliver.
+    fn lost(&self, subs: &[String]) {
+        for s in subs {
+            tracing::warn!(
+                subscription = %s,
+                "the lease on this subscription was lost (another instance took it over): a write was refused; dropping the subscription"
+            );
+        }
+        self.held.send_if_modified(|h| {
+            let before = h.len();
+            for s in subs {
+                h.remove(s);
+            }
+            h.len() != before
+        });
+    }
+
+    /// The fence: of `subs`, those whose lease this instance holds, locked
+    /// against a takeover until the transaction ends.
+    async fn fence(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        subs: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = tx
+            .query(
+                "SELECT subscription_id FROM lease
+                 WHERE subscription_id = ANY($1) AND holder = $2 AND expires_at > now()
+                 ORDER BY subscription_id FOR SHARE",
+                &[&subs, &self.me.id],
+            )
+            .await
+            .ctx("checking the lease")?;
+        let held: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let gone: Vec<String> = subs.iter().filter(|s| !held.contains(s)).cloned().collect();
+        if !gone.is_empty() {
+            self.lost(&gone);
+        }
+        Ok(held)
+    }
+
+    pub async fn record_page(
+        &self,
+        subscription_id: &str,
+        entries: &[Entry],
+        malformed: &[(Malformed, Timestamp)],
+        advance: Option<Advance>,
+    ) -> Result<Recorded, StoreError> {
+        // A page may name an id twice: the first is the one recorded.
+        let mut unique: Vec<&Entry> = Vec::with_capacity(entries.len());
+        let mut ids = std::collections::HashSet::new();
+        for e in entries {
+            if ids.insert(e.event_data_id.as_str()) {
+                unique.push(e);
+            }
+        }
+        let ids: Vec<&str> = unique.iter().map(|e| e.event_data_id.as_str()).collect();
+        let times: Vec<i64> = unique.iter().map(|e| to_nanos(e.event_timestamp)).collect();
+        let bodies: Vec<&str> = unique.iter().map(|e| e.raw.get()).collect();
+        let (ids, times, bodies) = (&ids, &times, &bodies);
+        self.retrying(move || async move {
+            let mut c = self.client("committing a page").await?;
+            let tx = c.transaction().await.ctx("starting a transaction")?;
+            let sub = subscription_id.to_string();
+            if self.fence(&tx, std::slice::from_ref(&sub)).await?.is_empty() {
+                return Err(StoreError::LeaseLost { subscription: sub });
+            }
+            let new = tx
+                .execute(
+                    "WITH page AS (
+                         SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[]) AS p(id, ts, entry)),
+                     fresh AS (
+                         INSERT INTO seen (subscription_id, event_data_id, event_ts_ns)
+                         SELECT $1, id, ts FROM page
+                         ON CONFLICT DO NOTHING
+                         RETURNING event_data_id)
+                     INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                     SELECT $1, page.id, page.ts, page.entry FROM page JOIN fresh ON fresh.event_data_id = page.id
+                     ORDER BY page.ts",
+                    &[&subscription_id, ids, times, bodies],
+                )
+                .await
+                .ctx("queueing events")?;
+            let new = usize::try_from(new).unwrap_or(usize::MAX);
+            let mut rec = Recorded {
+                new,
+                duplicate: entries.len() - new.min(entries.len()),
+                quarantined: 0,
+            };
+            for (m, seen_at) in malformed {
+                // Keyed by content and remembered like an id, so that the next
+                // query of the same window does not quarantine it again.
+                let fresh = tx
+                    .execute(
+                        "INSERT INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES ($1, $2, $3)
+                         ON CONFLICT DO NOTHING",
+                        &[&subscription_id, &m.key, &to_nanos(*seen_at)],
+                    )
+                    .await
+                    .ctx("recording a seen id")?;
+                if fresh == 0 {
+                    continue;
+                }
+                tx.execute(
+                    "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+                     VALUES ($1, $2, NULL, $3, $4, $5)",
+                    &[&subscription_id, &m.key, &m.raw.get(), &m.reason, &to_nanos(chrono::Utc::now())],
+                )
+                .await
+                .ctx("quarantining an entry")?;
+                rec.quarantined += 1;
+            }
+            if let Some(a) = advance {
+                // The watermark never moves back, and pruning never un-prunes.
+                let pruned_before: i64 = tx
+                    .query_one(
+                        "UPDATE cursor SET watermark_ns = GREATEST(watermark_ns, $2),
+                                           pruned_before_ns = GREATEST(pruned_before_ns, $3)
+                         WHERE subscription_id = $1 RETURNING pruned_before_ns",
+                        &[&subscription_id, &to_nanos(a.watermark), &to_nanos(a.prune_before)],
+                    )
+                    .await
+                    .ctx("moving the watermark")?
+                    .get(0);
+                tx.execute(
+                    "DELETE FROM seen WHERE subscription_id = $1 AND event_ts_ns < $2",
+                    &[&subscription_id, &pruned_before],
+                )
+                .await
+                .ctx("pruning seen ids")?;
+            }
+            tx.commit().await.ctx("committing a page")?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    pub async fn note_poll(
+        &self,
+        subscription_id: &str,
+        at: Timestamp,
+        result: &str,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "noting a poll",
+            "UPDATE cursor SET last_poll_at_ns = $2, last_result = $3 WHERE subscription_id = $1",
+            &[&subscription_id, &to_nanos(at), &result],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn note_detection(
+        &self,
+        subscription_id: &str,
+        at: Timestamp,
+        state: &str,
+        detail: &str,
+    ) -> Result<(), StoreError> {
+        self.execute(
+            "noting an event handler check",
+            "INSERT INTO detection (subscription_id, state, detail, checked_at_ns) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (subscription_id) DO UPDATE
+             SET state = excluded.state, detail = excluded.detail, checked_at_ns = excluded.checked_at_ns",
+            &[&subscription_id, &state, &detail, &to_nanos(at)],
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn next_batch(
+        &self,
+        limit: usize,
+        in_flight: &[i64],
+        after: Option<&str>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let held: Vec<String> = self.held.borrow().iter().cloned().collect();
+        if limit == 0 || held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let subs: Vec<String> = self
+            .query(
+                "listing subscriptions with events waiting",
+                "SELECT s FROM unnest($1::text[]) AS s
+                 WHERE EXISTS (SELECT 1 FROM outbox WHERE subscription_id = s) ORDER BY s",
+                &[&held],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let c = &self.client("reading the outbox").await?;
+        let read = |sub: String, want: usize| async move {
+            let n = i64::try_from(want).unwrap_or(i64::MAX);
+            let rows = c
+                .query(
+                    "SELECT seq, subscription_id, event_data_id, entry, attempts FROM outbox
+                     WHERE subscription_id = $1 AND seq <> ALL($2)
+                     ORDER BY event_ts_ns, seq LIMIT $3",
+                    &[&sub, &in_flight, &n],
+                )
+                .await
+                .ctx("reading the outbox")?;
+            Ok(rows
+                .iter()
+                .map(|r| OutboxEvent {
+                    seq: r.get(0),
+                    subscription_id: r.get(1),
+                    event_data_id: r.get(2),
+                    entry: r.get(3),
+                    attempts: r.get(4),
+                })
+                .collect())
+        };
+        super::round_robin(subs, limit, after, read).await
+    }
+
+    pub async fn settle(
+        &self,
+        acks: &[i64],
+        rejects: &[(i64, String)],
+        failures: &[(i64, String)],
+    ) -> Result<(), StoreError> {
+        let reject_seqs: Vec<i64> = rejects.iter().map(|(s, _)| *s).collect();
+        let reject_reasons: Vec<&str> = rejects.iter().map(|(_, r)| r.as_str()).collect();
+        let fail_seqs: Vec<i64> = failures.iter().map(|(s, _)| *s).collect();
+        let fail_reasons: Vec<&str> = failures.iter().map(|(_, r)| r.as_str()).collect();
+        let removed: Vec<i64> = acks.iter().chain(&reject_seqs).copied().collect();
+        let (reject_seqs, reject_reasons, fail_seqs, fail_reasons, removed) = (
+            &reject_seqs,
+            &reject_reasons,
+            &fail_seqs,
+            &fail_reasons,
+            &removed,
+        );
+        self.retrying(move || async move {
+            let mut c = self.client("recording deliveries").await?;
+            let tx = c.transaction().await.ctx("starting a transaction")?;
+            let subs: Vec<String> = tx
+                .query(
+                    "SELECT DISTINCT subscription_id FROM outbox WHERE seq = ANY($1) ORDER BY 1",
+                    &[removed],
+                )
+                .await
+                .ctx("recording deliveries")?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            // Rows of a subscription this instance no longer holds stay for
+            // its new holder (the fence).
+            let held = self.fence(&tx, &subs).await?;
+            tx.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = f.reason
+                 FROM unnest($1::bigint[], $2::text[]) AS f(seq, reason) WHERE outbox.seq = f.seq",
+                &[fail_seqs, fail_reasons],
+            )
+            .await
+            .ctx("noting a failed delivery")?;
+            tx.execute(
+                "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+                 SELECT o.subscription_id, o.event_data_id, o.event_ts_ns, o.entry, r.reason, $3
+                 FROM unnest($1::bigint[], $2::text[]) AS r(seq, reason) JOIN outbox o ON o.seq = r.seq
+                 WHERE o.subscription_id = ANY($4)
+                 ORDER BY r.seq",
+                &[reject_seqs, reject_reasons, &to_nanos(chrono::Utc::now()), &held],
+            )
+            .await
+            .ctx("dead-lettering an event")?;
+            tx.execute(
+                "DELETE FROM outbox WHERE seq = ANY($1) AND subscription_id = ANY($2)",
+                &[removed, &held],
+            )
+            .await
+            .ctx("acknowledging an event")?;
+            tx.commit().await.ctx("recording deliveries")
+        })
+        .await
+    }
+
+    pub async fn retry_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
+        let n = self
+            .execute(
+                "re-queueing dead letters",
+                "WITH moved AS (
+                     DELETE FROM dead_letter WHERE $1::bigint[] IS NULL OR seq = ANY($1)
+                     RETURNING seq, subscription_id, event_data_id, event_ts_ns, failed_at_ns, entry)
+                 INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                 SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
+                 FROM moved ORDER BY seq",
+                &[&seqs],
+            )
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    pub async fn drop_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
+        let n = self
+            .execute(
+                "dropping dead letters",
+                "DELETE FROM dead_letter WHERE $1::bigint[] IS NULL OR seq = ANY($1)",
+                &[&seqs],
+            )
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    pub async fn outbox_depth(&self) -> Result<i64, StoreError> {
+        let rows = self
+            .query("counting the outbox", "SELECT count(*) FROM outbox", &[])
+            .await?;
+        Ok(rows.first().map_or(0, |r| r.get(0)))
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows = self
+            .query(
+                "reading dead letters",
+                "SELECT seq, subscription_id, event_data_id, reason, failed_at_ns FROM dead_letter ORDER BY seq",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                seq: r.get(0),
+                subscription_id: r.get(1),
+                event_data_id: r.get(2),
+                reason: r.get(3),
+                failed_at: from_nanos(r.get(4)),
+            })
+            .collect())
+    }
+
+    pub async fn states(&self) -> Result<Vec<SubscriptionState>, StoreError> {
+        let rows = self
+            .query(
+                "reading subscription states",
+                "SELECT s.id, cu.watermark_ns, cu.pruned_before_ns, cu.last_poll_at_ns, cu.last_result,
+                        (SELECT count(*) FROM outbox o WHERE o.subscription_id = s.id),
+                        (SELECT count(*) FROM dead_letter d WHERE d.subscription_id = s.id),
+                        de.state, de.detail, de.checked_at_ns,
+                        l.holder, (extract(epoch FROM l.expires_at) * 1000000)::bigint
+                 FROM (SELECT subscription_id AS id FROM cursor
+                       UNION SELECT subscription_id FROM outbox
+                       UNION SELECT subscription_id FROM dead_letter
+                       UNION SELECT subscription_id FROM detection
+                       UNION SELECT subscription_id FROM lease) s
+                 LEFT JOIN cursor cu ON cu.subscription_id = s.id
+                 LEFT JOIN detection de ON de.subscription_id = s.id
+                 LEFT JOIN lease l ON l.subscription_id = s.id
+                 ORDER BY s.id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let wm: Option<i64> = r.get(1);
+                let pb: Option<i64> = r.get(2);
+                let detection = match (
+                    r.get::<_, Option<String>>(7),
+                    r.get::<_, Option<String>>(8),
+                    r.get::<_, Option<i64>>(9),
+                ) {
+                    (Some(state), Some(detail), Some(at)) => Some(DetectionNote {
+                        state,
+                        detail,
+                        checked_at: from_nanos(at),
+                    }),
+                    _ => None,
+                };
+                let lease = match (r.get::<_, Option<String>>(10), r.get::<_, Option<i64>>(11)) {
+                    (Some(holder), Some(us)) => Some(LeaseNote {
+                        holder,
+                        expires_at: micros_to_ts(us),
+                    }),
+                    _ => None,
+                };
+                SubscriptionState {
+                    subscription_id: r.get(0),
+                    cursor: wm.zip(pb).map(|(w, p)| Cursor {
+                        watermark: from_nanos(w),
+                        pruned_before: from_nanos(p),
+                    }),
+                    last_poll_at: r.get::<_, Option<i64>>(3).map(from_nanos),
+                    last_result: r.get(4),
+                    outbox: r.get(5),
+                    dead_letters: r.get(6),
+                    detection,
+                    lease,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        let rows = self
+            .query(
+                "reading instances",
+                "SELECT id, host, pid, (extract(epoch FROM started_at) * 1000000)::bigint,
+                        (extract(epoch FROM expires_at) * 1000000)::bigint, expires_at > now()
+                 FROM instance ORDER BY started_at, id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| InstanceRow {
+                id: r.get(0),
+                host: r.get(1),
+                pid: r.get(2),
+                started_at: micros_to_ts(r.get(3)),
+                expires_at: micros_to_ts(r.get(4)),
+                live: r.get(5),
+            })
+            .collect())
+    }
+
+    /// See [`super::Store::lease_round`]. Not retried: the next round is
+    /// lease/3 away, and a round that fails for a whole lease drops them all.
+    pub async fn lease_round(
+        &self,
+        wanted: &[String],
+        lease: Duration,
+        share: Share,
+    ) -> Result<LeaseReport, StoreError> {
+        const CX: &str = "renewing leases";
+        let secs = lease.as_secs_f64();
+        let me = &self.me.id;
+        let c = self.client(CX).await?;
+        c.execute(
+            "INSERT INTO instance (id, host, pid, started_at, expires_at)
+             VALUES ($1, $2, $3, now(), now() + make_interval(secs => $4))
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+            &[me, &self.me.host, &i64::from(self.me.pid), &secs],
+        )
+        .await
+        .ctx(CX)?;
+        // What the last round set aside had a lease/3 to stop: give it back,
+        // with anything no longer configured.
+        let releasing: Vec<String> = self
+            .releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        c.execute(
+            "DELETE FROM lease WHERE holder = $1 AND (subscription_id = ANY($2) OR NOT subscription_id = ANY($3))",
+            &[me, &releasing, &wanted],
+        )
+        .await
+        .ctx(CX)?;
+        self.releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let mut mine: BTreeSet<String> = c
+            .query(
+                "UPDATE lease SET expires_at = now() + make_interval(secs => $2) WHERE holder = $1
+                 RETURNING subscription_id",
+                &[me, &secs],
+            )
+            .await
+            .ctx(CX)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let live: i64 = c
+            .query_one(
+                "SELECT count(*) FROM instance WHERE expires_at > now()",
+                &[],
+            )
+            .await
+            .ctx(CX)?
+            .get(0);
+        let live = usize::try_from(live).unwrap_or(1).max(1);
+        let share = match share {
+            Share::Fair => wanted.len().div_ceil(live),
+            Share::All => wanted.len(),
+        };
+        if mine.len() > share {
+            // Set the excess aside: no longer polled from now, given back at
+            // the next round.
+            let excess: Vec<String> = mine.iter().skip(share).cloned().collect();
+            let mut r = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+            for s in excess {
+                mine.remove(&s);
+                r.insert(s);
+            }
+        } else if mine.len() < share {
+            let mut free: Vec<String> = c
+                .query(
+                    "SELECT s FROM unnest($1::text[]) AS s
+                     WHERE NOT EXISTS (SELECT 1 FROM lease WHERE subscription_id = s AND expires_at >= now())",
+                    &[&wanted],
+                )
+                .await
+                .ctx(CX)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            // Start somewhere random, so that instances taking at once mostly
+            // reach for different subscriptions.
+            if !free.is_empty() {
+                let at = fastrand::usize(..free.len());
+                free.rotate_left(at);
+            }
+            for sub in free {
+                if mine.len() >= share {
+                    break;
+                }
+                let taken = c
+                    .query_opt(
+                        "INSERT INTO lease (subscription_id, holder, expires_at)
+                         VALUES ($1, $2, now() + make_interval(secs => $3))
+                         ON CONFLICT (subscription_id) DO UPDATE
+                         SET holder = excluded.holder, expires_at = excluded.expires_at
+                         WHERE lease.expires_at < now() OR lease.holder = excluded.holder
+                         RETURNING subscription_id",
+                        &[&sub, me, &secs],
+                    )
+                    .await
+                    .ctx(CX)?;
+                if taken.is_some() {
+                    tracing::info!(subscription = %sub, "took the lease on this subscription");
+                    mine.insert(sub);
+                }
+            }
+        }
+        self.held.send_if_modified(|h| {
+            let changed = *h != mine;
+            h.clone_from(&mine);
+            changed
+        });
+        let _ = c
+            .execute(
+                "DELETE FROM instance WHERE expires_at < now() - interval '1 day'",
+                &[],
+            )
+            .await;
+        Ok(LeaseReport {
+            held: mine,
+            live,
+            share,
+        })
+    }
+
+    pub async fn leave(&self) -> Result<(), StoreError> {
+        let c = self.client("giving up leases").await?;
+        c.execute("DELETE FROM lease WHERE holder = $1", &[&self.me.id])
+            .await
+            .ctx("giving up leases")?;
+        c.execute("DELETE FROM instance WHERE id = $1", &[&self.me.id])
+            .await
+            .ctx("giving up leases")?;
+        Ok(())
+    }
+}
+
+/// rustls trusting `root_cert` (PEM) when given, else the system store (and
+/// `SSL_CERT_FILE`).
+fn rustls_config(root_cert: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificate (system store empty, no sslrootcert)".into());
+    }
+    Ok(rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_never_shows() {
+        let u =
+            DatabaseUrl::parse("postgres://poller:hunter2@db.example:5433/state?sslmode=require")
+                .unwrap();
+        assert_eq!(
+            u.redacted(),
+            "postgres://poller:[redacted]@db.example:5433/state"
+        );
+        assert!(!format!("{u:?}").contains("hunter2"));
+        let e = DatabaseUrl::parse("mysql://poller:hunter2@db/x").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = DatabaseUrl::parse("postgres://poller:hunter2@db/x?sslmode=bogus").unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+    }
+}

@@ -1,0 +1,255 @@
+//! A real PostgreSQL server for a test: `initdb` (once per build, copied for
+//! each server) and `pg_ctl start` into a temporary directory, listening on
+//! a free 127.0.0.1 port with its socket in that directory; stopped when
+//! dropped. The binaries are found on `PATH` or under
+//! `/usr/lib/postgresql/*/bin` (`.ci/run` installs Debian's `postgresql`).
+//! As root (CI), the server runs as `nobody`: `initdb` refuses root.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The password in every test URL: the server trusts loopback, so any
+/// password passes, and it must never appear in the poller's output.
+pub const DB_PASSWORD: &str = "pg-pass-DO-NOT-LOG-31337";
+
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    bin: PathBuf,
+}
+
+fn find_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("PATH") {
+        for d in std::env::split_paths(&path) {
+            if d.join("initdb").is_file() && d.join("pg_ctl").is_file() {
+                return d;
+            }
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|r| {
+            r.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|b| b.join("initdb").is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+        .pop()
+        .expect("PostgreSQL server binaries (initdb, pg_ctl): install Debian's postgresql")
+}
+
+/// `/proc/self` belongs to the effective user.
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Runs a server binary, as `nobody` when we are root.
+fn pg(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
+    let exe = bin.join(tool);
+    let mut cmd = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "nobody", "--"]).arg(&exe);
+        c
+    } else {
+        Command::new(&exe)
+    };
+    cmd.args(args)
+        .env_remove("PGDATA")
+        .current_dir("/")
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"))
+}
+
+fn give_to_server_user(path: &Path) {
+    if is_root() {
+        let ok = Command::new("chown")
+            .args(["-R", "nobody:"])
+            .arg(path)
+            .status()
+            .expect("chown")
+            .success();
+        assert!(ok, "chown {}", path.display());
+    }
+}
+
+/// One `initdb` per build (kept under the target directory, reused by
+/// later runs); each server starts from a copy.
+fn template(bin: &Path) -> &'static Path {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let version = bin
+            .parent()
+            .and_then(|v| v.file_name())
+            .map(|v| v.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let done = root.join(format!("pg-template-{version}"));
+        if done.join("data/PG_VERSION").is_file() {
+            return done;
+        }
+        // initdb (as the server's user) where that user may write, then
+        // the result copied under the target directory.
+        let scratch = tempfile::tempdir().expect("tempdir");
+        give_to_server_user(scratch.path());
+        let data = scratch.path().join("data");
+        let out = pg(
+            bin,
+            "initdb",
+            &[
+                "-D",
+                data.to_str().expect("utf-8 path"),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-locale",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let work = root.join(format!("pg-template-{version}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).expect("template directory");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&data)
+            .arg(work.join("data"))
+            .status()
+            .expect("cp")
+            .success();
+        assert!(ok, "copy the template cluster");
+        // Another test binary may have won the race: theirs is as good.
+        if std::fs::rename(&work, &done).is_err() {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        done
+    })
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl PgServer {
+    pub fn start() -> PgServer {
+        let bin = find_bin();
+        let template = template(&bin).join("data");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = Command::new("cp")
+            .arg("-a")
+            .arg(&template)
+            .arg(dir.path().join("data"))
+            .status()
+            .expect("cp")
+            .success();
+        assert!(ok, "copy the template cluster");
+        give_to_server_user(dir.path());
+        let mut server = PgServer { dir, port: 0, bin };
+        for attempt in 0.. {
+            server.port = free_port();
+            if server.pg_ctl("start").status.success() {
+                break;
+            }
+            assert!(
+                attempt < 3,
+                "pg_ctl start failed: {}",
+                std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
+            );
+        }
+        server
+    }
+
+    fn pg_ctl(&self, action: &str) -> std::process::Output {
+        let dir = self.dir.path();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
+            self.port,
+            dir.display()
+        );
+        let data = dir.join("data");
+        let log = dir.join("server.log");
+        let mut args = vec![
+            action,
+            "-w",
+            "-t",
+            "60",
+            "-D",
+            data.to_str().expect("utf-8 path"),
+            "-l",
+            log.to_str().expect("utf-8 path"),
+            "-o",
+            &options,
+        ];
+        if action != "start" {
+            args.extend(["-m", "fast"]);
+        }
+        pg(&self.bin, "pg_ctl", &args)
+    }
+
+    /// `pg_ctl restart`: every connection is cut.
+    pub fn restart(&self) {
+        let out = self.pg_ctl("restart");
+        assert!(
+            out.status.success(),
+            "pg_ctl restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A URL for database `db`, with a password that must never be printed.
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "postgres://postgres:{DB_PASSWORD}@127.0.0.1:{}/{db}",
+            self.port
+        )
+    }
+
+    pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test server");
+        tokio::spawn(conn);
+        client
+    }
+
+    /// Creates an empty database and returns its URL.
+    pub async fn database(&self, db: &str) -> String {
+        let c = self.connect("postgres").await;
+        c.batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .expect("create database");
+        self.url(db)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = pg(
+            &self.bin,
+            "pg_ctl",
+            &[
+                "stop",
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "-w",
+            ],
+        );
+    }
+}
