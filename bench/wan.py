@@ -385,7 +385,9 @@ def schedule(out):
                 continue
             done = parse_ts(ts)
             took = (l.get("took_ms") or 0) / 1000
-            starts.setdefault(l.get("subscription", "?"), []).append(done - took)
+            # The poll line's subscription fields (SUBSCRIPTION_ID in the journal).
+            key = l.get("subscription_id") or l.get("subscription", "?")
+            starts.setdefault(key, []).append(done - took)
         first_poll = min((min(v) for v in starts.values()), default=None)
 
         def on_time(origin):

@@ -185,9 +185,10 @@ impl Poller {
             let now = to_ticks(self.now());
             let (start, end) = self.bounds(sub, &cursor, now);
             report.window_start.get_or_insert(start);
-            if now - cursor.watermark > window && self.slices > 1 {
-                // More than a window behind: the whole way to now, in
-                // parallel slices. (A poll on schedule is one query.)
+            if now - cursor.watermark > window * 2 && self.slices > 1 {
+                // More than two windows behind: the whole way to now, in
+                // parallel slices. (A poll on schedule, about an interval
+                // behind, and a first poll, one window behind, are one query.)
                 let watermark = self
                     .catch_up(sub, tokens, start, now, &mut report, beat)
                     .await?;

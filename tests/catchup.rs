@@ -196,3 +196,24 @@ async fn the_read_budget_paces_every_request_to_a_subscription() {
         assert!(within <= 10 + 20 + 1, "{within} requests within a second");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_poll_and_a_poll_on_schedule_are_one_query_each() {
+    let mut h = Harness::new().await;
+    h.window = "60s";
+    let recent = over(SUB_A, "r", 30, chrono::Duration::seconds(50));
+    h.fakes.add(recent.clone());
+    let config = write_with_azure(&h, "catch_up_slices = 8\n");
+    // A first run places the watermark one window back: no slices.
+    let run = h.run(&["--config", &config, "--once"]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("parallel time slices"),
+        "{}",
+        run.stderr
+    );
+    // One query, besides the empty one that asks Azure for its clock.
+    let queries: Vec<_> = ranges(&h).into_iter().filter(|(ge, le)| ge != le).collect();
+    assert_eq!(queries.len(), 1, "{:?}", ranges(&h));
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&recent));
+}
