@@ -645,3 +645,88 @@ async fn the_demo_delivers_everything_exactly_once() {
         .collect();
     assert!(rows.len() >= 3, "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_copy_from_sqlite_to_postgres_continues_without_gap_or_repeat() {
+    let mut h = Harness::new().await;
+    h.window = "60s";
+    // On SQLite: some delivered, one rejected into the dead letters...
+    let delivered = recent(SUB_A, "first", 5);
+    h.fakes.reject("rejected-1");
+    h.fakes.add(delivered.clone());
+    h.fakes.add([entry(
+        SUB_A,
+        "rejected-1",
+        Utc::now() - chrono::Duration::seconds(1),
+        "Succeeded",
+    )]);
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // ...and some left in the outbox with the endpoint down.
+    h.fakes.set_ingest(IngestMode::Down(500));
+    let queued = recent(SUB_A, "queued", 6);
+    h.fakes.add(queued.clone());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(75), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("6 event(s) stay in the outbox"),
+        "{}",
+        run.stderr
+    );
+    let (_, out, _) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
+    let dead: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let number = dead[0]["number"].clone();
+
+    // The copy, the target URL (with its password) from a file.
+    let (server, url) = support::postgres::PgServer::with_database("poller").await;
+    std::fs::write(h.path("database-url"), format!("{url}\n")).unwrap();
+    let from = format!("sqlite:{}", h.path("state.db").display());
+    let to_file = h.path("database-url").display().to_string();
+    let copy = h
+        .run(&["state", "copy", "--from", &from, "--to-file", &to_file])
+        .await;
+    assert_eq!(copy.code, Some(0), "{}{}", copy.stdout, copy.stderr);
+    for line in ["cursors  1", "outbox events  6", "dead letters  1"] {
+        let line = line.replace("  ", " ");
+        assert!(
+            copy.stdout
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == line),
+            "{line} missing:\n{}",
+            copy.stdout
+        );
+    }
+
+    // The same configuration, `[state] url`: the outbox goes out in order,
+    // new entries follow, and nothing already delivered or seen goes twice.
+    let outbox_order = "SELECT event_data_id FROM outbox ORDER BY seq";
+    let in_sqlite = h.state_sql(outbox_order).await;
+    h.use_postgres(server, url.clone());
+    assert_eq!(h.state_sql(outbox_order).await, in_sqlite);
+    h.fakes.set_ingest(IngestMode::Up);
+    let later = recent(SUB_A, "later", 4);
+    h.fakes.add(later.clone());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let received = h.fakes.received_ids();
+    let mut expected = ids(&delivered);
+    expected.extend(ids(&queued));
+    expected.extend(ids(&later));
+    assert_exactly_once(&received, &expected);
+    let (code, out, err) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let dead: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(dead[0]["event_data_id"], "rejected-1", "{out}");
+    assert_eq!(dead[0]["number"], number, "{out}");
+
+    // A second copy into the now non-empty target is refused, and says why
+    // without the password (`Harness::run` checks that on every output).
+    let copy = h
+        .run(&["state", "copy", "--from", &from, "--to", &url])
+        .await;
+    assert_eq!(copy.code, Some(78), "{}{}", copy.stdout, copy.stderr);
+    assert!(copy.stderr.contains("not empty"), "{}", copy.stderr);
+    assert!(copy.stderr.contains("postgres://"), "{}", copy.stderr);
+    let outbox = h.state_sql("SELECT COUNT(*) FROM outbox").await;
+    assert_eq!(outbox, [Some("0".to_string())]);
+}
