@@ -1,6 +1,8 @@
 //! Operating the daemon: metrics and health endpoints, readiness, SIGHUP
-//! reload, `status` and `dead-letters` next to a running daemon, the systemd
-//! notification protocol, and the unit's security rating.
+//! reload, `status` and `dead-letters` next to a running daemon (on both
+//! state backends; on PostgreSQL with the lease holder and readiness by
+//! share), `state copy` from SQLite to PostgreSQL, the systemd notification
+//! protocol, and the unit's security rating.
 
 mod support;
 
@@ -75,9 +77,14 @@ fn metric(m: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Opti
         .map(|(_, v)| *v)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_health_and_readiness() {
-    let mut h = Harness::new().await;
+// What operators use next to a running daemon works the same on either state.
+crate::on_both_backends!(
+    metrics_health_and_readiness,
+    status_and_dead_letters_next_to_a_running_daemon,
+);
+
+async fn metrics_health_and_readiness(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.subscriptions = vec![(SUB_A.to_string(), false), (SUB_B.to_string(), false)];
     h.extra = "\n[telemetry]\nlisten = \"127.0.0.1:0\"\n".into();
     h.fakes.azure.lock().unwrap().deny.insert(SUB_B.to_string());
@@ -183,8 +190,46 @@ async fn metrics_health_and_readiness() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "never became ready");
+    if backend == Backend::Postgres {
+        readiness_follows_the_share_of_leases(&h, &addr).await;
+    }
     let (code, log) = d.stop().await;
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// On shared state, `/readyz` is 503 while the instance holds less than its
+/// share: another live instance (a row of its own) takes both leases, then
+/// gives them back.
+async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
+    h.state_sql(
+        "INSERT INTO instance (id, host, pid, started_at, expires_at)
+         VALUES ('other', 'elsewhere', 1, now(), now() + interval '1 hour')",
+    )
+    .await;
+    h.state_sql("UPDATE lease SET holder = 'other', expires_at = now() + interval '1 hour'")
+        .await;
+    let mut body = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !body.contains("holds 0 of its share of 1") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready without its share: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (code, text) = get(addr, "/readyz").await;
+        body = if code == 503 { text } else { String::new() };
+    }
+    h.state_sql("DELETE FROM lease WHERE holder = 'other'")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while get(addr, "/readyz").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again once its share was free"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.state_sql("DELETE FROM instance WHERE id = 'other'").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,9 +349,8 @@ async fn cli(h: &mut Harness, args: &[&str]) -> (Option<i32>, String, String) {
     (r.code, r.stdout, r.stderr)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_dead_letters_next_to_a_running_daemon() {
-    let mut h = Harness::new().await;
+async fn status_and_dead_letters_next_to_a_running_daemon(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let good = recent(SUB_A, "s", 4);
     let rejected = entry(
         SUB_A,
@@ -348,6 +392,38 @@ async fn status_and_dead_letters_next_to_a_running_daemon() {
     assert_eq!(row["dead_letters"], 1);
     assert!(row["lag_seconds"].as_i64().unwrap_or(999) < 60, "{row}");
     assert!(!out.contains(INGEST_TOKEN) && !out.contains(CLIENT_SECRET));
+    match backend {
+        // Shared state: which instance holds the subscription, and until when.
+        Backend::Postgres => {
+            let holder = row["lease_holder"].as_str().unwrap_or_default();
+            assert!(
+                !holder.is_empty() && d.log().contains(holder),
+                "the holder is not the running daemon: {row}\n{}",
+                d.log()
+            );
+            // Renewed every third of the 2 s lease: near now, whatever the load.
+            let expires = row["lease_expires"].as_str().unwrap_or_default();
+            let expires = chrono::DateTime::parse_from_rfc3339(expires)
+                .unwrap_or_else(|e| panic!("lease_expires: {e}: {row}"));
+            let now = Utc::now();
+            assert!(
+                expires > now - chrono::Duration::seconds(10)
+                    && expires < now + chrono::Duration::seconds(10),
+                "{row}"
+            );
+            // The table: the lease holder, and the instance with its pid.
+            let (code, out, err) = cli(&mut h, &["status"]).await;
+            assert_eq!(code, Some(0), "{err}");
+            let pid = d.child.id().expect("the daemon runs").to_string();
+            assert!(
+                out.contains("LEASE HOLDER") && out.contains(holder) && out.contains(&pid),
+                "{out}"
+            );
+        }
+        Backend::Sqlite => {
+            assert!(row["lease_holder"].is_null(), "{row}");
+        }
+    }
 
     let (code, out, _) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
     assert_eq!(code, Some(0));
