@@ -806,3 +806,35 @@ async fn state_copy_from_sqlite_to_postgres_continues_without_gap_or_repeat() {
     let outbox = h.state_sql("SELECT COUNT(*) FROM outbox").await;
     assert_eq!(outbox, [Some("0".to_string())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_copy_that_fails_midway_leaves_the_target_empty() {
+    let mut h = Harness::new().await;
+    h.fakes.add(recent(SUB_A, "c", 3));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // A dead letter (read after cursors, seen ids and outbox) that cannot be
+    // read: the copy fails after the first tables went in.
+    h.state_sql(
+        "INSERT INTO dead_letter (subscription_id, event_data_id, entry, reason, failed_at_ns)
+         VALUES ('s', 'e', '{}', 'r', 'not a time')",
+    )
+    .await;
+    let (server, url) = support::postgres::PgServer::with_database("poller").await;
+    h.env = vec![("TARGET_URL".into(), url.clone())];
+    let from = format!("sqlite:{}", h.path("state.db").display());
+    let copy = h
+        .run(&["state", "copy", "--from", &from, "--to-env", "TARGET_URL"])
+        .await;
+    assert_eq!(copy.code, Some(74), "{}{}", copy.stdout, copy.stderr);
+    assert!(
+        copy.stderr.contains("reading the source"),
+        "{}",
+        copy.stderr
+    );
+    h.use_postgres(server, url);
+    for table in ["cursor", "seen", "outbox", "dead_letter"] {
+        let n = h.state_sql(&format!("SELECT COUNT(*) FROM {table}")).await;
+        assert_eq!(n, [Some("0".to_string())], "{table}");
+    }
+}
