@@ -28,6 +28,9 @@ Examples:
   # Subscriptions to paste into poller.toml, from Guardrails or from Azure:
   azure-activity-poller import --from-guardrails --config poller.toml
 
+  # Move from SQLite to PostgreSQL (stop the daemon first; the target is empty):
+  azure-activity-poller state copy --from sqlite:/var/lib/azure-activity-poller/state.db --to-env DATABASE_URL
+
 Exit codes: 0 success; 64 usage; 69 Azure or the endpoint refused us, or an
 event handler check could not be made; 74 state database I/O; 75 temporary
 failure (retry later); 78 configuration problem, including a refusal because
@@ -115,6 +118,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DeadLetterAction,
     },
+    /// Move the state between backends.
+    State {
+        #[command(subcommand)]
+        action: StateAction,
+    },
     /// Run the poller against an embedded Azure emulator (no Azure account
     /// needed) with late entries, throttling, faults and an endpoint outage,
     /// then print what was generated and delivered, per subscription.
@@ -169,6 +177,35 @@ pub enum Command {
         /// With --from-azure: the credential to use (default: the only one).
         #[arg(long, value_name = "NAME")]
         credential: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StateAction {
+    /// Copy an SQLite state file (cursors, seen ids, outbox in its order,
+    /// dead letters, detection notes) into an empty PostgreSQL database, to
+    /// run two or more instances on it. The source is only read; stop the
+    /// daemon first so that nothing moves after the copy. The target's schema
+    /// is created as the daemon creates it; a target holding any state is
+    /// refused (exit 78), and a failed copy leaves it empty.
+    #[command(
+        after_help = "Examples:\n  systemctl stop azure-activity-poller\n  azure-activity-poller state copy --from sqlite:/var/lib/azure-activity-poller/state.db --to-file /etc/azure-activity-poller/database-url\n  DATABASE_URL=postgres://poller:...@db.example.com/poller azure-activity-poller state copy --from sqlite:state.db --to-env DATABASE_URL\n\nThen set [state] url (or url_file, url_env) in poller.toml and start the instances.\n\nExit codes: 0 copied; 64 usage; 74 a database could not be read or written; 78 the target is not empty, or the source is not a poller state file."
+    )]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "to_env", "to_file"])))]
+    Copy {
+        /// The source: `sqlite:PATH`, the `[state] path` of the SQLite setup.
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: String,
+        /// The target `postgres://` URL (visible to `ps`; prefer --to-env or --to-file
+        /// when it holds a password).
+        #[arg(long, value_name = "URL")]
+        to: Option<String>,
+        /// An environment variable holding the target URL.
+        #[arg(long, value_name = "VAR")]
+        to_env: Option<String>,
+        /// A file holding the target URL.
+        #[arg(long, value_name = "FILE")]
+        to_file: Option<PathBuf>,
     },
 }
 

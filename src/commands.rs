@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use crate::daemon::Signal;
 
 use crate::app::{App, StartError, parse_since};
-use crate::cli::{Cli, Command, DeadLetterAction, RunArgs};
+use crate::cli::{Cli, Command, DeadLetterAction, RunArgs, StateAction};
 use crate::config::{Config, ProcessEnv};
 use crate::scheduler;
 
@@ -73,6 +73,7 @@ pub fn run(cli: Cli) -> ExitCode {
         },
         Some(Command::Status { config, json }) => status(&config, json),
         Some(Command::DeadLetters { action }) => dead_letters(action),
+        Some(Command::State { action }) => state(action),
         None => match &cli.run.config {
             Some(path) => run_poller(path, &cli.run),
             None => {
@@ -293,6 +294,55 @@ fn dead_letters(action: DeadLetterAction) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => status_exit(&e),
+    }
+}
+
+fn state(action: StateAction) -> ExitCode {
+    use crate::store::copy::{CopyError, Target, copy, parse_source};
+    let StateAction::Copy {
+        from,
+        to,
+        to_env,
+        to_file,
+    } = action;
+    let target = match (to, to_env, to_file) {
+        (Some(url), _, _) => Target::Url(url),
+        (_, Some(var), _) => Target::Env(var),
+        (_, _, Some(path)) => Target::File(path),
+        // clap requires one of them.
+        (None, None, None) => {
+            eprintln!("azure-activity-poller: state copy: --to, --to-env or --to-file is required");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let copied = parse_source(&from).and_then(|source| {
+        let url = target.resolve()?;
+        let rt = runtime().map_err(|_| {
+            CopyError::Store(crate::store::StoreError::Task(
+                "cannot start the async runtime".into(),
+            ))
+        })?;
+        let copied = rt.block_on(copy(&source, &url))?;
+        Ok((source, url, copied))
+    });
+    match copied {
+        Ok((source, url, copied)) => {
+            println!(
+                "copied {} to {}:\n{}",
+                source.display(),
+                url.redacted(),
+                copied.render()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("azure-activity-poller: state copy: {e}");
+            ExitCode::from(match e {
+                CopyError::Source(_) => exit::USAGE,
+                e if e.is_config() => exit::CONFIG,
+                _ => exit::IOERR,
+            })
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Operating the daemon: metrics and health endpoints, readiness, SIGHUP
-//! reload, `status` and `dead-letters` next to a running daemon, the systemd
-//! notification protocol, and the unit's security rating.
+//! reload, `status` and `dead-letters` next to a running daemon (on both
+//! state backends; on PostgreSQL with the lease holder and readiness by
+//! share), `state copy` from SQLite to PostgreSQL, the systemd notification
+//! protocol, and the unit's security rating.
 
 mod support;
 
@@ -75,9 +77,14 @@ fn metric(m: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Opti
         .map(|(_, v)| *v)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_health_and_readiness() {
-    let mut h = Harness::new().await;
+// What operators use next to a running daemon works the same on either state.
+crate::on_both_backends!(
+    metrics_health_and_readiness,
+    status_and_dead_letters_next_to_a_running_daemon,
+);
+
+async fn metrics_health_and_readiness(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.subscriptions = vec![(SUB_A.to_string(), false), (SUB_B.to_string(), false)];
     h.extra = "\n[telemetry]\nlisten = \"127.0.0.1:0\"\n".into();
     h.fakes.azure.lock().unwrap().deny.insert(SUB_B.to_string());
@@ -183,8 +190,46 @@ async fn metrics_health_and_readiness() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ready, "never became ready");
+    if backend == Backend::Postgres {
+        readiness_follows_the_share_of_leases(&h, &addr).await;
+    }
     let (code, log) = d.stop().await;
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// On shared state, `/readyz` is 503 while the instance holds less than its
+/// share: another live instance (a row of its own) takes both leases, then
+/// gives them back.
+async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
+    h.state_sql(
+        "INSERT INTO instance (id, host, pid, started_at, expires_at)
+         VALUES ('other', 'elsewhere', 1, now(), now() + interval '1 hour')",
+    )
+    .await;
+    h.state_sql("UPDATE lease SET holder = 'other', expires_at = now() + interval '1 hour'")
+        .await;
+    let mut body = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !body.contains("holds 0 of its share of 1") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready without its share: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (code, text) = get(addr, "/readyz").await;
+        body = if code == 503 { text } else { String::new() };
+    }
+    h.state_sql("DELETE FROM lease WHERE holder = 'other'")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while get(addr, "/readyz").await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again once its share was free"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.state_sql("DELETE FROM instance WHERE id = 'other'").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,9 +349,8 @@ async fn cli(h: &mut Harness, args: &[&str]) -> (Option<i32>, String, String) {
     (r.code, r.stdout, r.stderr)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn status_and_dead_letters_next_to_a_running_daemon() {
-    let mut h = Harness::new().await;
+async fn status_and_dead_letters_next_to_a_running_daemon(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let good = recent(SUB_A, "s", 4);
     let rejected = entry(
         SUB_A,
@@ -348,6 +392,38 @@ async fn status_and_dead_letters_next_to_a_running_daemon() {
     assert_eq!(row["dead_letters"], 1);
     assert!(row["lag_seconds"].as_i64().unwrap_or(999) < 60, "{row}");
     assert!(!out.contains(INGEST_TOKEN) && !out.contains(CLIENT_SECRET));
+    match backend {
+        // Shared state: which instance holds the subscription, and until when.
+        Backend::Postgres => {
+            let holder = row["lease_holder"].as_str().unwrap_or_default();
+            assert!(
+                !holder.is_empty() && d.log().contains(holder),
+                "the holder is not the running daemon: {row}\n{}",
+                d.log()
+            );
+            // Renewed every third of the 2 s lease: near now, whatever the load.
+            let expires = row["lease_expires"].as_str().unwrap_or_default();
+            let expires = chrono::DateTime::parse_from_rfc3339(expires)
+                .unwrap_or_else(|e| panic!("lease_expires: {e}: {row}"));
+            let now = Utc::now();
+            assert!(
+                expires > now - chrono::Duration::seconds(10)
+                    && expires < now + chrono::Duration::seconds(10),
+                "{row}"
+            );
+            // The table: the lease holder, and the instance with its pid.
+            let (code, out, err) = cli(&mut h, &["status"]).await;
+            assert_eq!(code, Some(0), "{err}");
+            let pid = d.child.id().expect("the daemon runs").to_string();
+            assert!(
+                out.contains("LEASE HOLDER") && out.contains(holder) && out.contains(&pid),
+                "{out}"
+            );
+        }
+        Backend::Sqlite => {
+            assert!(row["lease_holder"].is_null(), "{row}");
+        }
+    }
 
     let (code, out, _) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
     assert_eq!(code, Some(0));
@@ -644,4 +720,121 @@ async fn the_demo_delivers_everything_exactly_once() {
         .filter(|l| l.contains(" 0 ") && l.len() > 60 && l.contains('-'))
         .collect();
     assert!(rows.len() >= 3, "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_copy_from_sqlite_to_postgres_continues_without_gap_or_repeat() {
+    let mut h = Harness::new().await;
+    h.window = "60s";
+    // On SQLite: some delivered, one rejected into the dead letters...
+    let delivered = recent(SUB_A, "first", 5);
+    h.fakes.reject("rejected-1");
+    h.fakes.add(delivered.clone());
+    h.fakes.add([entry(
+        SUB_A,
+        "rejected-1",
+        Utc::now() - chrono::Duration::seconds(1),
+        "Succeeded",
+    )]);
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // ...and some left in the outbox with the endpoint down.
+    h.fakes.set_ingest(IngestMode::Down(500));
+    let queued = recent(SUB_A, "queued", 6);
+    h.fakes.add(queued.clone());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(75), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("6 event(s) stay in the outbox"),
+        "{}",
+        run.stderr
+    );
+    let (_, out, _) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
+    let dead: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let number = dead[0]["number"].clone();
+
+    // The copy, the target URL (with its password) from a file.
+    let (server, url) = support::postgres::PgServer::with_database("poller").await;
+    std::fs::write(h.path("database-url"), format!("{url}\n")).unwrap();
+    let from = format!("sqlite:{}", h.path("state.db").display());
+    let to_file = h.path("database-url").display().to_string();
+    let copy = h
+        .run(&["state", "copy", "--from", &from, "--to-file", &to_file])
+        .await;
+    assert_eq!(copy.code, Some(0), "{}{}", copy.stdout, copy.stderr);
+    for line in ["cursors  1", "outbox events  6", "dead letters  1"] {
+        let line = line.replace("  ", " ");
+        assert!(
+            copy.stdout
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == line),
+            "{line} missing:\n{}",
+            copy.stdout
+        );
+    }
+
+    // The same configuration, `[state] url`: the outbox goes out in order,
+    // new entries follow, and nothing already delivered or seen goes twice.
+    let outbox_order = "SELECT event_data_id FROM outbox ORDER BY seq";
+    let in_sqlite = h.state_sql(outbox_order).await;
+    h.use_postgres(server, url.clone());
+    assert_eq!(h.state_sql(outbox_order).await, in_sqlite);
+    h.fakes.set_ingest(IngestMode::Up);
+    let later = recent(SUB_A, "later", 4);
+    h.fakes.add(later.clone());
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let received = h.fakes.received_ids();
+    let mut expected = ids(&delivered);
+    expected.extend(ids(&queued));
+    expected.extend(ids(&later));
+    assert_exactly_once(&received, &expected);
+    let (code, out, err) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let dead: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(dead[0]["event_data_id"], "rejected-1", "{out}");
+    assert_eq!(dead[0]["number"], number, "{out}");
+
+    // A second copy into the now non-empty target is refused, and says why
+    // without the password (`Harness::run` checks that on every output).
+    let copy = h
+        .run(&["state", "copy", "--from", &from, "--to", &url])
+        .await;
+    assert_eq!(copy.code, Some(78), "{}{}", copy.stdout, copy.stderr);
+    assert!(copy.stderr.contains("not empty"), "{}", copy.stderr);
+    assert!(copy.stderr.contains("postgres://"), "{}", copy.stderr);
+    let outbox = h.state_sql("SELECT COUNT(*) FROM outbox").await;
+    assert_eq!(outbox, [Some("0".to_string())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_copy_that_fails_midway_leaves_the_target_empty() {
+    let mut h = Harness::new().await;
+    h.fakes.add(recent(SUB_A, "c", 3));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    // A dead letter (read after cursors, seen ids and outbox) that cannot be
+    // read: the copy fails after the first tables went in.
+    h.state_sql(
+        "INSERT INTO dead_letter (subscription_id, event_data_id, entry, reason, failed_at_ns)
+         VALUES ('s', 'e', '{}', 'r', 'not a time')",
+    )
+    .await;
+    let (server, url) = support::postgres::PgServer::with_database("poller").await;
+    h.env = vec![("TARGET_URL".into(), url.clone())];
+    let from = format!("sqlite:{}", h.path("state.db").display());
+    let copy = h
+        .run(&["state", "copy", "--from", &from, "--to-env", "TARGET_URL"])
+        .await;
+    assert_eq!(copy.code, Some(74), "{}{}", copy.stdout, copy.stderr);
+    assert!(
+        copy.stderr.contains("reading the source"),
+        "{}",
+        copy.stderr
+    );
+    h.use_postgres(server, url);
+    for table in ["cursor", "seen", "outbox", "dead_letter"] {
+        let n = h.state_sql(&format!("SELECT COUNT(*) FROM {table}")).await;
+        assert_eq!(n, [Some("0".to_string())], "{table}");
+    }
 }

@@ -18,6 +18,7 @@
 //! Either way, a page's new events and its watermark move commit together,
 //! and an outbox row is deleted only after the endpoint's 2xx.
 
+pub mod copy;
 pub mod postgres;
 pub mod sqlite;
 

@@ -368,7 +368,7 @@ impl PgStore {
         self.location.clone()
     }
 
-    async fn client(&self, context: &'static str) -> Result<Client, StoreError> {
+    pub(super) async fn client(&self, context: &'static str) -> Result<Client, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Pool {
             context,
             reason: e.to_string(),

@@ -756,10 +756,7 @@ impl Harness {
         let (pg, db_url) = match backend {
             Backend::Sqlite => (None, None),
             Backend::Postgres => {
-                let server = tokio::task::spawn_blocking(postgres::PgServer::start)
-                    .await
-                    .expect("start PostgreSQL");
-                let url = server.database("poller").await;
+                let (server, url) = postgres::PgServer::with_database("poller").await;
                 (Some(server), Some(url))
             }
         };
@@ -787,6 +784,14 @@ impl Harness {
             env: Vec::new(),
             runs: 0,
         }
+    }
+
+    /// Moves the harness's state to `server`'s database at `url` (the
+    /// configuration written next says `[state] url`).
+    pub fn use_postgres(&mut self, server: postgres::PgServer, url: String) {
+        self.backend = Backend::Postgres;
+        self.pg = Some(server);
+        self.db_url = Some(url);
     }
 
     pub fn path(&self, name: &str) -> PathBuf {

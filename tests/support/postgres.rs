@@ -226,6 +226,15 @@ impl PgServer {
         client
     }
 
+    /// A server of its own with an empty database `db`, and that database's URL.
+    pub async fn with_database(db: &str) -> (PgServer, String) {
+        let server = tokio::task::spawn_blocking(PgServer::start)
+            .await
+            .expect("start PostgreSQL");
+        let url = server.database(db).await;
+        (server, url)
+    }
+
     /// Creates an empty database and returns its URL.
     pub async fn database(&self, db: &str) -> String {
         let c = self.connect("postgres").await;
