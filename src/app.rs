@@ -312,7 +312,7 @@ impl App {
             if sub.event_handlers == EventHandlers::Absent {
                 tracing::warn!(
                     subscription_id = %sub.id,
-                subscription_name = sub.name.as_deref(),
+                    subscription_name = sub.name.as_deref(),
                     "event_handlers = false: not checking whether Guardrails event handlers or its own poller feed this subscription; you vouch that nothing does"
                 );
             }
@@ -365,11 +365,11 @@ impl App {
                     config_problem |= detection.config_problem();
                     if self.config.detection.on_unknown == OnUnknown::Poll {
                         tracing::warn!(
-                                    subscription_id = %sub.id,
-                        subscription_name = sub.name.as_deref(),
-                                    error = %errors.join("; "),
-                                    "cannot tell whether Guardrails feeds this subscription; polling it anyway ([detection] on_unknown = \"poll\")"
-                                );
+                            subscription_id = %sub.id,
+                            subscription_name = sub.name.as_deref(),
+                            error = %errors.join("; "),
+                            "cannot tell whether Guardrails feeds this subscription; polling it anyway ([detection] on_unknown = \"poll\")"
+                        );
                     } else {
                         unknown.push(explain(sub, &errors));
                     }
@@ -378,11 +378,11 @@ impl App {
                 Verdict::Clear(seen) => {
                     crate::metrics::detection_check("clear");
                     tracing::info!(
-                            subscription_id = %sub.id,
-                    subscription_name = sub.name.as_deref(),
-                            seen = %seen.join("; "),
-                            "no Guardrails event handlers or poller feed this subscription"
-                        );
+                        subscription_id = %sub.id,
+                        subscription_name = sub.name.as_deref(),
+                        seen = %seen.join("; "),
+                        "no Guardrails event handlers or poller feed this subscription"
+                    );
                     ("clear", seen.join("; "))
                 }
             };

@@ -614,7 +614,7 @@ async fn apply(app: &crate::app::App, sub: &SubscriptionConfig, detection: &Dete
                 crate::metrics::paused(id, false);
                 tracing::info!(
                     subscription_id = %sub.id,
-                subscription_name = sub.name.as_deref(),
+                    subscription_name = sub.name.as_deref(),
                     seen = %seen.join("; "),
                     "nothing else feeds this subscription any more: polling resumes from its watermark"
                 );

@@ -288,7 +288,7 @@ impl Poller {
         let id = sub.id.as_str().to_string();
         tracing::info!(
             subscription_id = %sub.id,
-                subscription_name = sub.name.as_deref(),
+            subscription_name = sub.name.as_deref(),
             from = %rfc3339(start),
             to = %rfc3339(until),
             slices = slices.len(),
@@ -408,12 +408,12 @@ impl Poller {
                     Item::Entry(e) => entries.push(e),
                     Item::Malformed(m) => {
                         tracing::warn!(
-                                    subscription_id = %sub.id,
-                        subscription_name = sub.name.as_deref(),
-                                    reason = %m.reason,
-                                    key = %m.key,
-                                    "malformed activity log entry quarantined in the dead-letter table"
-                                );
+                            subscription_id = %sub.id,
+                            subscription_name = sub.name.as_deref(),
+                            reason = %m.reason,
+                            key = %m.key,
+                            "malformed activity log entry quarantined in the dead-letter table"
+                        );
                         malformed.push((m, end));
                     }
                 }

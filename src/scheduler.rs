@@ -104,7 +104,7 @@ async fn poll_and_log(
             {
                 tracing::warn!(
                     subscription_id = %sub.id,
-                subscription_name = sub.name.as_deref(),
+                    subscription_name = sub.name.as_deref(),
                     skew_s = skew.num_seconds(),
                     "this host's clock differs from Azure's; the watermark follows Azure's clock"
                 );
@@ -319,12 +319,12 @@ pub async fn subscription_task(
                 if warned_late.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
                     warned_late = Some(Instant::now());
                     tracing::warn!(
-                            subscription_id = %sub.id,
-                    subscription_name = sub.name.as_deref(),
-                            late_s = late.as_secs_f64(),
-                            interval_s = interval.as_secs_f64(),
-                            "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
-                        );
+                        subscription_id = %sub.id,
+                        subscription_name = sub.name.as_deref(),
+                        late_s = late.as_secs_f64(),
+                        interval_s = interval.as_secs_f64(),
+                        "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
+                    );
                 }
             }
         }
@@ -342,7 +342,7 @@ pub async fn subscription_task(
                     if is_paused(&paused) {
                         tracing::warn!(
                             subscription_id = %sub.id,
-                subscription_name = sub.name.as_deref(),
+                            subscription_name = sub.name.as_deref(),
                             "paused mid-poll: the poll is abandoned, and its window is queried again on resume"
                         );
                         break;
