@@ -421,6 +421,8 @@ pub struct IngestState {
     pub in_flight: usize,
     pub max_in_flight: usize,
     pub throttled: usize,
+    /// The token accepted in place of `INGEST_TOKEN`, once rotated.
+    pub token: Option<String>,
 }
 
 /// The eventDataId of a posted document, whatever its format.
@@ -459,7 +461,8 @@ async fn ingest_handler(
     let mut s = lock(&st);
     s.in_flight -= 1;
     s.attempts += 1;
-    if q.get("token").map(String::as_str) != Some(INGEST_TOKEN) {
+    let accepted = s.token.as_deref().unwrap_or(INGEST_TOKEN);
+    if q.get("token").map(String::as_str) != Some(accepted) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     if let Some(IngestMode::Down(code)) = s.mode {
@@ -796,6 +799,20 @@ impl Harness {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
+    }
+
+    /// Gives the endpoint a new token, accepted from now on in place of the
+    /// old one, and writes the URL carrying it for the next process: a POST
+    /// a killed process left in the endpoint's socket is refused (401) when
+    /// it is read late, instead of counting as a delivery.
+    pub fn rotate_ingest_token(&self) {
+        let token = "rotated-ingest-token-DO-NOT-LOG-9876543210";
+        lock(&self.fakes.ingest).token = Some(token.to_string());
+        let url = format!(
+            "http://{}/api/v5/events/raw?token={token}",
+            self.fakes.ingest_addr
+        );
+        std::fs::write(self.path("ingest-url"), url).expect("write url");
     }
 
     pub fn config_text(&self) -> String {
