@@ -147,7 +147,7 @@ async fn take_leases(
         let report = crate::lease::round(&app.store, ids, ha, Share::All)
             .await
             .map_err(|e| e.to_string())?;
-        if report.held.len() == ids.len() || Instant::now() >= deadline {
+        if ids.iter().all(|id| report.held.contains(id)) || Instant::now() >= deadline {
             return Ok(report.held);
         }
         tracing::info!(

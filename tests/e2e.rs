@@ -32,6 +32,7 @@ crate::on_both_backends!(
     killed_while_delivering_loses_nothing_and_repeats_only_cut_posts,
     a_failing_subscription_does_not_stop_the_others,
     each_format_posts_the_webhook_shape,
+    events_of_a_removed_subscription_are_still_delivered,
 );
 
 async fn once_delivers_a_multi_page_window_exactly_once(backend: Backend) {
@@ -814,4 +815,34 @@ async fn a_postgres_schema_from_a_newer_version_is_refused() {
     );
     let v = h.state_sql("SELECT version FROM schema_version").await;
     assert_eq!(v, [Some("99".to_string())], "the version was reset");
+}
+
+async fn events_of_a_removed_subscription_are_still_delivered(backend: Backend) {
+    let mut h = Harness::on(backend).await;
+    h.subscriptions = vec![(SUB_A.to_string(), false), (SUB_B.to_string(), false)];
+    let a = spread(SUB_A, "a", 6, 8, "Succeeded");
+    let b = spread(SUB_B, "b", 7, 8, "Succeeded");
+    h.fakes.add(a.clone());
+    h.fakes.add(b.clone());
+    h.fakes.set_ingest(IngestMode::Down(503));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(75), "stderr:\n{}", run.stderr);
+    // B is taken out of the configuration while its events wait: they were
+    // polled while nothing else fed it, and are still owed to Guardrails.
+    h.subscriptions = vec![(SUB_A.to_string(), false)];
+    h.fakes.set_ingest(IngestMode::Up);
+    let polled_b = |h: &Harness| {
+        h.fakes
+            .arm_requests()
+            .iter()
+            .filter(|r| r.subscription == SUB_B)
+            .count()
+    };
+    let before = polled_b(&h);
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "stderr:\n{}", run.stderr);
+    let mut expected = ids(&a);
+    expected.extend(ids(&b));
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+    assert_eq!(polled_b(&h), before, "a removed subscription is not polled");
 }

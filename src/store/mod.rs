@@ -562,22 +562,6 @@ impl Store {
             Backend::Postgres(p) => p.leave().await,
         }
     }
-
-    /// The SQLite store, for `state copy`.
-    pub fn as_sqlite(&self) -> Option<&SqliteStore> {
-        match &self.backend {
-            Backend::Sqlite(s) => Some(s),
-            Backend::Postgres(_) => None,
-        }
-    }
-
-    /// The PostgreSQL store, for `state copy`.
-    pub fn as_postgres(&self) -> Option<&PgStore> {
-        match &self.backend {
-            Backend::Sqlite(_) => None,
-            Backend::Postgres(p) => Some(p),
-        }
-    }
 }
 
 /// Shares a batch of `limit` events round-robin among `subs` (the

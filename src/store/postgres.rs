@@ -963,6 +963,27 @@ impl PgStore {
         )
         .await
         .ctx(CX)?;
+        // Events a subscription left in the outbox when it was removed from
+        // the configuration are still owed to Guardrails: such a subscription
+        // is leased like the configured ones, and its events delivered (it is
+        // never polled: the supervisor starts only configured subscriptions).
+        let orphans: Vec<String> = c
+            .query(
+                "WITH RECURSIVE subs AS (
+                     (SELECT subscription_id AS s FROM outbox ORDER BY subscription_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT subscription_id FROM outbox WHERE subscription_id > subs.s
+                             ORDER BY subscription_id LIMIT 1)
+                     FROM subs WHERE subs.s IS NOT NULL)
+                 SELECT s FROM subs WHERE s IS NOT NULL AND NOT s = ANY($1)",
+                &[&wanted],
+            )
+            .await
+            .ctx(CX)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let wanted: Vec<String> = wanted.iter().cloned().chain(orphans).collect();
         // What the last round set aside had a lease/3 to stop: give it back,
         // with anything no longer configured.
         let releasing: Vec<String> = self

@@ -102,7 +102,7 @@ impl SqliteStore {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::init(conn, path)
+        Self::init(conn, path, true)
     }
 
     /// Opens an existing database without creating or migrating anything, for
@@ -113,10 +113,13 @@ impl SqliteStore {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::init(conn, path)
+        Self::init(conn, path, false)
     }
 
-    fn init(conn: Connection, path: &Path) -> Result<SqliteStore, StoreError> {
+    /// Checks the schema version and, with `migrate`, creates or brings the
+    /// schema up to date. Without it nothing is written: a database the
+    /// poller never ran with is refused.
+    fn init(conn: Connection, path: &Path, migrate: bool) -> Result<SqliteStore, StoreError> {
         let not_db = |e: rusqlite::Error| match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::NotADatabase) => StoreError::NotADatabase {
                 path: path.to_path_buf(),
@@ -136,6 +139,17 @@ impl SqliteStore {
                 location: path.display().to_string(),
                 found: version,
                 supported: SCHEMA_VERSION,
+            });
+        }
+        if !migrate {
+            if version == 0 {
+                return Err(StoreError::NoSchema {
+                    location: path.display().to_string(),
+                });
+            }
+            return Ok(SqliteStore {
+                conn: Arc::new(Mutex::new(conn)),
+                path: path.to_path_buf(),
             });
         }
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -734,6 +748,40 @@ mod tests {
         );
     }
 
+    #[test]
+    fn open_existing_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A database the poller never ran with is refused, and stays empty.
+        let empty = dir.path().join("empty.db");
+        Connection::open(&empty).unwrap();
+        assert!(matches!(
+            SqliteStore::open_existing(&empty),
+            Err(StoreError::NoSchema { .. })
+        ));
+        let c = Connection::open(&empty).unwrap();
+        let tables: i64 = c
+            .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0);
+        drop(c);
+
+        // An older schema is read as it is, not migrated (a daemon of that
+        // version may be running beside `status`).
+        let older = dir.path().join("older.db");
+        SqliteStore::open(&older).unwrap();
+        {
+            let c = Connection::open(&older).unwrap();
+            c.pragma_update(None, "user_version", SCHEMA_VERSION - 1)
+                .unwrap();
+        }
+        let store = SqliteStore::open_existing(&older).unwrap();
+        assert!(store.cursor("sub").unwrap().is_none());
+        let c = Connection::open(&older).unwrap();
+        let version: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION - 1);
+    }
     #[test]
     fn ack_and_reject_empty_the_outbox() {
         let dir = tempfile::tempdir().unwrap();
