@@ -10,6 +10,13 @@ use std::time::Duration;
 use chrono::Utc;
 use support::*;
 
+crate::on_both_backends!(
+    slices_finishing_out_of_order_lose_and_repeat_nothing,
+    killed_mid_catch_up_resumes_without_loss_or_duplicate,
+    the_read_budget_paces_every_request_to_a_subscription,
+    a_first_poll_and_a_poll_on_schedule_are_one_query_each,
+);
+
 /// `n` entries of `sub` spread evenly over the last `span`.
 fn over(sub: &str, prefix: &str, n: usize, span: chrono::Duration) -> Vec<FakeEntry> {
     let now = Utc::now();
@@ -36,9 +43,8 @@ fn ranges(h: &Harness) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slices_finishing_out_of_order_lose_and_repeat_nothing() {
-    let mut h = Harness::new().await;
+async fn slices_finishing_out_of_order_lose_and_repeat_nothing(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "60s";
     let span = chrono::Duration::hours(3);
     let all = over(SUB_A, "c", 600, span);
@@ -99,9 +105,8 @@ async fn slices_finishing_out_of_order_lose_and_repeat_nothing() {
     assert_exactly_once(&h.fakes.received_ids(), &ids(&all));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_catch_up_resumes_without_loss_or_duplicate() {
-    let mut h = Harness::new().await;
+async fn killed_mid_catch_up_resumes_without_loss_or_duplicate(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "60s";
     let span = chrono::Duration::hours(6);
     let all = over(SUB_A, "k", 900, span);
@@ -152,9 +157,8 @@ async fn killed_mid_catch_up_resumes_without_loss_or_duplicate() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_read_budget_paces_every_request_to_a_subscription() {
-    let mut h = Harness::new().await;
+async fn the_read_budget_paces_every_request_to_a_subscription(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "60s";
     let span = chrono::Duration::hours(2);
     let all = over(SUB_A, "b", 400, span);
@@ -197,9 +201,8 @@ async fn the_read_budget_paces_every_request_to_a_subscription() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_poll_and_a_poll_on_schedule_are_one_query_each() {
-    let mut h = Harness::new().await;
+async fn a_first_poll_and_a_poll_on_schedule_are_one_query_each(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.window = "60s";
     let recent = over(SUB_A, "r", 30, chrono::Duration::seconds(50));
     h.fakes.add(recent.clone());

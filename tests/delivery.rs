@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use support::*;
 
+crate::on_both_backends!(
+    an_endpoint_that_pushes_back_gets_everything_exactly_once,
+    a_backlog_does_not_hold_back_another_subscriptions_fresh_events,
+);
+
 /// The harness's `[guardrails]` says `concurrency = 4`; these tests use the
 /// default (adaptive) with a ceiling.
 fn adaptive(h: &mut Harness, max: usize) -> String {
@@ -16,9 +21,8 @@ fn adaptive(h: &mut Harness, max: usize) -> String {
         .replace("concurrency = 4\n", &format!("max_concurrency = {max}\n"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_that_pushes_back_gets_everything_exactly_once() {
-    let mut h = Harness::new().await;
+async fn an_endpoint_that_pushes_back_gets_everything_exactly_once(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     {
         let mut i = h.fakes.ingest.lock().unwrap();
         i.capacity = Some(6);
@@ -41,9 +45,8 @@ async fn an_endpoint_that_pushes_back_gets_everything_exactly_once() {
     assert!(i.throttled > 0, "the limit was probed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backlog_does_not_hold_back_another_subscriptions_fresh_events() {
-    let mut h = Harness::new().await;
+async fn a_backlog_does_not_hold_back_another_subscriptions_fresh_events(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.subscriptions = vec![(SUB_A.into(), false), (SUB_B.into(), false)];
     h.window = "120s";
     // A slow endpoint, one POST at a time: the order of delivery shows.

@@ -13,6 +13,17 @@ use support::detection::{
 };
 use support::*;
 
+crate::on_both_backends!(
+    live_handlers_in_azure_are_a_refusal_naming_what_was_found,
+    handlers_that_do_not_feed_the_subscription_do_not_stop_it,
+    guardrails_policies_are_a_refusal_too,
+    a_check_that_cannot_be_made_refuses_unless_on_unknown_says_poll,
+    guardrails_api_faults_are_named_with_the_right_exit_code,
+    event_handlers_false_overrides_detection_with_a_warning,
+    handlers_appearing_pause_the_subscription_and_their_removal_resumes_it,
+    sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state,
+);
+
 fn live(alerts: usize) -> FakeHandlers {
     FakeHandlers::Deployed {
         group_enabled: true,
@@ -35,8 +46,8 @@ fn assert_no_secrets(h: &Harness, output: &str) {
     }
 }
 
-async fn with_api() -> Harness {
-    let mut h = Harness::new().await;
+async fn with_api(backend: Backend) -> Harness {
+    let mut h = Harness::on(backend).await;
     h.extra = h.fakes.guardrails_api_section();
     h.env.push(("GR_SECRET".into(), GR_SECRET_KEY.into()));
     // Guardrails' own poller is off for every subscription unless a test says otherwise.
@@ -51,9 +62,8 @@ async fn with_api() -> Harness {
 
 // ------------------------------------------------------------ at start ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn live_handlers_in_azure_are_a_refusal_naming_what_was_found() {
-    let mut h = Harness::new().await;
+async fn live_handlers_in_azure_are_a_refusal_naming_what_was_found(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.subscriptions = vec![(SUB_A.into(), false), (SUB_B.into(), false)];
     h.fakes.add(spread(SUB_A, "a", 5, 8, "Succeeded"));
     h.fakes.set_handlers(SUB_B, Some(live(3)));
@@ -88,8 +98,7 @@ async fn live_handlers_in_azure_are_a_refusal_naming_what_was_found() {
     assert_eq!(h.fakes.ingest.lock().unwrap().attempts, 0, "nothing sent");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_that_do_not_feed_the_subscription_do_not_stop_it() {
+async fn handlers_that_do_not_feed_the_subscription_do_not_stop_it(backend: Backend) {
     // Each of these is "not live": no action group, a disabled one, or an
     // enabled one that no enabled alert routes to.
     for handlers in [
@@ -103,7 +112,7 @@ async fn handlers_that_do_not_feed_the_subscription_do_not_stop_it() {
             alerts: vec![false],
         },
     ] {
-        let mut h = Harness::new().await;
+        let mut h = Harness::on(backend).await;
         let good = spread(SUB_A, "a", 7, 8, "Succeeded");
         h.fakes.add(good.clone());
         h.fakes.set_handlers(SUB_A, Some(handlers.clone()));
@@ -120,10 +129,9 @@ async fn handlers_that_do_not_feed_the_subscription_do_not_stop_it() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guardrails_policies_are_a_refusal_too() {
+async fn guardrails_policies_are_a_refusal_too(backend: Backend) {
     // The poller policy Enabled (its default in Guardrails) means duplicates.
-    let mut h = with_api().await;
+    let mut h = with_api(backend).await;
     h.fakes
         .set_policy(POLLER_POLICY, SUB_A, &[("Enabled", "sub-a")]);
     h.fakes.add(spread(SUB_A, "a", 3, 8, "Succeeded"));
@@ -167,9 +175,8 @@ async fn guardrails_policies_are_a_refusal_too() {
     assert_no_secrets(&h, &run.stderr);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_check_that_cannot_be_made_refuses_unless_on_unknown_says_poll() {
-    let mut h = Harness::new().await;
+async fn a_check_that_cannot_be_made_refuses_unless_on_unknown_says_poll(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.fakes.add(spread(SUB_A, "a", 4, 8, "Succeeded"));
     h.fakes.set_handlers(SUB_A, Some(FakeHandlers::Forbidden));
     let run = h.once(&[]).await;
@@ -190,9 +197,8 @@ async fn a_check_that_cannot_be_made_refuses_unless_on_unknown_says_poll() {
     assert_eq!(h.fakes.received_ids().len(), 4);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guardrails_api_faults_are_named_with_the_right_exit_code() {
-    let mut h = with_api().await;
+async fn guardrails_api_faults_are_named_with_the_right_exit_code(backend: Backend) {
+    let mut h = with_api(backend).await;
     h.fakes.add(spread(SUB_A, "a", 2, 8, "Succeeded"));
     // A wrong secret key: the configuration is wrong (78).
     h.env.retain(|(k, _)| k != "GR_SECRET");
@@ -219,9 +225,8 @@ async fn guardrails_api_faults_are_named_with_the_right_exit_code() {
     assert_eq!(h.fakes.ingest.lock().unwrap().attempts, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn event_handlers_false_overrides_detection_with_a_warning() {
-    let mut h = Harness::new().await;
+async fn event_handlers_false_overrides_detection_with_a_warning(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.extra = "event_handlers = false\n".into(); // in [defaults]
     h.fakes.set_handlers(SUB_A, Some(live(2)));
     let good = spread(SUB_A, "a", 3, 8, "Succeeded");
@@ -240,9 +245,8 @@ async fn event_handlers_false_overrides_detection_with_a_warning() {
 
 // ------------------------------------------------------- while running ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it() {
-    let mut h = Harness::new().await;
+async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.subscriptions = vec![(SUB_A.into(), false), (SUB_B.into(), false)];
     h.window = "60s";
     let port = free_port();
@@ -335,9 +339,8 @@ async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it(
     assert_no_secrets(&h, &log);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state() {
-    let mut h = Harness::new().await;
+async fn sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.extra = "\n[detection]\ninterval = \"1h\"\n".into();
     h.fakes.add(spread(SUB_A, "a", 3, 5, "Succeeded"));
     let d = h.daemon(&[]);
@@ -382,7 +385,8 @@ async fn sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_online_prints_the_table_and_the_verdict() {
-    let mut h = with_api().await;
+    // Reads no state: one backend is enough.
+    let mut h = with_api(Backend::Sqlite).await;
     h.subscriptions = vec![(SUB_A.into(), false), (SUB_B.into(), false)];
     let config = h.write_config().display().to_string();
     let run = h
@@ -437,7 +441,8 @@ async fn check_config_online_prints_the_table_and_the_verdict() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_prints_sections_that_make_a_valid_config() {
-    let mut h = with_api().await;
+    // Reads no state: one backend is enough.
+    let mut h = with_api(Backend::Sqlite).await;
     h.fakes.graphql.lock().unwrap().subscriptions = vec![
         (SUB_A.to_string(), "Production \"EU\"".to_string()),
         (SUB_B.to_string(), "Sandbox".to_string()),

@@ -81,6 +81,10 @@ fn metric(m: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Opti
 crate::on_both_backends!(
     metrics_health_and_readiness,
     status_and_dead_letters_next_to_a_running_daemon,
+    sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one,
+    systemd_notifications_ready_status_watchdog_reloading_stopping,
+    a_credential_that_fails_at_start_means_no_ready,
+    json_logs_carry_the_poll_line_fields,
 );
 
 async fn metrics_health_and_readiness(backend: Backend) {
@@ -232,9 +236,8 @@ async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
     h.state_sql("DELETE FROM instance WHERE id = 'other'").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one() {
-    let mut h = Harness::new().await;
+async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let a = recent(SUB_A, "a", 3);
     let b = recent(SUB_B, "b", 4);
     h.fakes.add(a.clone());
@@ -467,9 +470,8 @@ async fn status_and_dead_letters_next_to_a_running_daemon(backend: Backend) {
     assert!(out.contains("no dead letters"), "{out}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn systemd_notifications_ready_status_watchdog_reloading_stopping() {
-    let mut h = Harness::new().await;
+async fn systemd_notifications_ready_status_watchdog_reloading_stopping(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     let socket_path = h.path("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
     h.env = vec![
@@ -526,9 +528,8 @@ async fn systemd_notifications_ready_status_watchdog_reloading_stopping() {
     assert_eq!(code, Some(0), "{log}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_credential_that_fails_at_start_means_no_ready() {
-    let mut h = Harness::new().await;
+async fn a_credential_that_fails_at_start_means_no_ready(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     std::fs::write(h.path("client-secret"), "wrong").unwrap();
     let socket_path = h.path("notify.sock");
     let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
@@ -580,9 +581,8 @@ fn the_unit_rates_1_5_or_better_with_systemd_analyze() {
     assert!(rating <= 1.5, "exposure {rating} > 1.5:\n{text}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_the_poll_line_fields() {
-    let mut h = Harness::new().await;
+async fn json_logs_carry_the_poll_line_fields(backend: Backend) {
+    let mut h = Harness::on(backend).await;
     h.fakes.add(recent(SUB_A, "j", 3));
     let run = h.once(&["--log-format", "json"]).await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
