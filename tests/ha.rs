@@ -224,3 +224,35 @@ async fn a_database_restart_under_load_loses_nothing() {
     // At most the POSTs in flight when connections were cut (4 each).
     assert!(duplicates <= 8, "{duplicates} duplicates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_renewed_late_but_not_taken_over_sends_nothing_twice() {
+    let (mut h, expected) = harness(2, 150).await;
+    // Renewed every 10 s: the expiry below stands until then.
+    h.lease = "30s";
+    h.fakes.ingest.lock().unwrap().delay = Some(Duration::from_millis(100));
+    let d = h.daemon(&[]);
+    eventually(Duration::from_secs(60), "deliveries under way", || {
+        h.fakes.received_ids().len() >= 5
+    })
+    .await;
+    // Renewals come late (a stalled database or host): the leases expire
+    // with POSTs in flight, and no other instance takes them over. They are
+    // still this instance's: what the endpoint acknowledged is settled, not
+    // sent again.
+    h.state_sql("UPDATE lease SET expires_at = now() - interval '1 second'")
+        .await;
+    let pending = expected.len() - h.fakes.received_ids().len();
+    assert!(pending > 50, "delivered too fast to mean anything");
+    eventually(Duration::from_secs(60), "every entry delivered", || {
+        all_delivered(&h, &expected)
+    })
+    .await;
+    let (code, log) = d.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    assert!(
+        !log.contains("lease on this subscription was lost"),
+        "{log}"
+    );
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
+}

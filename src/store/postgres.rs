@@ -8,8 +8,9 @@
 //! `INSERT ... ON CONFLICT DO UPDATE ... WHERE lease.expires_at < now() OR
 //! lease.holder = $me`. Every transaction that records a page (and so may
 //! move a watermark) or deletes outbox rows first reads its lease rows `FOR
-//! SHARE`, held by this instance and unexpired: a takeover's upsert waits for
-//! that transaction and a write after the takeover is refused (the fence).
+//! SHARE`, still naming this instance as holder: a takeover's upsert waits
+//! for that transaction and a write after the takeover is refused (the
+//! fence).
 //!
 //! Connections come from a `deadpool-postgres` pool, which replaces broken
 //! ones; a statement that fails because the database went away (restart,
@@ -544,6 +545,14 @@ impl PgStore {
 
     /// The fence: of `subs`, those whose lease this instance holds, locked
     /// against a takeover until the transaction ends.
+    ///
+    /// Held means the row still names this instance, expired or not: an
+    /// expired lease nobody has taken over is still this instance's (a
+    /// takeover rewrites the holder, and waits for this lock), so nothing
+    /// has moved that state since. Refusing it would only make an instance
+    /// whose renewals were late (a slow database, a loaded host) drop the
+    /// outcome of POSTs the endpoint already acknowledged, and send them
+    /// again once it renews.
     async fn fence(
         &self,
         tx: &deadpool_postgres::Transaction<'_>,
@@ -552,7 +561,7 @@ impl PgStore {
         let rows = tx
             .query(
                 "SELECT subscription_id FROM lease
-                 WHERE subscription_id = ANY($1) AND holder = $2 AND expires_at > now()
+                 WHERE subscription_id = ANY($1) AND holder = $2
                  ORDER BY subscription_id FOR SHARE",
                 &[&subs, &self.me.id],
             )
