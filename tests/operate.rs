@@ -838,3 +838,46 @@ async fn a_state_copy_that_fails_midway_leaves_the_target_empty() {
         assert_eq!(n, [Some("0".to_string())], "{table}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_verifies_the_server_against_sslrootcert() {
+    let mut h = Harness::new().await;
+    let (server, ca_pem) = tokio::task::spawn_blocking(support::postgres::PgServer::start_tls)
+        .await
+        .expect("start PostgreSQL with TLS");
+    let url = server.database("poller").await;
+    std::fs::write(h.path("db-ca.pem"), &ca_pem).unwrap();
+    let other_ca = azure_activity_poller::emulator::tls::generate().expect("another CA");
+    std::fs::write(h.path("other-ca.pem"), &other_ca.ca_pem).unwrap();
+    let with = |query: &str| format!("{url}?{query}");
+    let entries = recent(SUB_A, "tls", 5);
+    h.fakes.add(entries.clone());
+
+    // The server takes TCP over TLS only: without it, refused.
+    h.use_postgres(server, with("sslmode=disable"));
+    let run = h.once(&[]).await;
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("no encryption"), "{}", run.stderr);
+    // A certificate the given CA did not sign: refused, said plainly.
+    let other = h.path("other-ca.pem").display().to_string();
+    h.db_url = Some(with(&format!("sslmode=verify-full&sslrootcert={other}")));
+    let run = h.once(&[]).await;
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("certificate"), "{}", run.stderr);
+    assert!(h.fakes.received_ids().is_empty());
+    // The right CA: connected over TLS, everything delivered.
+    let ca = h.path("db-ca.pem").display().to_string();
+    h.db_url = Some(with(&format!("sslmode=verify-full&sslrootcert={ca}")));
+    let run = h.once(&[]).await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+    // The system store does not hold the test CA: verify-full without
+    // sslrootcert refuses the server too.
+    h.db_url = Some(with("sslmode=verify-full"));
+    let run = h.once(&[]).await;
+    assert_ne!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stderr.contains("certificate"), "{}", run.stderr);
+    for out in [&run.stderr, &run.stdout] {
+        assert!(!out.contains(support::postgres::DB_PASSWORD), "{out}");
+    }
+}

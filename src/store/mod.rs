@@ -70,7 +70,7 @@ pub enum StoreError {
     Connect { location: String, reason: String },
     #[error("state database {location}: {reason}")]
     Tls { location: String, reason: String },
-    #[error("state database: {context}: {source}")]
+    #[error("state database: {context}: {}", error_chain(.source))]
     Postgres {
         context: &'static str,
         source: tokio_postgres::Error,
@@ -94,6 +94,24 @@ pub enum StoreError {
     NotEmpty { location: String, what: String },
     #[error("state database: a background task failed: {0}")]
     Task(String),
+}
+
+/// An error with its causes, as `outer: cause: cause`, skipping a cause
+/// already in the text: tokio-postgres says only "db error" on top and keeps
+/// the server's message (`FATAL: no pg_hba.conf entry ...`) or the TLS
+/// failure (`invalid peer certificate: UnknownIssuer`) underneath.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl StoreError {

@@ -252,6 +252,15 @@ impl<T> Context<T> for Result<T, tokio_postgres::Error> {
 
 /// The database went away (restart, failover, a cut connection) or asked
 /// for the transaction to be tried again: worth retrying.
+/// A pool's error, told by its cause (the pool's own wrapper says only
+/// that creating a connection failed).
+fn pool_error(e: &deadpool_postgres::PoolError) -> String {
+    match e {
+        deadpool_postgres::PoolError::Backend(b) => super::error_chain(b),
+        other => super::error_chain(other),
+    }
+}
+
 fn transient(e: &StoreError) -> bool {
     match e {
         StoreError::Pool { .. } => true,
@@ -343,7 +352,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Connect {
                 location: location.clone(),
-                reason: e.to_string(),
+                reason: super::error_chain(&e),
             })?;
         let store = PgStore {
             pool,
@@ -355,7 +364,7 @@ impl PgStore {
         // The first connection tells whether the server is there at all.
         drop(store.pool.get().await.map_err(|e| StoreError::Connect {
             location: store.location.clone(),
-            reason: e.to_string(),
+            reason: pool_error(&e),
         })?);
         if migrate {
             store.migrate().await?;
@@ -372,7 +381,7 @@ impl PgStore {
     pub(super) async fn client(&self, context: &'static str) -> Result<Client, StoreError> {
         self.pool.get().await.map_err(|e| StoreError::Pool {
             context,
-            reason: e.to_string(),
+            reason: pool_error(&e),
         })
     }
 

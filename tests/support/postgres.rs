@@ -17,6 +17,8 @@ pub struct PgServer {
     dir: tempfile::TempDir,
     pub port: u16,
     bin: PathBuf,
+    /// Serving TLS only (`ssl = on`, `hostssl` in `pg_hba.conf`).
+    tls: bool,
 }
 
 fn find_bin() -> PathBuf {
@@ -143,21 +145,81 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A temporary directory holding a copy of the template cluster in `data`.
+fn copy_template(bin: &Path) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(template(bin).join("data"))
+        .arg(dir.path().join("data"))
+        .status()
+        .expect("cp")
+        .success();
+    assert!(ok, "copy the template cluster");
+    dir
+}
+
 impl PgServer {
     pub fn start() -> PgServer {
         let bin = find_bin();
-        let template = template(&bin).join("data");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ok = Command::new("cp")
-            .arg("-a")
-            .arg(&template)
-            .arg(dir.path().join("data"))
-            .status()
-            .expect("cp")
-            .success();
-        assert!(ok, "copy the template cluster");
+        let dir = copy_template(&bin);
         give_to_server_user(dir.path());
-        let mut server = PgServer { dir, port: 0, bin };
+        let mut server = PgServer {
+            dir,
+            port: 0,
+            bin,
+            tls: false,
+        };
+        server.start_on_a_free_port();
+        server
+    }
+
+    /// A server that takes TCP connections over TLS only, with a certificate
+    /// for 127.0.0.1 signed by a CA of its own; returns the CA's PEM.
+    pub fn start_tls() -> (PgServer, String) {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let bin = find_bin();
+        let dir = copy_template(&bin);
+        let data = dir.path().join("data");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "poller test database CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .expect("server params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        std::fs::write(data.join("server.crt"), cert.pem()).expect("write server.crt");
+        std::fs::write(data.join("server.key"), key.serialize_pem()).expect("write server.key");
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("chmod server.key");
+        // The socket directory stays open to the harness; TCP is TLS only.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+        )
+        .expect("write pg_hba.conf");
+        give_to_server_user(dir.path());
+        let mut server = PgServer {
+            dir,
+            port: 0,
+            bin,
+            tls: true,
+        };
+        server.start_on_a_free_port();
+        (server, ca.pem())
+    }
+
+    fn start_on_a_free_port(&mut self) {
+        let server = self;
         for attempt in 0.. {
             server.port = free_port();
             if server.pg_ctl("start").status.success() {
@@ -169,16 +231,16 @@ impl PgServer {
                 std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
             );
         }
-        server
     }
 
     fn pg_ctl(&self, action: &str) -> std::process::Output {
         let dir = self.dir.path();
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB",
+             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB{}",
             self.port,
-            dir.display()
+            dir.display(),
+            if self.tls { " -c ssl=on" } else { "" }
         );
         let data = dir.join("data");
         let log = dir.join("server.log");
@@ -219,7 +281,13 @@ impl PgServer {
     }
 
     pub async fn connect(&self, db: &str) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(db), tokio_postgres::NoTls)
+        // Over the socket directory: open on a TLS-only server too.
+        let params = format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.dir.path().display(),
+            self.port
+        );
+        let (client, conn) = tokio_postgres::connect(&params, tokio_postgres::NoTls)
             .await
             .expect("connect to the test server");
         tokio::spawn(conn);
