@@ -6,6 +6,8 @@
 #   SUBS=1000 bench/run.sh idle              # idle cost of many subscriptions
 #   bench/run.sh overlap                     # requests and bytes per poll by window/interval
 #   bench/run.sh micro                       # criterion: parse and normalize one page
+#   N=1000000 bench/run.sh backends          # the catch-up and idle runs on SQLite, then on a
+#                                            # local PostgreSQL (started here), and their ratio
 #   bench/run.sh latency [catchup|capacity|fairness|schedule]
 #                                            # over a WAN: bench/latency_proxy.py delays ARM and
 #                                            # the endpoint; see bench/wan.py for the settings
@@ -19,6 +21,11 @@ N=${N:-1000000}
 RUNS=${RUNS:-3}
 SUBS=${SUBS:-1000}
 CONCURRENCY=${CONCURRENCY:-32}
+# Where the poller keeps its state: sqlite (the emulator's default) or
+# postgres (a server started by this script, see start_postgres).
+STATE=${STATE:-sqlite}
+# SDK=0 leaves the Python SDK out of the catch-up runs.
+SDK=${SDK:-1}
 out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 bin=target/release
@@ -47,11 +54,51 @@ start_emulator() { # DIR ARGS...
     echo "the emulator did not start" >&2; return 1
 }
 stop_emulator() { kill -INT "$emu_pid" 2>/dev/null || true; wait "$emu_pid" 2>/dev/null || true; }
-trap stop_emulator EXIT
+trap 'stop_emulator; stop_postgres' EXIT
 report() { # DIR
     local arm; arm=$(awk '/Azure Resource Manager/ {print $4}' "$1/emulator.out")
     curl -sf --cacert "$1/ca.pem" "$arm/_emulator/report"
 }
+# A PostgreSQL server of this run's own, from the distribution's packages
+# (Debian: apt-get install postgresql), on a free port, with its default
+# (durable) settings: every commit waits for its WAL flush.
+pg_dir= pg_bin= pg_port= pg_as=()
+start_postgres() {
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+    [ -x "$pg_bin/initdb" ] || { echo "no PostgreSQL server binaries: apt-get install postgresql" >&2; return 1; }
+    pg_dir=$(mktemp -d)
+    if [ "$(id -u)" = 0 ]; then chown nobody: "$pg_dir"; pg_as=(runuser -u nobody --); fi
+    "${pg_as[@]}" "$pg_bin/initdb" -D "$pg_dir/data" -A trust -U postgres -E UTF8 --no-locale > /dev/null
+    pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "${pg_as[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_dir/data" -l "$pg_dir/server.log" \
+        -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1" > /dev/null
+    echo "postgres: $("$pg_bin/postgres" --version)" >> "$out/machine.txt"
+}
+stop_postgres() {
+    if [ -n "$pg_dir" ]; then
+        "${pg_as[@]}" "$pg_bin/pg_ctl" stop -w -D "$pg_dir/data" -m fast > /dev/null 2>&1 || true
+        rm -rf "$pg_dir"; pg_dir=
+    fi
+}
+# CPU ticks of the PostgreSQL server so far: the postmaster, its children
+# (and the children that already exited); 0 without a server.
+pg_ticks() {
+    [ -n "$pg_dir" ] || { echo 0; return; }
+    local pm; pm=$(head -1 "$pg_dir/data/postmaster.pid")
+    { awk '{print $14+$15+$16+$17}' "/proc/$pm/stat"
+      for c in $(pgrep -P "$pm"); do awk '{print $14+$15}' "/proc/$c/stat" 2>/dev/null || true; done
+    } | awk '{s += $1} END {print s + 0}'
+}
+# Points DIR/poller.toml at the chosen state: for postgres, a fresh database.
+use_state() { # DIR
+    [ "$STATE" = postgres ] || return 0
+    [ -n "$pg_dir" ] || start_postgres
+    "$pg_bin/psql" -qX -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres \
+        -c "DROP DATABASE IF EXISTS poller WITH (FORCE)" -c "CREATE DATABASE poller" > /dev/null
+    sed -i "s|^path = \"state.db\"$|url = \"postgres://postgres@127.0.0.1:$pg_port/poller\"|" "$1/poller.toml"
+    grep -q "^url = \"postgres://" "$1/poller.toml"
+}
+
 sdk_python() {
     if [ ! -x bench/.venv/bin/python ]; then
         python3 -m venv bench/.venv >&2
@@ -61,12 +108,13 @@ sdk_python() {
 }
 
 catchup() {
-    local py; py=$(sdk_python)
+    local py=; [ "$SDK" = 1 ] && py=$(sdk_python)
     for run in $(seq 1 "$RUNS"); do
         local dir; dir=$(mktemp -d)
         start_emulator "$dir" --subscriptions 1 --rate 0 --backlog "$N" --backlog-span 50m \
             --backlog-succeeded-only --page-size 200 --arm-tls --interval 1m --window 15m
         sed -i "s/^concurrency = 8$/concurrency = $CONCURRENCY/" "$dir/poller.toml"
+        use_state "$dir"
         local start end
         start=$(date -u -d '-1 hour' +%FT%TZ); end=$(date -u +%FT%TZ)
         local poller
@@ -82,26 +130,29 @@ for l in open(sys.argv[1]):
             print(json.dumps({"took_s": v["took_ms"] / 1000, "fetched": v["fetched"], "pages": v["pages"], "requests": v["requests"], "bytes": v["bytes"]}))' "$dir/poller.log")
         local delivered
         delivered=$(report "$dir" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"delivered": sum(s["delivered"] for s in r["subscriptions"]), "missing": sum(len(s["missing"]) for s in r["subscriptions"]), "duplicates": sum(s["duplicates"] for s in r["subscriptions"])}))')
-        local sdk
-        sdk=$(REQUESTS_CA_BUNDLE="$dir/ca.pem" "$py" bench/sdk_list.py "$dir" 00000000-0000-4000-8000-000000000001 "$start" "$end")
-        local line="{\"run\": $run, \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"poll_phase\": $poll, \"endpoint\": $delivered, \"sdk\": $sdk}"
+        local sdk=null
+        [ -n "$py" ] && sdk=$(REQUESTS_CA_BUNDLE="$dir/ca.pem" "$py" bench/sdk_list.py "$dir" 00000000-0000-4000-8000-000000000001 "$start" "$end")
+        local line="{\"run\": $run, \"state\": \"$STATE\", \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"poll_phase\": $poll, \"endpoint\": $delivered, \"sdk\": $sdk}"
         echo "$line" | tee -a "$out/catchup.jsonl"
         stop_emulator
         rm -rf "$dir"
     done
-    python3 - "$out/catchup.jsonl" <<'PY'
+    python3 - "$out/catchup.jsonl" "$STATE" <<'PY' | tee -a "$out/summary.jsonl"
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1])]
+rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l).get("state", "sqlite") == sys.argv[2]]
 med = lambda xs: statistics.median(xs)
 p = med([r["entries"] / r["poller"]["wall_s"] for r in rows])
 pp = med([r["poll_phase"]["fetched"] / r["poll_phase"]["took_s"] for r in rows])
-s = med([r["sdk"]["entries_per_s"] for r in rows])
-print(json.dumps({"summary": "catchup", "runs": len(rows),
+summary = {"summary": "catchup", "state": sys.argv[2], "runs": len(rows),
     "poller_entries_per_s": round(p), "poller_peak_rss_mib": round(med([r["poller"]["peak_rss_kib"] for r in rows]) / 1024, 1),
-    "sdk_entries_per_s": round(s), "sdk_peak_rss_mib": round(med([r["sdk"]["peak_rss_kib"] for r in rows]) / 1024, 1),
-    "ratio": round(p / s, 2),
-    "poll_phase_entries_per_s": round(pp), "poll_phase_ratio": round(pp / s, 2),
-    "all_delivered": all(r["endpoint"]["missing"] == 0 and r["endpoint"]["delivered"] == r["entries"] for r in rows)}))
+    "poller_cpu_s": round(med([r["poller"]["cpu_s"] for r in rows]), 1),
+    "poll_phase_entries_per_s": round(pp),
+    "all_delivered": all(r["endpoint"]["missing"] == 0 and r["endpoint"]["delivered"] == r["entries"] and r["endpoint"]["duplicates"] == 0 for r in rows)}
+if all(r["sdk"] for r in rows):
+    s = med([r["sdk"]["entries_per_s"] for r in rows])
+    summary.update({"sdk_entries_per_s": round(s), "sdk_peak_rss_mib": round(med([r["sdk"]["peak_rss_kib"] for r in rows]) / 1024, 1),
+        "ratio": round(p / s, 2), "poll_phase_ratio": round(pp / s, 2)})
+print(json.dumps(summary))
 PY
 }
 
@@ -112,26 +163,31 @@ idle() {
     local interval=${IDLE_INTERVAL:-6} seconds=${IDLE_SECONDS:-60}
     start_emulator "$dir" --subscriptions "$SUBS" --rate 0 --interval "${interval}s" --window "$((interval * 3))s"
     sed -i "s/^concurrency = 4$/concurrency = 16/" "$dir/poller.toml"
+    use_state "$dir"
     (cd "$dir" && SSL_CERT_FILE="$dir/ca.pem" RUST_LOG=warn "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" 2> "$dir/poller.log") &
     local pid=$!
     # Let the first round (a probe and a poll each) pass, then measure.
     sleep $((interval * 2))
     local pid_poller; pid_poller=$(pgrep -P "$pid" azure-activity || echo "$pid")
+    local p0; p0=$(pg_ticks)
     local t0 r0; t0=$(awk '{print $14+$15}' "/proc/$pid_poller/stat"); r0=$(report "$dir" | python3 -c 'import json,sys; print(sum(s["requests"] for s in json.load(sys.stdin)["subscriptions"]))')
     sleep "$seconds"
+    local p1; p1=$(pg_ticks)
     local t1 r1; t1=$(awk '{print $14+$15}' "/proc/$pid_poller/stat"); r1=$(report "$dir" | python3 -c 'import json,sys; print(sum(s["requests"] for s in json.load(sys.stdin)["subscriptions"]))')
     local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid_poller/status")
     local hz; hz=$(getconf CLK_TCK)
     kill -TERM "$pid_poller"; wait "$pid" || true
-    python3 - "$t0" "$t1" "$hz" "$seconds" "$interval" "$SUBS" "$rss" "$r0" "$r1" <<'PY' | tee -a "$out/idle.jsonl"
+    python3 - "$t0" "$t1" "$hz" "$seconds" "$interval" "$SUBS" "$rss" "$r0" "$r1" "$STATE" "$p0" "$p1" <<'PY' | tee -a "$out/idle.jsonl"
 import json, sys
-t0, t1, hz, secs, interval, subs, rss, r0, r1 = map(float, sys.argv[1:])
+t0, t1, hz, secs, interval, subs, rss, r0, r1 = map(float, sys.argv[1:10])
 cpu = (t1 - t0) / hz
 polls = subs * secs / interval
 per_poll = cpu / polls
 # At a 60 s interval: subs * 60 polls an hour.
 cpu_per_hour = per_poll * subs * 60
-print(json.dumps({"summary": "idle", "subscriptions": int(subs), "interval_s": interval, "measured_s": secs,
+server_cpu = (float(sys.argv[12]) - float(sys.argv[11])) / hz
+print(json.dumps({"summary": "idle", "state": sys.argv[10], "subscriptions": int(subs),
+    "server_cpu_s_measured": round(server_cpu, 2), "server_core_percent_at_60s": round(server_cpu / polls * subs * 60 / 36, 3), "interval_s": interval, "measured_s": secs,
     "cpu_s_measured": round(cpu, 2), "cpu_ms_per_poll": round(per_poll * 1000, 3),
     "cpu_s_per_hour_at_60s": round(cpu_per_hour, 1), "core_percent_at_60s": round(cpu_per_hour / 36, 3),
     "rss_mib": round(rss / 1024, 1), "requests_per_poll": round((r1 - r0) / polls, 3)}))
@@ -173,13 +229,38 @@ latency() {
     python3 bench/wan.py --out "$out" "$scenario" > /dev/null
 }
 
+# The catch-up and idle runs on SQLite, then on PostgreSQL, and the ratios.
+# The idle run counts the poller's CPU only; the server's is reported beside it.
+backends() {
+    local state
+    for state in sqlite postgres; do
+        STATE=$state SDK=0 catchup
+        STATE=$state idle
+    done
+    python3 - "$out" <<'PY' | tee "$out/backends.json"
+import json, sys
+d = sys.argv[1]
+cat = {r["state"]: r for r in map(json.loads, open(f"{d}/summary.jsonl")) if r.get("summary") == "catchup"}
+idle = {r["state"]: r for r in map(json.loads, open(f"{d}/idle.jsonl"))}
+print(json.dumps({"summary": "backends",
+    "catchup_entries_per_s": {k: v["poller_entries_per_s"] for k, v in cat.items()},
+    "catchup_postgres_over_sqlite": round(cat["postgres"]["poller_entries_per_s"] / cat["sqlite"]["poller_entries_per_s"], 2),
+    "poll_phase_postgres_over_sqlite": round(cat["postgres"]["poll_phase_entries_per_s"] / cat["sqlite"]["poll_phase_entries_per_s"], 2),
+    "idle_core_percent": {k: v["core_percent_at_60s"] for k, v in idle.items()},
+    "idle_postgres_over_sqlite": round(idle["postgres"]["core_percent_at_60s"] / idle["sqlite"]["core_percent_at_60s"], 2),
+    "idle_server_core_percent": idle["postgres"]["server_core_percent_at_60s"],
+    "all_delivered": all(v["all_delivered"] for v in cat.values())}))
+PY
+}
+
 case "$what" in
     catchup) catchup ;;
+    backends) backends ;;
     latency) latency ;;
     idle) idle ;;
     overlap) overlap ;;
     micro) micro ;;
     all) catchup; idle; overlap; micro ;;
-    *) echo "usage: bench/run.sh [catchup|idle|overlap|micro|latency [SCENARIO]|all]" >&2; exit 64 ;;
+    *) echo "usage: bench/run.sh [catchup|idle|backends|overlap|micro|latency [SCENARIO]|all]" >&2; exit 64 ;;
 esac
 echo "results: $out" >&2
