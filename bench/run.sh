@@ -117,9 +117,12 @@ catchup() {
         use_state "$dir"
         local start end
         start=$(date -u -d '-1 hour' +%FT%TZ); end=$(date -u +%FT%TZ)
-        local poller
+        local poller s0 s1
+        s0=$(pg_ticks)
         poller=$(cd "$dir" && python3 "$OLDPWD/bench/measure.py" --env SSL_CERT_FILE="$dir/ca.pem" --env RUST_LOG=info \
             --stderr "$dir/poller.log" -- "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" --once --since 1h --log-format json)
+        s1=$(pg_ticks)
+        local server_cpu; server_cpu=$(python3 -c "print(round(($s1 - $s0) / $(getconf CLK_TCK), 2))")
         # The poll phase alone (fetch, keep, record), from the poll line.
         local poll
         poll=$(python3 -c 'import json,sys
@@ -132,7 +135,7 @@ for l in open(sys.argv[1]):
         delivered=$(report "$dir" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"delivered": sum(s["delivered"] for s in r["subscriptions"]), "missing": sum(len(s["missing"]) for s in r["subscriptions"]), "duplicates": sum(s["duplicates"] for s in r["subscriptions"])}))')
         local sdk=null
         [ -n "$py" ] && sdk=$(REQUESTS_CA_BUNDLE="$dir/ca.pem" "$py" bench/sdk_list.py "$dir" 00000000-0000-4000-8000-000000000001 "$start" "$end")
-        local line="{\"run\": $run, \"state\": \"$STATE\", \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"poll_phase\": $poll, \"endpoint\": $delivered, \"sdk\": $sdk}"
+        local line="{\"run\": $run, \"state\": \"$STATE\", \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"server_cpu_s\": $server_cpu, \"poll_phase\": $poll, \"endpoint\": $delivered, \"sdk\": $sdk}"
         echo "$line" | tee -a "$out/catchup.jsonl"
         stop_emulator
         rm -rf "$dir"
@@ -146,6 +149,7 @@ pp = med([r["poll_phase"]["fetched"] / r["poll_phase"]["took_s"] for r in rows])
 summary = {"summary": "catchup", "state": sys.argv[2], "runs": len(rows),
     "poller_entries_per_s": round(p), "poller_peak_rss_mib": round(med([r["poller"]["peak_rss_kib"] for r in rows]) / 1024, 1),
     "poller_cpu_s": round(med([r["poller"]["cpu_s"] for r in rows]), 1),
+    "server_cpu_s": round(med([r.get("server_cpu_s", 0) for r in rows]), 1),
     "poll_phase_entries_per_s": round(pp),
     "all_delivered": all(r["endpoint"]["missing"] == 0 and r["endpoint"]["delivered"] == r["entries"] and r["endpoint"]["duplicates"] == 0 for r in rows)}
 if all(r["sdk"] for r in rows):
@@ -244,6 +248,8 @@ cat = {r["state"]: r for r in map(json.loads, open(f"{d}/summary.jsonl")) if r.g
 idle = {r["state"]: r for r in map(json.loads, open(f"{d}/idle.jsonl"))}
 print(json.dumps({"summary": "backends",
     "catchup_entries_per_s": {k: v["poller_entries_per_s"] for k, v in cat.items()},
+    "catchup_server_cpu_s": cat["postgres"]["server_cpu_s"],
+    "catchup_poller_cpu_s": {k: v["poller_cpu_s"] for k, v in cat.items()},
     "catchup_postgres_over_sqlite": round(cat["postgres"]["poller_entries_per_s"] / cat["sqlite"]["poller_entries_per_s"], 2),
     "poll_phase_postgres_over_sqlite": round(cat["postgres"]["poll_phase_entries_per_s"] / cat["sqlite"]["poll_phase_entries_per_s"], 2),
     "idle_core_percent": {k: v["core_percent_at_60s"] for k, v in idle.items()},
