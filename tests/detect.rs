@@ -22,6 +22,7 @@ crate::on_both_backends!(
     event_handlers_false_overrides_detection_with_a_warning,
     handlers_appearing_pause_the_subscription_and_their_removal_resumes_it,
     sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state,
+    a_guardrails_outage_while_running_keeps_the_last_state,
 );
 
 fn live(alerts: usize) -> FakeHandlers {
@@ -378,6 +379,81 @@ async fn sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state(backend
     let (code, log) = d.stop().await;
     assert_eq!(code, Some(0), "{log}");
     assert_eq!(h.fakes.received_ids().len(), 5, "no duplicate");
+    assert_no_secrets(&h, &log);
+}
+
+async fn a_guardrails_outage_while_running_keeps_the_last_state(backend: Backend) {
+    let mut h = with_api(backend).await;
+    h.extra.push_str("\n[detection]\ninterval = \"1h\"\n");
+    let first = spread(SUB_A, "a", 3, 5, "Succeeded");
+    h.fakes.add(first.clone());
+    let d = h.daemon(&[]);
+    eventually(Duration::from_secs(30), "delivered", || {
+        h.fakes.received_ids().len() >= 3
+    })
+    .await;
+    let set_mode = |mode| h.fakes.graphql.lock().unwrap().mode = mode;
+    let failed_checks = |d: &Daemon| d.log().matches("keeps its last known state").count();
+
+    // Clear, then Guardrails goes away: the subscription is still polled.
+    set_mode(GraphqlMode::Status(503));
+    d.signal("HUP");
+    eventually(Duration::from_secs(30), "the failed check logged", || {
+        failed_checks(&d) >= 1
+    })
+    .await;
+    let during = spread(SUB_A, "during", 2, 1, "Succeeded");
+    h.fakes.add(during.clone());
+    eventually(
+        Duration::from_secs(30),
+        "still polled and delivered",
+        || {
+            let got = h.fakes.received_ids();
+            during.iter().all(|e| got.contains(&e.id))
+        },
+    )
+    .await;
+
+    // Back, saying Guardrails' own poller is on: paused.
+    set_mode(GraphqlMode::Up);
+    h.fakes
+        .set_policy(POLLER_POLICY, SUB_A, &[("Enabled", "sub-a")]);
+    d.signal("HUP");
+    eventually(Duration::from_secs(30), "paused", || {
+        d.log().contains("polling paused")
+    })
+    .await;
+    // Away again (errors this time): it stays paused, nothing more is polled.
+    set_mode(GraphqlMode::Errors);
+    let polls = h.fakes.arm_requests().len();
+    d.signal("HUP");
+    eventually(
+        Duration::from_secs(30),
+        "the second failed check logged",
+        || failed_checks(&d) >= 2,
+    )
+    .await;
+    let late = spread(SUB_A, "late", 2, 1, "Succeeded");
+    h.fakes.add(late.clone());
+    assert!(!d.log().contains("polling resumes"), "{}", d.log());
+    assert_eq!(h.fakes.arm_requests().len(), polls, "polled while paused");
+
+    // Back and clear: it resumes from its watermark and catches up.
+    set_mode(GraphqlMode::Up);
+    h.fakes
+        .set_policy(POLLER_POLICY, SUB_A, &[("Disabled", "sub-a")]);
+    d.signal("HUP");
+    eventually(Duration::from_secs(30), "resumed, caught up", || {
+        let got = h.fakes.received_ids();
+        late.iter().all(|e| got.contains(&e.id))
+    })
+    .await;
+    let (code, log) = d.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    let mut expected = ids(&first);
+    expected.extend(ids(&during));
+    expected.extend(ids(&late));
+    assert_exactly_once(&h.fakes.received_ids(), &expected);
     assert_no_secrets(&h, &log);
 }
 
