@@ -1,7 +1,8 @@
 //! Delivery under load: the adaptive concurrency limit against an endpoint
 //! that pushes back above its capacity, and fairness between a subscription
-//! catching up a backlog and one receiving fresh events. Event by event:
-//! nothing lost, nothing twice.
+//! catching up a backlog and one receiving fresh events, and HTTP/2 to an
+//! endpoint that offers it through ALPN. Event by event: nothing lost,
+//! nothing twice.
 
 mod support;
 
@@ -98,4 +99,64 @@ async fn a_backlog_does_not_hold_back_another_subscriptions_fresh_events(backend
     let mut expected = ids(&backlog);
     expected.extend(ids(&fresh));
     assert_exactly_once(&h.fakes.received_ids(), &expected);
+}
+
+/// The protocol to the endpoint does not depend on the state: one backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_offering_http2_over_tls_gets_it() {
+    use std::sync::{Arc, Mutex};
+    let mut h = Harness::new().await;
+    // A Guardrails endpoint over TLS whose ALPN offers h2 first, as gateways do.
+    let tls = azure_activity_poller::emulator::tls::generate().expect("TLS");
+    let mut config = (*tls.config).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let seen: Arc<Mutex<Vec<(axum::http::Version, String)>>> = Arc::default();
+    let record = seen.clone();
+    let router = axum::Router::new().route(
+        "/api/v5/events/raw",
+        axum::routing::post(move |req: axum::extract::Request| {
+            let record = record.clone();
+            async move {
+                let version = req.version();
+                let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                    .await
+                    .unwrap_or_default();
+                let id = serde_json::from_slice(&body)
+                    .ok()
+                    .and_then(|v| posted_id(&v))
+                    .unwrap_or_default();
+                record.lock().unwrap().push((version, id));
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(azure_activity_poller::emulator::tls::serve(
+        listener,
+        router,
+        Arc::new(config),
+    ));
+    // The poller trusts this endpoint's CA beside the fakes'.
+    let mut bundle = std::fs::read_to_string(h.path("ca.pem")).unwrap();
+    bundle.push_str(&tls.ca_pem);
+    std::fs::write(h.path("ca.pem"), bundle).unwrap();
+    std::fs::write(
+        h.path("ingest-url"),
+        format!("https://{addr}/api/v5/events/raw?token={INGEST_TOKEN}"),
+    )
+    .unwrap();
+    let good = spread(SUB_A, "h2", 60, 8, "Succeeded");
+    h.fakes.add(good.clone());
+    let run = h.once(&[]).await;
+    server.abort();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let seen = seen.lock().unwrap().clone();
+    let delivered: Vec<String> = seen.iter().map(|(_, id)| id.clone()).collect();
+    assert_exactly_once(&delivered, &ids(&good));
+    let not_h2: Vec<_> = seen
+        .iter()
+        .filter(|(v, _)| *v != axum::http::Version::HTTP_2)
+        .collect();
+    assert!(not_h2.is_empty(), "not over HTTP/2: {not_h2:?}");
 }
