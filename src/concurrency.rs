@@ -43,6 +43,8 @@ const RTT_DECREASE: f64 = 0.9;
 const BACKPRESSURE_DECREASE: f64 = 0.5;
 /// Decrease on back-pressure among successes (at the endpoint's capacity).
 const AT_CAPACITY_DECREASE: f64 = 0.9;
+/// Below this, POSTs are not paced: the timer's granularity is a millisecond.
+const MIN_SPACING: Duration = Duration::from_micros(250);
 /// The shortest window, so that loopback's microseconds do not make one
 /// window per request.
 const MIN_WINDOW: Duration = Duration::from_millis(5);
@@ -109,6 +111,21 @@ impl Concurrency {
     /// POSTs allowed in flight now.
     pub fn limit(&self) -> usize {
         self.lock().limit
+    }
+
+    /// How far apart to start POSTs so that a round trip's worth of them is
+    /// spread over the round trip instead of leaving in a burst (an
+    /// endpoint that refuses beyond a hard cap sees the in-flight count the
+    /// limit means, not its peaks). `None` while no round trip has been
+    /// measured, with a fixed limit, or when the spacing is below what a
+    /// timer can keep (loopback).
+    pub fn spacing(&self) -> Option<Duration> {
+        if !self.adaptive {
+            return None;
+        }
+        let s = self.lock();
+        let gap = s.mean? / s.limit.max(1) as f64;
+        (gap >= MIN_SPACING.as_secs_f64()).then(|| Duration::from_secs_f64(gap))
     }
 
     /// True when the limit cannot go lower: back-pressure now means waiting.
@@ -257,6 +274,25 @@ mod tests {
             mean >= 0.6 * 64.0,
             "uses most of the capacity: {mean} {tail:?}"
         );
+    }
+
+    #[test]
+    fn posts_are_spread_over_a_round_trip_only_when_it_is_long_enough() {
+        let c = Concurrency::adaptive(40, 64);
+        assert_eq!(c.spacing(), None, "no round trip measured yet");
+        c.lock().window_start = Instant::now() - Duration::from_secs(1);
+        c.observe(Duration::from_millis(100), Signal::Answered);
+        // 100 ms over the limit, whatever it became.
+        let limit = c.limit() as f64;
+        let gap = c.spacing().expect("paced").as_secs_f64();
+        assert!((gap - 0.1 / limit).abs() < 1e-6, "{gap} for {limit}");
+        // Loopback: a round trip of microseconds is not paced.
+        let fast = Concurrency::adaptive(40, 64);
+        fast.lock().window_start = Instant::now() - Duration::from_secs(1);
+        fast.observe(Duration::from_micros(300), Signal::Answered);
+        assert_eq!(fast.spacing(), None);
+        // A fixed limit is not paced either.
+        assert_eq!(Concurrency::fixed(8).spacing(), None);
     }
 
     #[test]

@@ -236,6 +236,8 @@ impl Forwarder {
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut exhausted = false;
         let mut stop = false;
+        // When the next POST may leave (pacing, see `Concurrency::spacing`).
+        let mut next_slot = tokio::time::Instant::now();
         loop {
             if !stop {
                 let limit = self.limit.limit();
@@ -259,7 +261,18 @@ impl Forwarder {
                     let Some(ev) = queue.pop_front() else { break };
                     flying.push(ev.seq);
                     self.limit.started(in_flight.len() + 1);
+                    let slot = match self.limit.spacing() {
+                        Some(gap) => {
+                            let at = next_slot.max(tokio::time::Instant::now());
+                            next_slot = at + gap;
+                            Some(at)
+                        }
+                        None => None,
+                    };
                     in_flight.push(async move {
+                        if let Some(at) = slot {
+                            tokio::time::sleep_until(at).await;
+                        }
                         let outcome = self.deliver(&ev).await;
                         (ev, outcome)
                     });
