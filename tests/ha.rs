@@ -83,16 +83,30 @@ async fn two_instances_share_twenty_subscriptions_each_polled_by_one() {
     // From here on, every subscription is polled by exactly one instance.
     let from = h.fakes.arm_requests().len();
     let settled = holders(&h).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(holders(&h).await, settled, "leases moved while balanced");
-    let mut by_sub: BTreeMap<String, HashSet<String>> = BTreeMap::new();
-    for r in &h.fakes.arm_requests()[from..] {
+    // Watch until every subscription has been polled at least twice more.
+    let polled_since = || {
+        let mut by_sub: BTreeMap<String, (usize, HashSet<String>)> = BTreeMap::new();
+        for r in &h.fakes.arm_requests()[from..] {
+            let e = by_sub.entry(r.subscription.clone()).or_default();
+            e.0 += 1;
+            e.1.insert(r.bearer.clone().unwrap_or_default());
+        }
         by_sub
-            .entry(r.subscription.clone())
-            .or_default()
-            .insert(r.bearer.clone().unwrap_or_default());
-    }
-    assert_eq!(by_sub.len(), 20, "every subscription polled: {by_sub:?}");
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every subscription polled twice more",
+        || {
+            let by_sub = polled_since();
+            by_sub.len() == 20 && by_sub.values().all(|(n, _)| *n >= 2)
+        },
+    )
+    .await;
+    assert_eq!(holders(&h).await, settled, "leases moved while balanced");
+    let by_sub: BTreeMap<String, HashSet<String>> = polled_since()
+        .into_iter()
+        .map(|(sub, (_, bearers))| (sub, bearers))
+        .collect();
     for (sub, bearers) in &by_sub {
         assert_eq!(bearers.len(), 1, "{sub} polled by {bearers:?}");
     }
@@ -192,8 +206,15 @@ async fn a_stalled_instance_is_fenced_off_and_delivers_nothing_twice() {
         || a.log().contains("lease on this subscription was lost"),
     )
     .await;
-    // Give its late writes time to be refused; then nothing came twice.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Its late writes were refused; it drops every subscription (the
+    // refused ones at once, the others at its next lease round) and so
+    // writes nothing more for them. Then nothing came twice.
+    eventually(
+        Duration::from_secs(30),
+        "the stalled instance drops all four",
+        || a.log().matches("no longer held by this instance").count() >= 4,
+    )
+    .await;
     let (ca, la) = a.stop().await;
     let (cb, lb) = b.stop().await;
     assert_eq!((ca, cb), (Some(0), Some(0)), "{la}\n{lb}");
