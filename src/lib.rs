@@ -29,3 +29,20 @@ pub mod scheduler;
 pub mod status;
 pub mod store;
 pub mod telemetry;
+
+/// `text` followed by the causes of an error (its `source()` chain, from
+/// `first`), `: `-joined, skipping a cause `text` already holds. Clients
+/// often say little on top (tokio-postgres: "db error") and the reason
+/// underneath (`FATAL: no pg_hba.conf entry ...`, a TLS failure).
+pub fn with_causes(mut text: String, first: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut cause = first;
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}

@@ -332,14 +332,8 @@ pub fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut msg = kind.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
+    // The causes only: `e` itself prints its URL.
+    crate::with_causes(kind.to_string(), std::error::Error::source(e))
 }
 
 /// ARM's `{"error": {"code", "message"}}`, when the body has one.

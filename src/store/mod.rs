@@ -96,22 +96,10 @@ pub enum StoreError {
     Task(String),
 }
 
-/// An error with its causes, as `outer: cause: cause`, skipping a cause
-/// already in the text: tokio-postgres says only "db error" on top and keeps
-/// the server's message (`FATAL: no pg_hba.conf entry ...`) or the TLS
-/// failure (`invalid peer certificate: UnknownIssuer`) underneath.
+/// An error with its causes, as `outer: cause: cause` (see
+/// [`crate::with_causes`]).
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
+    crate::with_causes(e.to_string(), e.source())
 }
 
 impl StoreError {

@@ -38,6 +38,23 @@ use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
 /// The schema this build reads and writes (the `schema_version` table).
 pub const PG_SCHEMA_VERSION: i64 = 1;
 
+/// Moves a subscription's watermark and pruning point (never backwards) and
+/// forgets the seen ids below the pruning point, if this instance holds the
+/// lease (`$2`, locked `FOR SHARE`); returns whether it does. Parameters:
+/// subscription, instance id, watermark, prune-before (ns).
+const ADVANCE: &str = "WITH held AS (
+         SELECT subscription_id FROM lease
+         WHERE subscription_id = $1 AND holder = $2 FOR SHARE),
+     moved AS (
+         UPDATE cursor SET watermark_ns = GREATEST(watermark_ns, $3),
+                           pruned_before_ns = GREATEST(pruned_before_ns, $4)
+         WHERE subscription_id = $1 AND EXISTS (SELECT 1 FROM held)
+         RETURNING pruned_before_ns),
+     pruned AS (
+         DELETE FROM seen WHERE subscription_id = $1
+         AND event_ts_ns < (SELECT pruned_before_ns FROM moved))
+     SELECT EXISTS (SELECT 1 FROM held)";
+
 /// How long a statement is retried while the database cannot be reached.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
 
@@ -659,23 +676,11 @@ impl PgStore {
                 rec.quarantined += 1;
             }
             if let Some(a) = advance {
-                // The watermark never moves back, and pruning never un-prunes.
-                let pruned_before: i64 = tx
-                    .query_one(
-                        "UPDATE cursor SET watermark_ns = GREATEST(watermark_ns, $2),
-                                           pruned_before_ns = GREATEST(pruned_before_ns, $3)
-                         WHERE subscription_id = $1 RETURNING pruned_before_ns",
-                        &[&subscription_id, &to_nanos(a.watermark), &to_nanos(a.prune_before)],
-                    )
+                let (watermark, prune_before) = (to_nanos(a.watermark), to_nanos(a.prune_before));
+                // Fenced above in this transaction: the lease is still held.
+                tx.query_one(ADVANCE, &[&subscription_id, &self.me.id, &watermark, &prune_before])
                     .await
-                    .ctx("moving the watermark")?
-                    .get(0);
-                tx.execute(
-                    "DELETE FROM seen WHERE subscription_id = $1 AND event_ts_ns < $2",
-                    &[&subscription_id, &pruned_before],
-                )
-                .await
-                .ctx("pruning seen ids")?;
+                    .ctx("moving the watermark")?;
             }
             tx.commit().await.ctx("committing a page")?;
             Ok(rec)
@@ -684,8 +689,8 @@ impl PgStore {
     }
 
     /// A page with nothing to queue (every poll of an idle subscription):
-    /// the fence, the watermark move and the pruning in one statement, one
-    /// round trip and one commit instead of a transaction of five.
+    /// the fence, the watermark move and the pruning in one statement
+    /// ([`ADVANCE`]), one round trip and one commit instead of a transaction.
     async fn record_empty_page(
         &self,
         subscription_id: &str,
@@ -699,18 +704,7 @@ impl PgStore {
             .retrying(|| async {
                 let c = self.client("committing a page").await?;
                 c.query_one(
-                    "WITH held AS (
-                         SELECT subscription_id FROM lease
-                         WHERE subscription_id = $1 AND holder = $2 FOR SHARE),
-                     moved AS (
-                         UPDATE cursor SET watermark_ns = GREATEST(watermark_ns, $3),
-                                           pruned_before_ns = GREATEST(pruned_before_ns, $4)
-                         WHERE subscription_id = $1 AND EXISTS (SELECT 1 FROM held)
-                         RETURNING pruned_before_ns),
-                     pruned AS (
-                         DELETE FROM seen WHERE subscription_id = $1
-                         AND event_ts_ns < (SELECT pruned_before_ns FROM moved))
-                     SELECT EXISTS (SELECT 1 FROM held)",
+                    ADVANCE,
                     &[&subscription_id, &self.me.id, &watermark, &prune_before],
                 )
                 .await
