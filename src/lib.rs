@@ -24,6 +24,7 @@ pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod poll;
+pub mod read_limit;
 pub mod retry;
 pub mod scheduler;
 pub mod status;
