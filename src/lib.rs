@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod notify;
 pub mod poll;
 pub mod read_limit;
+pub mod slice_plan;
 pub mod retry;
 pub mod scheduler;
 pub mod status;
