@@ -229,7 +229,9 @@ impl ReadLimit {
         let now = Instant::now();
         // One cut per hold: the polls in flight when ARM started refusing
         // all report it, and one cause should not be counted many times.
-        if s.throttled_at.is_some_and(|t| now.duration_since(t) < ADJUST_EVERY * 4) {
+        if s.throttled_at
+            .is_some_and(|t| now.duration_since(t) < ADJUST_EVERY * 4)
+        {
             return;
         }
         s.throttled_at = Some(now);

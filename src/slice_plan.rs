@@ -31,7 +31,9 @@ enum State {
     Running,
     /// Done; the watermark may move to `safe_end` (its end, or Azure's "now"
     /// when that was earlier).
-    Done { safe_end: Timestamp },
+    Done {
+        safe_end: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -224,7 +226,11 @@ mod tests {
             taken.push(s);
         }
         for (s, e) in taken.iter().rev() {
-            assert_eq!(plan.finish(*s, *e), None, "{s}: a predecessor is still running");
+            assert_eq!(
+                plan.finish(*s, *e),
+                None,
+                "{s}: a predecessor is still running"
+            );
         }
         assert_eq!(plan.finish(start, mid), Some(until));
         assert_eq!(plan.watermark(), until);
