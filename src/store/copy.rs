@@ -17,7 +17,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
-use super::{DatabaseUrl, Instance, PgStore, SCHEMA_VERSION, StoreError};
+use super::{Instance, PgStore, SCHEMA_VERSION, StoreError};
+use crate::config::DatabaseUrl;
 
 /// Rows per insert.
 const BATCH: usize = 5_000;

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use tokio_rustls::rustls;
@@ -33,6 +32,7 @@ use super::{
     Advance, Cursor, DeadLetter, DetectionNote, Held, Instance, InstanceRow, LeaseNote,
     LeaseReport, OutboxEvent, Recorded, Share, StoreError, SubscriptionState,
 };
+use crate::config::{DatabaseTls, DatabaseUrl};
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
 
 /// The schema this build reads and writes (the `schema_version` table).
@@ -114,148 +114,6 @@ CREATE TABLE IF NOT EXISTS lease (
     expires_at      TIMESTAMPTZ NOT NULL
 );
 ";
-
-/// A `postgres://` URL. It may hold a password, so it is a secret: `Debug`
-/// and [`DatabaseUrl::redacted`] print everything but the password.
-#[derive(Clone)]
-pub struct DatabaseUrl(SecretString);
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-/// How to talk TLS to the server.
-enum Tls {
-    Off,
-    On {
-        mode: tokio_postgres::config::SslMode,
-        root_cert: Option<std::path::PathBuf>,
-    },
-}
-
-impl DatabaseUrl {
-    /// Checks the URL's form; the message never holds the password.
-    pub fn parse(text: &str) -> Result<DatabaseUrl, String> {
-        let url = DatabaseUrl(SecretString::from(text.trim().to_string()));
-        url.connect_config()?;
-        Ok(url)
-    }
-
-    /// The same URL (a reload cannot move the state).
-    pub fn same_as(&self, other: &DatabaseUrl) -> bool {
-        self.0.expose_secret() == other.0.expose_secret()
-    }
-
-    /// Scheme, user, host, port and database; the password as `[redacted]`.
-    pub fn redacted(&self) -> String {
-        match url::Url::parse(self.0.expose_secret()) {
-            Ok(u) => {
-                let password = if u.password().is_some() {
-                    ":[redacted]"
-                } else {
-                    ""
-                };
-                let user = if u.username().is_empty() {
-                    String::new()
-                } else {
-                    format!("{}{password}@", u.username())
-                };
-                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-                format!(
-                    "{}://{user}{}{port}{}",
-                    u.scheme(),
-                    u.host_str().unwrap_or(""),
-                    u.path()
-                )
-            }
-            Err(_) => "postgres://[redacted]".into(),
-        }
-    }
-
-    /// The client configuration and how to do TLS: `sslmode=disable` (or no
-    /// `sslmode` with a loopback host or a socket directory) is plain; any
-    /// other mode is TLS, verifying the server's certificate and name against
-    /// the system store, or `sslrootcert=FILE`.
-    fn connect_config(&self) -> Result<(tokio_postgres::Config, Tls), String> {
-        use tokio_postgres::config::SslMode;
-        let mut url = url::Url::parse(self.0.expose_secret()).map_err(|e| {
-            format!("not a URL ({e}); expected postgres://user:password@host:port/database")
-        })?;
-        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(format!(
-                "scheme {:?}: expected postgres:// or postgresql://",
-                url.scheme()
-            ));
-        }
-        let mut sslmode = None;
-        let mut root_cert = None;
-        let mut socket = false;
-        let rest: Vec<(String, String)> = url
-            .query_pairs()
-            .filter_map(|(k, v)| match &*k {
-                "sslmode" => {
-                    sslmode = Some(v.into_owned());
-                    None
-                }
-                "sslrootcert" => {
-                    root_cert = Some(std::path::PathBuf::from(v.into_owned()));
-                    None
-                }
-                _ => {
-                    socket |= k == "host" && v.starts_with('/');
-                    Some((k.into_owned(), v.into_owned()))
-                }
-            })
-            .collect();
-        url.set_query(None);
-        if !rest.is_empty() {
-            url.query_pairs_mut().extend_pairs(rest);
-        }
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            // postgres:// is not a special scheme: its host stays text.
-            Some(url::Host::Domain(d)) => {
-                d == "localhost"
-                    || d.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            None => true,
-        } || socket;
-        let mut config: tokio_postgres::Config = url
-            .as_str()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL URL: {e}"))?;
-        if config.get_hosts().is_empty() {
-            return Err("no host".into());
-        }
-        config.connect_timeout(Duration::from_secs(10));
-        config.keepalives_idle(Duration::from_secs(30));
-        config.application_name("azure-activity-poller");
-        let tls = match sslmode.as_deref() {
-            Some("disable") => Tls::Off,
-            None if loopback && root_cert.is_none() => Tls::Off,
-            Some("allow" | "prefer") => Tls::On {
-                mode: SslMode::Prefer,
-                root_cert,
-            },
-            None | Some("require" | "verify-ca" | "verify-full") => Tls::On {
-                mode: SslMode::Require,
-                root_cert,
-            },
-            Some(other) => {
-                return Err(format!(
-                    "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
-                ));
-            }
-        };
-        Ok((config, tls))
-    }
-}
 
 trait Context<T> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError>;
@@ -340,12 +198,12 @@ impl PgStore {
             recycling_method: RecyclingMethod::Fast,
         };
         let manager = match tls {
-            Tls::Off => {
+            DatabaseTls::Off => {
                 let mut config = config;
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 Manager::from_config(config, tokio_postgres::NoTls, manager_config)
             }
-            Tls::On { mode, root_cert } => {
+            DatabaseTls::On { mode, root_cert } => {
                 let mut config = config;
                 config.ssl_mode(mode);
                 let tls =
@@ -1194,25 +1052,4 @@ fn rustls_config(root_cert: Option<&std::path::Path>) -> Result<rustls::ClientCo
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_password_never_shows() {
-        let u =
-            DatabaseUrl::parse("postgres://poller:hunter2@db.example:5433/state?sslmode=require")
-                .unwrap();
-        assert_eq!(
-            u.redacted(),
-            "postgres://poller:[redacted]@db.example:5433/state"
-        );
-        assert!(!format!("{u:?}").contains("hunter2"));
-        let e = DatabaseUrl::parse("mysql://poller:hunter2@db/x").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
-        let e = DatabaseUrl::parse("postgres://poller:hunter2@db/x?sslmode=bogus").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
-    }
 }
