@@ -58,6 +58,9 @@ const ADVANCE: &str = "WITH held AS (
 /// How long a statement is retried while the database cannot be reached.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
 
+/// The context of every statement of a lease round, for its errors.
+const LEASE_ROUND: &str = "renewing leases";
+
 /// Serialises schema creation between instances starting together.
 const MIGRATION_LOCK: i64 = 0x6161_7070_6f6c_6c72;
 
@@ -505,34 +508,11 @@ impl PgStore {
                 .await
                 .ctx("queueing events")?;
             let new = usize::try_from(new).unwrap_or(usize::MAX);
-            let mut rec = Recorded {
+            let rec = Recorded {
                 new,
                 duplicate: entries.len() - new.min(entries.len()),
-                quarantined: 0,
+                quarantined: quarantine(&tx, subscription_id, malformed).await?,
             };
-            for (m, seen_at) in malformed {
-                // Keyed by content and remembered like an id, so that the next
-                // query of the same window does not quarantine it again.
-                let fresh = tx
-                    .execute(
-                        "INSERT INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES ($1, $2, $3)
-                         ON CONFLICT DO NOTHING",
-                        &[&subscription_id, &m.key, &to_nanos(*seen_at)],
-                    )
-                    .await
-                    .ctx("recording a seen id")?;
-                if fresh == 0 {
-                    continue;
-                }
-                tx.execute(
-                    "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
-                     VALUES ($1, $2, NULL, $3, $4, $5)",
-                    &[&subscription_id, &m.key, &m.raw.get(), &m.reason, &to_nanos(chrono::Utc::now())],
-                )
-                .await
-                .ctx("quarantining an entry")?;
-                rec.quarantined += 1;
-            }
             if let Some(a) = advance {
                 let (watermark, prune_before) = (to_nanos(a.watermark), to_nanos(a.prune_before));
                 // Fenced above in this transaction: the lease is still held.
@@ -867,130 +847,21 @@ impl PgStore {
         lease: Duration,
         share: Share,
     ) -> Result<LeaseReport, StoreError> {
-        const CX: &str = "renewing leases";
         let secs = lease.as_secs_f64();
-        let me = &self.me.id;
-        let c = self.client(CX).await?;
-        c.execute(
-            "INSERT INTO instance (id, host, pid, started_at, expires_at)
-             VALUES ($1, $2, $3, now(), now() + make_interval(secs => $4))
-             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
-            &[me, &self.me.host, &i64::from(self.me.pid), &secs],
-        )
-        .await
-        .ctx(CX)?;
-        // Events a subscription left in the outbox when it was removed from
-        // the configuration are still owed to Guardrails: such a subscription
-        // is leased like the configured ones, and its events delivered (it is
-        // never polled: the supervisor starts only configured subscriptions).
-        let orphans: Vec<String> = c
-            .query(
-                "WITH RECURSIVE subs AS (
-                     (SELECT subscription_id AS s FROM outbox ORDER BY subscription_id LIMIT 1)
-                     UNION ALL
-                     SELECT (SELECT subscription_id FROM outbox WHERE subscription_id > subs.s
-                             ORDER BY subscription_id LIMIT 1)
-                     FROM subs WHERE subs.s IS NOT NULL)
-                 SELECT s FROM subs WHERE s IS NOT NULL AND NOT s = ANY($1)",
-                &[&wanted],
-            )
-            .await
-            .ctx(CX)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let wanted: Vec<String> = wanted.iter().cloned().chain(orphans).collect();
-        // What the last round set aside had a lease/3 to stop: give it back,
-        // with anything no longer configured.
-        let releasing: Vec<String> = self
-            .releasing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        c.execute(
-            "DELETE FROM lease WHERE holder = $1 AND (subscription_id = ANY($2) OR NOT subscription_id = ANY($3))",
-            &[me, &releasing, &wanted],
-        )
-        .await
-        .ctx(CX)?;
-        self.releasing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        let mut mine: BTreeSet<String> = c
-            .query(
-                "UPDATE lease SET expires_at = now() + make_interval(secs => $2) WHERE holder = $1
-                 RETURNING subscription_id",
-                &[me, &secs],
-            )
-            .await
-            .ctx(CX)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let live: i64 = c
-            .query_one(
-                "SELECT count(*) FROM instance WHERE expires_at > now()",
-                &[],
-            )
-            .await
-            .ctx(CX)?
-            .get(0);
-        let live = usize::try_from(live).unwrap_or(1).max(1);
+        let c = self.client(LEASE_ROUND).await?;
+        self.heartbeat(&c, secs).await?;
+        let wanted = self.owed(&c, wanted).await?;
+        self.give_back(&c, &wanted).await?;
+        let mut mine = self.renew(&c, secs).await?;
+        let live = self.live_instances(&c).await?;
         let share = match share {
             Share::Fair => wanted.len().div_ceil(live),
             Share::All => wanted.len(),
         };
         if mine.len() > share {
-            // Set the excess aside: no longer polled from now, given back at
-            // the next round.
-            let excess: Vec<String> = mine.iter().skip(share).cloned().collect();
-            let mut r = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
-            for s in excess {
-                mine.remove(&s);
-                r.insert(s);
-            }
+            self.set_aside(&mut mine, share);
         } else if mine.len() < share {
-            let mut free: Vec<String> = c
-                .query(
-                    "SELECT s FROM unnest($1::text[]) AS s
-                     WHERE NOT EXISTS (SELECT 1 FROM lease WHERE subscription_id = s AND expires_at >= now())",
-                    &[&wanted],
-                )
-                .await
-                .ctx(CX)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            // Start somewhere random, so that instances taking at once mostly
-            // reach for different subscriptions.
-            if !free.is_empty() {
-                let at = fastrand::usize(..free.len());
-                free.rotate_left(at);
-            }
-            for sub in free {
-                if mine.len() >= share {
-                    break;
-                }
-                let taken = c
-                    .query_opt(
-                        "INSERT INTO lease (subscription_id, holder, expires_at)
-                         VALUES ($1, $2, now() + make_interval(secs => $3))
-                         ON CONFLICT (subscription_id) DO UPDATE
-                         SET holder = excluded.holder, expires_at = excluded.expires_at
-                         WHERE lease.expires_at < now() OR lease.holder = excluded.holder
-                         RETURNING subscription_id",
-                        &[&sub, me, &secs],
-                    )
-                    .await
-                    .ctx(CX)?;
-                if taken.is_some() {
-                    tracing::info!(subscription = %sub, "took the lease on this subscription");
-                    mine.insert(sub);
-                }
-            }
+            self.take_free(&c, &wanted, &mut mine, share, secs).await?;
         }
         self.held.send_if_modified(|h| {
             let changed = *h != mine;
@@ -1010,6 +881,147 @@ impl PgStore {
         })
     }
 
+    /// This instance's row in `instance`, its expiry pushed a lease ahead:
+    /// the count of live instances (and so each one's share) follows it.
+    async fn heartbeat(&self, c: &Client, secs: f64) -> Result<(), StoreError> {
+        c.execute(
+            "INSERT INTO instance (id, host, pid, started_at, expires_at)
+             VALUES ($1, $2, $3, now(), now() + make_interval(secs => $4))
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+            &[&self.me.id, &self.me.host, &i64::from(self.me.pid), &secs],
+        )
+        .await
+        .ctx(LEASE_ROUND)?;
+        Ok(())
+    }
+
+    /// The subscriptions to lease: the configured ones (`wanted`), then those
+    /// no longer configured with events still in the outbox.
+    async fn owed(&self, c: &Client, wanted: &[String]) -> Result<Vec<String>, StoreError> {
+        // Events a subscription left in the outbox when it was removed from
+        // the configuration are still owed to Guardrails: such a subscription
+        // is leased like the configured ones, and its events delivered (it is
+        // never polled: the supervisor starts only configured subscriptions).
+        let orphans: Vec<String> = lease_ids(
+            c,
+            "WITH RECURSIVE subs AS (
+                     (SELECT subscription_id AS s FROM outbox ORDER BY subscription_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT subscription_id FROM outbox WHERE subscription_id > subs.s
+                             ORDER BY subscription_id LIMIT 1)
+                     FROM subs WHERE subs.s IS NOT NULL)
+                 SELECT s FROM subs WHERE s IS NOT NULL AND NOT s = ANY($1)",
+            &[&wanted],
+        )
+        .await?;
+        Ok(wanted.iter().cloned().chain(orphans).collect())
+    }
+
+    /// Deletes the leases the last round set aside (they had a lease/3 to
+    /// stop) and those on subscriptions no longer `wanted`.
+    async fn give_back(&self, c: &Client, wanted: &[String]) -> Result<(), StoreError> {
+        let releasing: Vec<String> = self
+            .releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        c.execute(
+            "DELETE FROM lease WHERE holder = $1 AND (subscription_id = ANY($2) OR NOT subscription_id = ANY($3))",
+            &[&self.me.id, &releasing, &wanted],
+        )
+        .await
+        .ctx(LEASE_ROUND)?;
+        self.releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Pushes every lease this instance holds a lease ahead; returns them.
+    async fn renew(&self, c: &Client, secs: f64) -> Result<BTreeSet<String>, StoreError> {
+        lease_ids(
+            c,
+            "UPDATE lease SET expires_at = now() + make_interval(secs => $2) WHERE holder = $1
+                 RETURNING subscription_id",
+            &[&self.me.id, &secs],
+        )
+        .await
+    }
+
+    /// Instances whose heartbeat has not expired, this one included (at least 1).
+    async fn live_instances(&self, c: &Client) -> Result<usize, StoreError> {
+        let live: i64 = c
+            .query_one(
+                "SELECT count(*) FROM instance WHERE expires_at > now()",
+                &[],
+            )
+            .await
+            .ctx(LEASE_ROUND)?
+            .get(0);
+        Ok(usize::try_from(live).unwrap_or(1).max(1))
+    }
+
+    /// Sets the excess over `share` aside: no longer polled from now, given
+    /// back at the next round.
+    fn set_aside(&self, mine: &mut BTreeSet<String>, share: usize) {
+        let excess: Vec<String> = mine.iter().skip(share).cloned().collect();
+        let mut r = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        for s in excess {
+            mine.remove(&s);
+            r.insert(s);
+        }
+    }
+
+    /// Takes free (unleased or expired) leases on `wanted` subscriptions
+    /// until `mine` reaches `share`.
+    async fn take_free(
+        &self,
+        c: &Client,
+        wanted: &[String],
+        mine: &mut BTreeSet<String>,
+        share: usize,
+        secs: f64,
+    ) -> Result<(), StoreError> {
+        let mut free: Vec<String> = lease_ids(
+            c,
+            "SELECT s FROM unnest($1::text[]) AS s
+                 WHERE NOT EXISTS (SELECT 1 FROM lease WHERE subscription_id = s AND expires_at >= now())",
+            &[&wanted],
+        )
+        .await?;
+        // Start somewhere random, so that instances taking at once mostly
+        // reach for different subscriptions.
+        if !free.is_empty() {
+            let at = fastrand::usize(..free.len());
+            free.rotate_left(at);
+        }
+        for sub in free {
+            if mine.len() >= share {
+                break;
+            }
+            let taken = c
+                .query_opt(
+                    "INSERT INTO lease (subscription_id, holder, expires_at)
+                     VALUES ($1, $2, now() + make_interval(secs => $3))
+                     ON CONFLICT (subscription_id) DO UPDATE
+                     SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE lease.expires_at < now() OR lease.holder = excluded.holder
+                     RETURNING subscription_id",
+                    &[&sub, &self.me.id, &secs],
+                )
+                .await
+                .ctx(LEASE_ROUND)?;
+            if taken.is_some() {
+                tracing::info!(subscription = %sub, "took the lease on this subscription");
+                mine.insert(sub);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn leave(&self) -> Result<(), StoreError> {
         let c = self.client("giving up leases").await?;
         c.execute("DELETE FROM lease WHERE holder = $1", &[&self.me.id])
@@ -1020,6 +1032,53 @@ impl PgStore {
             .ctx("giving up leases")?;
         Ok(())
     }
+}
+
+/// The subscription ids (the first column) a lease round's statement returns.
+async fn lease_ids<T: FromIterator<String>>(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<T, StoreError> {
+    Ok(c.query(sql, params)
+        .await
+        .ctx(LEASE_ROUND)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Dead-letters the malformed entries not quarantined before; returns how many.
+async fn quarantine(
+    tx: &deadpool_postgres::Transaction<'_>,
+    subscription_id: &str,
+    malformed: &[(Malformed, Timestamp)],
+) -> Result<usize, StoreError> {
+    let mut quarantined = 0;
+    for (m, seen_at) in malformed {
+        // Keyed by content and remembered like an id, so that the next
+        // query of the same window does not quarantine it again.
+        let fresh = tx
+            .execute(
+                "INSERT INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&subscription_id, &m.key, &to_nanos(*seen_at)],
+            )
+            .await
+            .ctx("recording a seen id")?;
+        if fresh == 0 {
+            continue;
+        }
+        tx.execute(
+            "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+             VALUES ($1, $2, NULL, $3, $4, $5)",
+            &[&subscription_id, &m.key, &m.raw.get(), &m.reason, &to_nanos(chrono::Utc::now())],
+        )
+        .await
+        .ctx("quarantining an entry")?;
+        quarantined += 1;
+    }
+    Ok(quarantined)
 }
 
 /// rustls trusting `root_cert` (PEM) when given, else the system store (and
