@@ -17,7 +17,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 
-use super::{DatabaseUrl, Instance, PgStore, SCHEMA_VERSION, StoreError};
+use super::{Instance, PgStore, SCHEMA_VERSION, StoreError};
+use crate::config::DatabaseUrl;
 
 /// Rows per insert.
 const BATCH: usize = 5_000;
@@ -356,18 +357,18 @@ fn read_source(mut conn: Connection, tx: &mpsc::Sender<Batch>) -> Result<(), Sto
     Ok(())
 }
 
+/// The context of the target's errors.
+const CTX: &str = "copying into the target";
+
 fn pg_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
     move |source| StoreError::Postgres { context, source }
 }
 
-/// Checks the target is empty and inserts every batch, in one transaction.
-async fn write_target(
+/// Locks the target's state tables and refuses them unless they are empty.
+async fn lock_empty(
+    txn: &deadpool_postgres::Transaction<'_>,
     target: &PgStore,
-    mut rx: mpsc::Receiver<Batch>,
-) -> Result<Copied, StoreError> {
-    const CTX: &str = "copying into the target";
-    let mut client = target.client(CTX).await?;
-    let txn = client.transaction().await.map_err(pg_err(CTX))?;
+) -> Result<(), StoreError> {
     let state: Vec<&str> = TABLES.iter().filter(|t| t.state).map(|t| t.name).collect();
     // Writers (a daemon started on the target too early) wait for the copy;
     // readers (`status`) do not.
@@ -397,29 +398,41 @@ async fn write_target(
             what: format!("it has {}", found.join(", ")),
         });
     }
-    let inserts: Vec<String> = TABLES
+    Ok(())
+}
+
+/// The statement inserting one batch of `table`'s columns (arrays, through
+/// `unnest`); the tables outside the state skip rows already there.
+fn insert_sql(table: &Table) -> String {
+    let names: Vec<&str> = table.columns.iter().map(|(n, _)| *n).collect();
+    let arrays: Vec<String> = table
+        .columns
         .iter()
-        .map(|table| {
-            let names: Vec<&str> = table.columns.iter().map(|(n, _)| *n).collect();
-            let arrays: Vec<String> = table
-                .columns
-                .iter()
-                .enumerate()
-                .map(|(i, (_, k))| format!("${}::{}", i + 1, pg_array(*k)))
-                .collect();
-            format!(
-                "INSERT INTO {} ({}) SELECT * FROM unnest({}){}",
-                table.name,
-                names.join(", "),
-                arrays.join(", "),
-                if table.state {
-                    ""
-                } else {
-                    " ON CONFLICT DO NOTHING"
-                }
-            )
-        })
+        .enumerate()
+        .map(|(i, (_, k))| format!("${}::{}", i + 1, pg_array(*k)))
         .collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT * FROM unnest({}){}",
+        table.name,
+        names.join(", "),
+        arrays.join(", "),
+        if table.state {
+            ""
+        } else {
+            " ON CONFLICT DO NOTHING"
+        }
+    )
+}
+
+/// Checks the target is empty and inserts every batch, in one transaction.
+async fn write_target(
+    target: &PgStore,
+    mut rx: mpsc::Receiver<Batch>,
+) -> Result<Copied, StoreError> {
+    let mut client = target.client(CTX).await?;
+    let txn = client.transaction().await.map_err(pg_err(CTX))?;
+    lock_empty(&txn, target).await?;
+    let inserts: Vec<String> = TABLES.iter().map(insert_sql).collect();
     let mut counts = vec![0u64; TABLES.len()];
     loop {
         let (t, batch) = match rx.recv().await {

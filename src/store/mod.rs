@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use crate::config::StateConfig;
 use crate::event::{Entry, Malformed, Timestamp};
 
-pub use postgres::{DatabaseUrl, PgStore};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// The SQLite schema this build reads and writes (`PRAGMA user_version`).

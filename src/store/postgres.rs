@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use secrecy::{ExposeSecret, SecretString};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use tokio_rustls::rustls;
@@ -33,6 +32,7 @@ use super::{
     Advance, Cursor, DeadLetter, DetectionNote, Held, Instance, InstanceRow, LeaseNote,
     LeaseReport, OutboxEvent, Recorded, Share, StoreError, SubscriptionState,
 };
+use crate::config::{DatabaseTls, DatabaseUrl};
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
 
 /// The schema this build reads and writes (the `schema_version` table).
@@ -57,6 +57,9 @@ const ADVANCE: &str = "WITH held AS (
 
 /// How long a statement is retried while the database cannot be reached.
 pub const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The context of every statement of a lease round, for its errors.
+const LEASE_ROUND: &str = "renewing leases";
 
 /// Serialises schema creation between instances starting together.
 const MIGRATION_LOCK: i64 = 0x6161_7070_6f6c_6c72;
@@ -114,148 +117,6 @@ CREATE TABLE IF NOT EXISTS lease (
     expires_at      TIMESTAMPTZ NOT NULL
 );
 ";
-
-/// A `postgres://` URL. It may hold a password, so it is a secret: `Debug`
-/// and [`DatabaseUrl::redacted`] print everything but the password.
-#[derive(Clone)]
-pub struct DatabaseUrl(SecretString);
-
-impl std::fmt::Debug for DatabaseUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DatabaseUrl({})", self.redacted())
-    }
-}
-
-/// How to talk TLS to the server.
-enum Tls {
-    Off,
-    On {
-        mode: tokio_postgres::config::SslMode,
-        root_cert: Option<std::path::PathBuf>,
-    },
-}
-
-impl DatabaseUrl {
-    /// Checks the URL's form; the message never holds the password.
-    pub fn parse(text: &str) -> Result<DatabaseUrl, String> {
-        let url = DatabaseUrl(SecretString::from(text.trim().to_string()));
-        url.connect_config()?;
-        Ok(url)
-    }
-
-    /// The same URL (a reload cannot move the state).
-    pub fn same_as(&self, other: &DatabaseUrl) -> bool {
-        self.0.expose_secret() == other.0.expose_secret()
-    }
-
-    /// Scheme, user, host, port and database; the password as `[redacted]`.
-    pub fn redacted(&self) -> String {
-        match url::Url::parse(self.0.expose_secret()) {
-            Ok(u) => {
-                let password = if u.password().is_some() {
-                    ":[redacted]"
-                } else {
-                    ""
-                };
-                let user = if u.username().is_empty() {
-                    String::new()
-                } else {
-                    format!("{}{password}@", u.username())
-                };
-                let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
-                format!(
-                    "{}://{user}{}{port}{}",
-                    u.scheme(),
-                    u.host_str().unwrap_or(""),
-                    u.path()
-                )
-            }
-            Err(_) => "postgres://[redacted]".into(),
-        }
-    }
-
-    /// The client configuration and how to do TLS: `sslmode=disable` (or no
-    /// `sslmode` with a loopback host or a socket directory) is plain; any
-    /// other mode is TLS, verifying the server's certificate and name against
-    /// the system store, or `sslrootcert=FILE`.
-    fn connect_config(&self) -> Result<(tokio_postgres::Config, Tls), String> {
-        use tokio_postgres::config::SslMode;
-        let mut url = url::Url::parse(self.0.expose_secret()).map_err(|e| {
-            format!("not a URL ({e}); expected postgres://user:password@host:port/database")
-        })?;
-        if url.scheme() != "postgres" && url.scheme() != "postgresql" {
-            return Err(format!(
-                "scheme {:?}: expected postgres:// or postgresql://",
-                url.scheme()
-            ));
-        }
-        let mut sslmode = None;
-        let mut root_cert = None;
-        let mut socket = false;
-        let rest: Vec<(String, String)> = url
-            .query_pairs()
-            .filter_map(|(k, v)| match &*k {
-                "sslmode" => {
-                    sslmode = Some(v.into_owned());
-                    None
-                }
-                "sslrootcert" => {
-                    root_cert = Some(std::path::PathBuf::from(v.into_owned()));
-                    None
-                }
-                _ => {
-                    socket |= k == "host" && v.starts_with('/');
-                    Some((k.into_owned(), v.into_owned()))
-                }
-            })
-            .collect();
-        url.set_query(None);
-        if !rest.is_empty() {
-            url.query_pairs_mut().extend_pairs(rest);
-        }
-        let loopback = match url.host() {
-            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-            // postgres:// is not a special scheme: its host stays text.
-            Some(url::Host::Domain(d)) => {
-                d == "localhost"
-                    || d.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            }
-            None => true,
-        } || socket;
-        let mut config: tokio_postgres::Config = url
-            .as_str()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| format!("not a PostgreSQL URL: {e}"))?;
-        if config.get_hosts().is_empty() {
-            return Err("no host".into());
-        }
-        config.connect_timeout(Duration::from_secs(10));
-        config.keepalives_idle(Duration::from_secs(30));
-        config.application_name("azure-activity-poller");
-        let tls = match sslmode.as_deref() {
-            Some("disable") => Tls::Off,
-            None if loopback && root_cert.is_none() => Tls::Off,
-            Some("allow" | "prefer") => Tls::On {
-                mode: SslMode::Prefer,
-                root_cert,
-            },
-            None | Some("require" | "verify-ca" | "verify-full") => Tls::On {
-                mode: SslMode::Require,
-                root_cert,
-            },
-            Some(other) => {
-                return Err(format!(
-                    "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
-                ));
-            }
-        };
-        Ok((config, tls))
-    }
-}
 
 trait Context<T> {
     fn ctx(self, context: &'static str) -> Result<T, StoreError>;
@@ -340,12 +201,12 @@ impl PgStore {
             recycling_method: RecyclingMethod::Fast,
         };
         let manager = match tls {
-            Tls::Off => {
+            DatabaseTls::Off => {
                 let mut config = config;
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 Manager::from_config(config, tokio_postgres::NoTls, manager_config)
             }
-            Tls::On { mode, root_cert } => {
+            DatabaseTls::On { mode, root_cert } => {
                 let mut config = config;
                 config.ssl_mode(mode);
                 let tls =
@@ -647,34 +508,11 @@ impl PgStore {
                 .await
                 .ctx("queueing events")?;
             let new = usize::try_from(new).unwrap_or(usize::MAX);
-            let mut rec = Recorded {
+            let rec = Recorded {
                 new,
                 duplicate: entries.len() - new.min(entries.len()),
-                quarantined: 0,
+                quarantined: quarantine(&tx, subscription_id, malformed).await?,
             };
-            for (m, seen_at) in malformed {
-                // Keyed by content and remembered like an id, so that the next
-                // query of the same window does not quarantine it again.
-                let fresh = tx
-                    .execute(
-                        "INSERT INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES ($1, $2, $3)
-                         ON CONFLICT DO NOTHING",
-                        &[&subscription_id, &m.key, &to_nanos(*seen_at)],
-                    )
-                    .await
-                    .ctx("recording a seen id")?;
-                if fresh == 0 {
-                    continue;
-                }
-                tx.execute(
-                    "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
-                     VALUES ($1, $2, NULL, $3, $4, $5)",
-                    &[&subscription_id, &m.key, &m.raw.get(), &m.reason, &to_nanos(chrono::Utc::now())],
-                )
-                .await
-                .ctx("quarantining an entry")?;
-                rec.quarantined += 1;
-            }
             if let Some(a) = advance {
                 let (watermark, prune_before) = (to_nanos(a.watermark), to_nanos(a.prune_before));
                 // Fenced above in this transaction: the lease is still held.
@@ -1009,130 +847,21 @@ impl PgStore {
         lease: Duration,
         share: Share,
     ) -> Result<LeaseReport, StoreError> {
-        const CX: &str = "renewing leases";
         let secs = lease.as_secs_f64();
-        let me = &self.me.id;
-        let c = self.client(CX).await?;
-        c.execute(
-            "INSERT INTO instance (id, host, pid, started_at, expires_at)
-             VALUES ($1, $2, $3, now(), now() + make_interval(secs => $4))
-             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
-            &[me, &self.me.host, &i64::from(self.me.pid), &secs],
-        )
-        .await
-        .ctx(CX)?;
-        // Events a subscription left in the outbox when it was removed from
-        // the configuration are still owed to Guardrails: such a subscription
-        // is leased like the configured ones, and its events delivered (it is
-        // never polled: the supervisor starts only configured subscriptions).
-        let orphans: Vec<String> = c
-            .query(
-                "WITH RECURSIVE subs AS (
-                     (SELECT subscription_id AS s FROM outbox ORDER BY subscription_id LIMIT 1)
-                     UNION ALL
-                     SELECT (SELECT subscription_id FROM outbox WHERE subscription_id > subs.s
-                             ORDER BY subscription_id LIMIT 1)
-                     FROM subs WHERE subs.s IS NOT NULL)
-                 SELECT s FROM subs WHERE s IS NOT NULL AND NOT s = ANY($1)",
-                &[&wanted],
-            )
-            .await
-            .ctx(CX)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let wanted: Vec<String> = wanted.iter().cloned().chain(orphans).collect();
-        // What the last round set aside had a lease/3 to stop: give it back,
-        // with anything no longer configured.
-        let releasing: Vec<String> = self
-            .releasing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect();
-        c.execute(
-            "DELETE FROM lease WHERE holder = $1 AND (subscription_id = ANY($2) OR NOT subscription_id = ANY($3))",
-            &[me, &releasing, &wanted],
-        )
-        .await
-        .ctx(CX)?;
-        self.releasing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        let mut mine: BTreeSet<String> = c
-            .query(
-                "UPDATE lease SET expires_at = now() + make_interval(secs => $2) WHERE holder = $1
-                 RETURNING subscription_id",
-                &[me, &secs],
-            )
-            .await
-            .ctx(CX)?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let live: i64 = c
-            .query_one(
-                "SELECT count(*) FROM instance WHERE expires_at > now()",
-                &[],
-            )
-            .await
-            .ctx(CX)?
-            .get(0);
-        let live = usize::try_from(live).unwrap_or(1).max(1);
+        let c = self.client(LEASE_ROUND).await?;
+        self.heartbeat(&c, secs).await?;
+        let wanted = self.owed(&c, wanted).await?;
+        self.give_back(&c, &wanted).await?;
+        let mut mine = self.renew(&c, secs).await?;
+        let live = self.live_instances(&c).await?;
         let share = match share {
             Share::Fair => wanted.len().div_ceil(live),
             Share::All => wanted.len(),
         };
         if mine.len() > share {
-            // Set the excess aside: no longer polled from now, given back at
-            // the next round.
-            let excess: Vec<String> = mine.iter().skip(share).cloned().collect();
-            let mut r = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
-            for s in excess {
-                mine.remove(&s);
-                r.insert(s);
-            }
+            self.set_aside(&mut mine, share);
         } else if mine.len() < share {
-            let mut free: Vec<String> = c
-                .query(
-                    "SELECT s FROM unnest($1::text[]) AS s
-                     WHERE NOT EXISTS (SELECT 1 FROM lease WHERE subscription_id = s AND expires_at >= now())",
-                    &[&wanted],
-                )
-                .await
-                .ctx(CX)?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            // Start somewhere random, so that instances taking at once mostly
-            // reach for different subscriptions.
-            if !free.is_empty() {
-                let at = fastrand::usize(..free.len());
-                free.rotate_left(at);
-            }
-            for sub in free {
-                if mine.len() >= share {
-                    break;
-                }
-                let taken = c
-                    .query_opt(
-                        "INSERT INTO lease (subscription_id, holder, expires_at)
-                         VALUES ($1, $2, now() + make_interval(secs => $3))
-                         ON CONFLICT (subscription_id) DO UPDATE
-                         SET holder = excluded.holder, expires_at = excluded.expires_at
-                         WHERE lease.expires_at < now() OR lease.holder = excluded.holder
-                         RETURNING subscription_id",
-                        &[&sub, me, &secs],
-                    )
-                    .await
-                    .ctx(CX)?;
-                if taken.is_some() {
-                    tracing::info!(subscription = %sub, "took the lease on this subscription");
-                    mine.insert(sub);
-                }
-            }
+            self.take_free(&c, &wanted, &mut mine, share, secs).await?;
         }
         self.held.send_if_modified(|h| {
             let changed = *h != mine;
@@ -1152,6 +881,147 @@ impl PgStore {
         })
     }
 
+    /// This instance's row in `instance`, its expiry pushed a lease ahead:
+    /// the count of live instances (and so each one's share) follows it.
+    async fn heartbeat(&self, c: &Client, secs: f64) -> Result<(), StoreError> {
+        c.execute(
+            "INSERT INTO instance (id, host, pid, started_at, expires_at)
+             VALUES ($1, $2, $3, now(), now() + make_interval(secs => $4))
+             ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+            &[&self.me.id, &self.me.host, &i64::from(self.me.pid), &secs],
+        )
+        .await
+        .ctx(LEASE_ROUND)?;
+        Ok(())
+    }
+
+    /// The subscriptions to lease: the configured ones (`wanted`), then those
+    /// no longer configured with events still in the outbox.
+    async fn owed(&self, c: &Client, wanted: &[String]) -> Result<Vec<String>, StoreError> {
+        // Events a subscription left in the outbox when it was removed from
+        // the configuration are still owed to Guardrails: such a subscription
+        // is leased like the configured ones, and its events delivered (it is
+        // never polled: the supervisor starts only configured subscriptions).
+        let orphans: Vec<String> = lease_ids(
+            c,
+            "WITH RECURSIVE subs AS (
+                     (SELECT subscription_id AS s FROM outbox ORDER BY subscription_id LIMIT 1)
+                     UNION ALL
+                     SELECT (SELECT subscription_id FROM outbox WHERE subscription_id > subs.s
+                             ORDER BY subscription_id LIMIT 1)
+                     FROM subs WHERE subs.s IS NOT NULL)
+                 SELECT s FROM subs WHERE s IS NOT NULL AND NOT s = ANY($1)",
+            &[&wanted],
+        )
+        .await?;
+        Ok(wanted.iter().cloned().chain(orphans).collect())
+    }
+
+    /// Deletes the leases the last round set aside (they had a lease/3 to
+    /// stop) and those on subscriptions no longer `wanted`.
+    async fn give_back(&self, c: &Client, wanted: &[String]) -> Result<(), StoreError> {
+        let releasing: Vec<String> = self
+            .releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        c.execute(
+            "DELETE FROM lease WHERE holder = $1 AND (subscription_id = ANY($2) OR NOT subscription_id = ANY($3))",
+            &[&self.me.id, &releasing, &wanted],
+        )
+        .await
+        .ctx(LEASE_ROUND)?;
+        self.releasing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Pushes every lease this instance holds a lease ahead; returns them.
+    async fn renew(&self, c: &Client, secs: f64) -> Result<BTreeSet<String>, StoreError> {
+        lease_ids(
+            c,
+            "UPDATE lease SET expires_at = now() + make_interval(secs => $2) WHERE holder = $1
+                 RETURNING subscription_id",
+            &[&self.me.id, &secs],
+        )
+        .await
+    }
+
+    /// Instances whose heartbeat has not expired, this one included (at least 1).
+    async fn live_instances(&self, c: &Client) -> Result<usize, StoreError> {
+        let live: i64 = c
+            .query_one(
+                "SELECT count(*) FROM instance WHERE expires_at > now()",
+                &[],
+            )
+            .await
+            .ctx(LEASE_ROUND)?
+            .get(0);
+        Ok(usize::try_from(live).unwrap_or(1).max(1))
+    }
+
+    /// Sets the excess over `share` aside: no longer polled from now, given
+    /// back at the next round.
+    fn set_aside(&self, mine: &mut BTreeSet<String>, share: usize) {
+        let excess: Vec<String> = mine.iter().skip(share).cloned().collect();
+        let mut r = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        for s in excess {
+            mine.remove(&s);
+            r.insert(s);
+        }
+    }
+
+    /// Takes free (unleased or expired) leases on `wanted` subscriptions
+    /// until `mine` reaches `share`.
+    async fn take_free(
+        &self,
+        c: &Client,
+        wanted: &[String],
+        mine: &mut BTreeSet<String>,
+        share: usize,
+        secs: f64,
+    ) -> Result<(), StoreError> {
+        let mut free: Vec<String> = lease_ids(
+            c,
+            "SELECT s FROM unnest($1::text[]) AS s
+                 WHERE NOT EXISTS (SELECT 1 FROM lease WHERE subscription_id = s AND expires_at >= now())",
+            &[&wanted],
+        )
+        .await?;
+        // Start somewhere random, so that instances taking at once mostly
+        // reach for different subscriptions.
+        if !free.is_empty() {
+            let at = fastrand::usize(..free.len());
+            free.rotate_left(at);
+        }
+        for sub in free {
+            if mine.len() >= share {
+                break;
+            }
+            let taken = c
+                .query_opt(
+                    "INSERT INTO lease (subscription_id, holder, expires_at)
+                     VALUES ($1, $2, now() + make_interval(secs => $3))
+                     ON CONFLICT (subscription_id) DO UPDATE
+                     SET holder = excluded.holder, expires_at = excluded.expires_at
+                     WHERE lease.expires_at < now() OR lease.holder = excluded.holder
+                     RETURNING subscription_id",
+                    &[&sub, &self.me.id, &secs],
+                )
+                .await
+                .ctx(LEASE_ROUND)?;
+            if taken.is_some() {
+                tracing::info!(subscription = %sub, "took the lease on this subscription");
+                mine.insert(sub);
+            }
+        }
+        Ok(())
+    }
+
     pub async fn leave(&self) -> Result<(), StoreError> {
         let c = self.client("giving up leases").await?;
         c.execute("DELETE FROM lease WHERE holder = $1", &[&self.me.id])
@@ -1162,6 +1032,53 @@ impl PgStore {
             .ctx("giving up leases")?;
         Ok(())
     }
+}
+
+/// The subscription ids (the first column) a lease round's statement returns.
+async fn lease_ids<T: FromIterator<String>>(
+    c: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<T, StoreError> {
+    Ok(c.query(sql, params)
+        .await
+        .ctx(LEASE_ROUND)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Dead-letters the malformed entries not quarantined before; returns how many.
+async fn quarantine(
+    tx: &deadpool_postgres::Transaction<'_>,
+    subscription_id: &str,
+    malformed: &[(Malformed, Timestamp)],
+) -> Result<usize, StoreError> {
+    let mut quarantined = 0;
+    for (m, seen_at) in malformed {
+        // Keyed by content and remembered like an id, so that the next
+        // query of the same window does not quarantine it again.
+        let fresh = tx
+            .execute(
+                "INSERT INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&subscription_id, &m.key, &to_nanos(*seen_at)],
+            )
+            .await
+            .ctx("recording a seen id")?;
+        if fresh == 0 {
+            continue;
+        }
+        tx.execute(
+            "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+             VALUES ($1, $2, NULL, $3, $4, $5)",
+            &[&subscription_id, &m.key, &m.raw.get(), &m.reason, &to_nanos(chrono::Utc::now())],
+        )
+        .await
+        .ctx("quarantining an entry")?;
+        quarantined += 1;
+    }
+    Ok(quarantined)
 }
 
 /// rustls trusting `root_cert` (PEM) when given, else the system store (and
@@ -1194,25 +1111,4 @@ fn rustls_config(root_cert: Option<&std::path::Path>) -> Result<rustls::ClientCo
     Ok(rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_password_never_shows() {
-        let u =
-            DatabaseUrl::parse("postgres://poller:hunter2@db.example:5433/state?sslmode=require")
-                .unwrap();
-        assert_eq!(
-            u.redacted(),
-            "postgres://poller:[redacted]@db.example:5433/state"
-        );
-        assert!(!format!("{u:?}").contains("hunter2"));
-        let e = DatabaseUrl::parse("mysql://poller:hunter2@db/x").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
-        let e = DatabaseUrl::parse("postgres://poller:hunter2@db/x?sslmode=bogus").unwrap_err();
-        assert!(!e.contains("hunter2"), "{e}");
-    }
 }

@@ -225,6 +225,8 @@ impl SqliteStore {
 
     /// Records one page's kept entries and quarantined ones in one transaction;
     /// with `advance`, moves the watermark and prunes seen ids in the same one.
+    /// One page in one transaction: its new entries queued, its malformed
+    /// ones quarantined, and (the last page of a window) the watermark moved.
     pub fn record_page(
         &self,
         subscription_id: &str,
@@ -234,77 +236,10 @@ impl SqliteStore {
     ) -> Result<Recorded, StoreError> {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
-            let mut rec = Recorded::default();
-            {
-                let mut seen = tx
-                    .prepare_cached(
-                        "INSERT OR IGNORE INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES (?1, ?2, ?3)",
-                    )
-                    .ctx("preparing seen insert")?;
-                let mut outbox = tx
-                    .prepare_cached(
-                        "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry) VALUES (?1, ?2, ?3, ?4)",
-                    )
-                    .ctx("preparing outbox insert")?;
-                for e in entries {
-                    let ts = to_nanos(e.event_timestamp);
-                    if seen
-                        .execute(params![subscription_id, e.event_data_id, ts])
-                        .ctx("recording a seen id")?
-                        == 0
-                    {
-                        rec.duplicate += 1;
-                        continue;
-                    }
-                    outbox
-                        .execute(params![subscription_id, e.event_data_id, ts, e.raw.get()])
-                        .ctx("queueing an event")?;
-                    rec.new += 1;
-                }
-                let mut dead = tx
-                    .prepare_cached(
-                        "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
-                         VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
-                    )
-                    .ctx("preparing dead-letter insert")?;
-                for (m, seen_at) in malformed {
-                    // Keyed by content and remembered like an id, so that the next
-                    // query of the same window does not quarantine it again.
-                    let ts = to_nanos(*seen_at);
-                    if seen
-                        .execute(params![subscription_id, m.key, ts])
-                        .ctx("recording a seen id")?
-                        == 0
-                    {
-                        continue;
-                    }
-                    let body = m.raw.get();
-                    dead.execute(params![subscription_id, m.key, body, m.reason, to_nanos(chrono::Utc::now())])
-                        .ctx("quarantining an entry")?;
-                    rec.quarantined += 1;
-                }
-            }
+            let mut rec = queue(&tx, subscription_id, entries)?;
+            rec.quarantined = quarantine(&tx, subscription_id, malformed)?;
             if let Some(a) = advance {
-                // The watermark never moves back, and pruning never un-prunes.
-                tx.execute(
-                    "UPDATE cursor SET watermark_ns = MAX(watermark_ns, ?2),
-                                       pruned_before_ns = MAX(pruned_before_ns, ?3)
-                     WHERE subscription_id = ?1",
-                    params![subscription_id, to_nanos(a.watermark), to_nanos(a.prune_before)],
-                )
-                .ctx("moving the watermark")?;
-                let pruned_before: i64 = tx
-                    .query_row(
-                        "SELECT pruned_before_ns FROM cursor WHERE subscription_id = ?1",
-                        [subscription_id],
-                        |r| r.get(0),
-                    )
-                    .ctx("reading cursor")?;
-                tx.execute(
-                    "DELETE FROM seen WHERE subscription_id = ?1 AND event_ts_ns < ?2",
-                    params![subscription_id, pruned_before],
-                )
-                .ctx("pruning seen ids")?;
+                move_watermark(&tx, subscription_id, a)?;
             }
             tx.commit().ctx("committing a page")?;
             Ok(rec)
@@ -610,6 +545,120 @@ impl SqliteStore {
                 .ctx("reading subscription states")
         })
     }
+}
+
+/// Remembers an id (or a malformed entry's key) as seen; inserts nothing if
+/// it was already.
+const INSERT_SEEN: &str =
+    "INSERT OR IGNORE INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES (?1, ?2, ?3)";
+
+/// Queues the entries not seen before (their ids now seen); counts new and
+/// duplicate ones.
+fn queue(
+    tx: &rusqlite::Transaction<'_>,
+    subscription_id: &str,
+    entries: &[Entry],
+) -> Result<Recorded, StoreError> {
+    let mut rec = Recorded::default();
+    let mut seen = tx
+        .prepare_cached(INSERT_SEEN)
+        .ctx("preparing seen insert")?;
+    let mut outbox = tx
+        .prepare_cached(
+            "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .ctx("preparing outbox insert")?;
+    for e in entries {
+        let ts = to_nanos(e.event_timestamp);
+        if seen
+            .execute(params![subscription_id, e.event_data_id, ts])
+            .ctx("recording a seen id")?
+            == 0
+        {
+            rec.duplicate += 1;
+            continue;
+        }
+        outbox
+            .execute(params![subscription_id, e.event_data_id, ts, e.raw.get()])
+            .ctx("queueing an event")?;
+        rec.new += 1;
+    }
+    Ok(rec)
+}
+
+/// Dead-letters the malformed entries not quarantined before; returns how many.
+fn quarantine(
+    tx: &rusqlite::Transaction<'_>,
+    subscription_id: &str,
+    malformed: &[(Malformed, Timestamp)],
+) -> Result<usize, StoreError> {
+    let mut seen = tx
+        .prepare_cached(INSERT_SEEN)
+        .ctx("preparing seen insert")?;
+    let mut dead = tx
+        .prepare_cached(
+            "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
+             VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
+        )
+        .ctx("preparing dead-letter insert")?;
+    let mut quarantined = 0;
+    for (m, seen_at) in malformed {
+        // Keyed by content and remembered like an id, so that the next
+        // query of the same window does not quarantine it again.
+        let ts = to_nanos(*seen_at);
+        if seen
+            .execute(params![subscription_id, m.key, ts])
+            .ctx("recording a seen id")?
+            == 0
+        {
+            continue;
+        }
+        let body = m.raw.get();
+        dead.execute(params![
+            subscription_id,
+            m.key,
+            body,
+            m.reason,
+            to_nanos(chrono::Utc::now())
+        ])
+        .ctx("quarantining an entry")?;
+        quarantined += 1;
+    }
+    Ok(quarantined)
+}
+
+/// Moves the watermark and the pruning point, and forgets the seen ids below
+/// the pruning point.
+fn move_watermark(
+    tx: &rusqlite::Transaction<'_>,
+    subscription_id: &str,
+    a: Advance,
+) -> Result<(), StoreError> {
+    // The watermark never moves back, and pruning never un-prunes.
+    tx.execute(
+        "UPDATE cursor SET watermark_ns = MAX(watermark_ns, ?2),
+                           pruned_before_ns = MAX(pruned_before_ns, ?3)
+         WHERE subscription_id = ?1",
+        params![
+            subscription_id,
+            to_nanos(a.watermark),
+            to_nanos(a.prune_before)
+        ],
+    )
+    .ctx("moving the watermark")?;
+    let pruned_before: i64 = tx
+        .query_row(
+            "SELECT pruned_before_ns FROM cursor WHERE subscription_id = ?1",
+            [subscription_id],
+            |r| r.get(0),
+        )
+        .ctx("reading cursor")?;
+    tx.execute(
+        "DELETE FROM seen WHERE subscription_id = ?1 AND event_ts_ns < ?2",
+        params![subscription_id, pruned_before],
+    )
+    .ctx("pruning seen ids")?;
+    Ok(())
 }
 
 /// The dead letters that exist among `seqs` (or all of them).
