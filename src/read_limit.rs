@@ -18,10 +18,9 @@
 //!   `azure/budget.rs`);
 //! - everything stays between [`MIN_LIMIT`] and the cap, `[azure]
 //!   concurrency` (`"auto"`: [`DEFAULT_CAP`], enough for 10,000 subscriptions
-//!   at one-second round trips with room for a start's backlog). The cap is
-//!   there to bound memory and connections, not to tune throughput.
-//!
-//! A fixed `[azure] concurrency = N` turns all of this off.
+//!   at one-second round trips with room for a start's backlog), or the
+//!   number `[azure] concurrency = N` gives. The cap is there to bound memory
+//!   and connections, not to tune throughput.
 //!
 //! The limit is a `tokio` semaphore that grows by adding permits and shrinks
 //! by forgetting permits as they come back, so no poll in flight is ever
@@ -61,8 +60,6 @@ const MIN_ARRIVALS_TO_SHRINK: u64 = 1;
 /// What sets the limit now, for `status`, the metrics and the late-poll warning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bound {
-    /// A fixed `[azure] concurrency = N`.
-    Fixed,
     /// What the measured demand needs (with headroom).
     Demand,
     /// The cap: demand would take more.
@@ -74,7 +71,6 @@ pub enum Bound {
 impl Bound {
     pub fn as_str(self) -> &'static str {
         match self {
-            Bound::Fixed => "fixed",
             Bound::Demand => "demand",
             Bound::Cap => "cap",
             Bound::Throttled => "throttled",
@@ -100,10 +96,6 @@ impl Figure {
     /// Why polls may start late, for the late-poll warning.
     pub fn explain(&self) -> String {
         match self.bound {
-            Bound::Fixed => format!(
-                "[azure] concurrency fixes {} polls in flight, fewer than this many subscriptions at this latency need; set it to \"auto\" or raise it",
-                self.limit
-            ),
             Bound::Cap => format!(
                 "polls in flight are at the cap of {} ([azure] concurrency); at {:.0} polls a second taking {:.2} s each, more are needed: raise the cap",
                 self.cap, self.arrivals_per_second, self.hold_seconds
@@ -139,7 +131,6 @@ struct State {
 struct Inner {
     semaphore: Arc<Semaphore>,
     cap: usize,
-    auto: bool,
     state: Mutex<State>,
 }
 
@@ -159,23 +150,13 @@ pub struct ReadPermit {
 
 impl ReadLimit {
     /// A limit that follows demand, between [`MIN_LIMIT`] and `cap`.
-    pub fn auto(cap: usize) -> Self {
+    pub fn new(cap: usize) -> Self {
         let cap = cap.max(1);
-        Self::new(INITIAL_LIMIT.min(cap), cap, true)
-    }
-
-    /// A fixed limit.
-    pub fn fixed(limit: usize) -> Self {
-        let limit = limit.max(1);
-        Self::new(limit, limit, false)
-    }
-
-    fn new(limit: usize, cap: usize, auto: bool) -> Self {
+        let limit = INITIAL_LIMIT.min(cap);
         ReadLimit {
             inner: Arc::new(Inner {
                 semaphore: Arc::new(Semaphore::new(limit)),
                 cap,
-                auto,
                 state: Mutex::new(State {
                     limit,
                     debt: 0,
@@ -186,14 +167,10 @@ impl ReadLimit {
                     rate: None,
                     hold: None,
                     throttled_at: None,
-                    bound: if auto { Bound::Demand } else { Bound::Fixed },
+                    bound: Bound::Demand,
                 }),
             }),
         }
-    }
-
-    pub fn is_auto(&self) -> bool {
-        self.inner.auto
     }
 
     pub fn cap(&self) -> usize {
@@ -222,9 +199,6 @@ impl ReadLimit {
 
     /// ARM throttled a poll (HTTP 429): fewer reads in flight for a while.
     pub fn throttled(&self) {
-        if !self.inner.auto {
-            return;
-        }
         let mut s = self.inner.lock();
         let now = Instant::now();
         // One cut per hold: the polls in flight when ARM started refusing
@@ -263,9 +237,6 @@ impl Inner {
 
     /// Follows the measurements, at most once per [`ADJUST_EVERY`].
     fn adjust(&self, s: &mut State, now: Instant) {
-        if !self.auto {
-            return;
-        }
         let elapsed = now.duration_since(s.window_start);
         if elapsed < ADJUST_EVERY {
             return;
@@ -365,20 +336,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_fixed_limit_never_moves() {
-        let l = ReadLimit::fixed(3);
-        let held: Vec<_> = futures::future::join_all((0..3).map(|_| l.acquire())).await;
-        assert_eq!(available(&l), 0);
-        l.throttled();
-        let f = l.figure();
-        assert_eq!((f.limit, f.in_flight, f.bound), (3, 3, Bound::Fixed));
-        drop(held);
-        assert_eq!(available(&l), 3);
-    }
-
-    #[tokio::test]
     async fn a_backlog_doubles_the_limit_up_to_the_cap() {
-        let l = ReadLimit::auto(100);
+        let l = ReadLimit::new(100);
         let mut held = Vec::new();
         for _ in 0..INITIAL_LIMIT {
             held.push(l.acquire().await);
@@ -412,7 +371,7 @@ mod tests {
 
     #[test]
     fn the_limit_follows_littles_law_and_shrinks_without_interrupting() {
-        let l = ReadLimit::auto(512);
+        let l = ReadLimit::new(512);
         {
             let mut s = l.inner.lock();
             s.in_flight = 0;
@@ -438,7 +397,7 @@ mod tests {
 
     #[tokio::test]
     async fn shrinking_below_what_is_held_owes_permits_until_they_return() {
-        let l = ReadLimit::auto(64);
+        let l = ReadLimit::new(64);
         let held: Vec<_> = futures::future::join_all((0..INITIAL_LIMIT).map(|_| l.acquire())).await;
         {
             let mut s = l.inner.lock();
@@ -453,7 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_throttled_poll_cuts_the_limit_and_holds_it() {
-        let l = ReadLimit::auto(512);
+        let l = ReadLimit::new(512);
         {
             let mut s = l.inner.lock();
             l.inner.set(&mut s, 200);

@@ -7,11 +7,19 @@
 //! events, was late, throttled or failed logs at INFO or above as before, and
 //! this summary says the rest: polls, entries, deliveries, the slowest lag and
 //! late polls over the last period.
+//!
+//! The same task publishes the limit of ARM reads in flight to the state store
+//! (at start, with each summary, and at stop), where `status`, another
+//! process, reads it.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use chrono::Utc;
 use tokio::sync::watch;
+
+use crate::read_limit::{Figure, ReadLimit};
+use crate::store::{ReadLimitNote, Store};
 
 /// How often the summary is written.
 pub const EVERY: Duration = Duration::from_secs(60);
@@ -86,15 +94,13 @@ impl Summary {
     }
 
     /// Writes the summary every [`EVERY`] until `stop` turns true (and once
-    /// more then, for what the last period counted).
-    pub async fn run(
-        &self,
-        mut stop: watch::Receiver<bool>,
-        reads: Option<crate::read_limit::ReadLimit>,
-    ) {
+    /// more then, for what the last period counted), publishing the read
+    /// limit each time and once at the start.
+    pub async fn run(&self, mut stop: watch::Receiver<bool>, reads: ReadLimit, store: Store) {
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        publish(&store, reads.figure()).await;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -102,8 +108,8 @@ impl Summary {
             }
             let stopping = *stop.borrow();
             let t = self.take();
+            let figure = reads.figure();
             if t.polls > 0 || t.late > 0 {
-                let figure = reads.as_ref().map(|r| r.figure());
                 let (slowest, lag) = t
                     .slowest
                     .map_or((String::new(), 0), |(s, l)| (s, l.as_secs()));
@@ -119,15 +125,36 @@ impl Summary {
                     throttled_s = t.throttled.as_secs_f64(),
                     slowest_subscription = %slowest,
                     slowest_lag_s = lag,
-                    reads_limit = figure.map(|f| f.limit),
-                    reads_bound = figure.map(|f| f.bound.as_str()),
+                    reads_limit = figure.limit,
+                    reads_bound = figure.bound.as_str(),
                     "polls in the last minute"
                 );
             }
+            publish(&store, figure).await;
             if stopping {
                 break;
             }
         }
+    }
+}
+
+/// Writes the figure where `status` reads it; a failure only makes `status`
+/// older, so it is logged and the daemon goes on.
+async fn publish(store: &Store, f: Figure) {
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    let note = ReadLimitNote {
+        instance: None,
+        limit: count(f.limit),
+        cap: count(f.cap),
+        in_flight: count(f.in_flight),
+        waiting: count(f.waiting),
+        arrivals_per_second: f.arrivals_per_second,
+        hold_seconds: f.hold_seconds,
+        bound: f.bound.as_str().to_string(),
+        noted_at: Utc::now(),
+    };
+    if let Err(e) = store.note_read_limit(note).await {
+        tracing::warn!(error = %e, "cannot publish the read limit for `status`");
     }
 }
 
