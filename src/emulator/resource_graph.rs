@@ -15,7 +15,8 @@
 //!   to 1,000, for a `resultFormat` other than `objectArray`, and for a
 //!   `$skipToken` not from an answer to the same subscriptions.
 //!
-//! A subscription the scenario does not name is not visible: no row at all.
+//! Every answer takes the scenario's `latency`. A subscription the scenario
+//! does not name is not visible: no row at all.
 //! Rows are sorted by `id`, `$top` a page (1,000 by default), and the
 //! `$skipToken` holds where the next page starts. [`Calls`] counts what was
 //! asked and answered.
@@ -219,6 +220,7 @@ pub async fn query(
     }
     shared.graph.count(|c| c.requests += 1);
     let settings = shared.log().scenario().resource_graph.clone();
+    tokio::time::sleep(settings.latency).await;
     if !settings.enabled {
         shared.graph.count(|c| c.refused += 1);
         return graph_error(

@@ -36,6 +36,7 @@
 //! enabled = true               # false: every query is refused (403), as for a principal without access
 //! quota = 15                   # queries per window per principal (0: no limit); then 429
 //! quota_window = "5s"
+//! latency = "0s"               # how long each answer takes (a WAN round trip)
 //!
 //! [endpoint]                   # the Guardrails endpoint's capacity
 //! max_in_flight = 64           # above this many requests at once: 429, Retry-After: 1 (0: no limit)
@@ -101,6 +102,9 @@ pub struct ResourceGraph {
     pub quota: u32,
     #[serde(default = "default_graph_window", with = "humantime_serde")]
     pub quota_window: Duration,
+    /// How long each answer takes.
+    #[serde(default, with = "humantime_serde")]
+    pub latency: Duration,
 }
 
 impl Default for ResourceGraph {
@@ -109,6 +113,7 @@ impl Default for ResourceGraph {
             enabled: true,
             quota: default_graph_quota(),
             quota_window: default_graph_window(),
+            latency: Duration::ZERO,
         }
     }
 }
