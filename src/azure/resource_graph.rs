@@ -279,19 +279,25 @@ fn parse_resets_after(v: &str) -> Option<Duration> {
     Some(Duration::from_secs(secs) + Duration::from_secs_f64(frac))
 }
 
-/// A row of [`QUERY`]'s answer: only the projected columns are read.
+/// A row of [`QUERY`]'s answer: only the projected columns are read (a
+/// column absent or null reads as empty).
 #[derive(Debug, Deserialize)]
 struct Row {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     id: String,
-    #[serde(default, rename = "subscriptionId")]
+    #[serde(default, rename = "subscriptionId", deserialize_with = "text")]
     subscription_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "text")]
     entry: String,
     #[serde(default)]
     enabled: Option<bool>,
-    #[serde(default, rename = "actionGroupId")]
+    #[serde(default, rename = "actionGroupId", deserialize_with = "text")]
     action_group_id: String,
+}
+
+/// A string column, null read as empty.
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Deserialize)]
@@ -745,6 +751,17 @@ mod tests {
     fn ids_are_lowercased_once_each() {
         let ids = vec![A.to_uppercase(), A.to_string(), " ".into(), B.into()];
         assert_eq!(normalize(&ids), vec![A.to_string(), B.to_string()]);
+    }
+
+    #[test]
+    fn null_columns_read_as_empty() {
+        let page: Page = serde_json::from_str(
+            r#"{"totalRecords": 1, "data": [{"id": null, "subscriptionId": "a", "entry": "alert", "enabled": null, "actionGroupId": null}]}"#,
+        )
+        .unwrap();
+        assert_eq!(page.data[0].id, "");
+        assert_eq!(page.data[0].action_group_id, "");
+        assert_eq!(page.data[0].enabled, None);
     }
 
     #[test]
