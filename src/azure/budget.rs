@@ -97,6 +97,37 @@ impl ReadBudget {
     }
 }
 
+/// One ARM read's pacing: a token from its subscription's budget before it is
+/// sent (none for a URL outside any subscription), and ARM's remaining count
+/// from every answer.
+pub(super) struct Reads<'a> {
+    pub budget: &'a ReadBudget,
+    /// `credential/subscription`, as ARM keys the bucket.
+    pub key: Option<String>,
+}
+
+impl super::arm::Pacing for Reads<'_> {
+    async fn admit(&self) {
+        if let Some(key) = &self.key {
+            let waited = self.budget.acquire(key).await;
+            if !waited.is_zero() {
+                crate::metrics::budget_wait(waited.as_secs_f64());
+            }
+        }
+    }
+
+    fn observe(&self, headers: &reqwest::header::HeaderMap) {
+        if let Some(key) = &self.key
+            && let Some(remaining) = headers
+                .get("x-ms-ratelimit-remaining-subscription-reads")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            self.budget.observe(key, remaining);
+        }
+    }
+}
+
 /// The subscription a Resource Manager URL is about, if any.
 pub fn subscription_of(url: &url::Url) -> Option<String> {
     let mut segments = url.path_segments()?;

@@ -73,6 +73,10 @@ struct Args {
     /// Serve Azure Resource Manager over TLS too.
     #[arg(long)]
     arm_tls: bool,
+    /// Whether Resource Graph answers; off: every query is refused (403), so
+    /// that the poller's per-subscription ARM reads are used instead.
+    #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+    resource_graph: Option<String>,
     /// The ingestion endpoint's capacity: above this many requests at once it
     /// answers 429 with Retry-After: 1 (0: no limit).
     #[arg(long, value_name = "N")]
@@ -103,6 +107,7 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
                 backlog_succeeded_only: args.backlog_succeeded_only,
                 event_handlers_from: None,
                 event_handlers_until: None,
+                event_handlers: Default::default(),
             });
         }
     }
@@ -136,6 +141,9 @@ fn scenario(args: &Args) -> Result<Scenario, String> {
         s.endpoint.service_time = v;
     }
     s.arm_tls |= args.arm_tls;
+    if let Some(v) = &args.resource_graph {
+        s.resource_graph.enabled = v == "on";
+    }
     s.validate()?;
     Ok(s)
 }

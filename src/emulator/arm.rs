@@ -137,11 +137,12 @@ pub fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-fn skiptoken(snapshot: u64, offset: usize) -> String {
+/// An opaque token: which snapshot (or other fingerprint), and where in it.
+pub(super) fn skiptoken(snapshot: u64, offset: usize) -> String {
     format!("{snapshot:016x}{offset:010x}")
 }
 
-fn parse_skiptoken(t: &str) -> Option<(u64, usize)> {
+pub(super) fn parse_skiptoken(t: &str) -> Option<(u64, usize)> {
     if t.len() != 26 {
         return None;
     }

@@ -1,8 +1,9 @@
 //! What Guardrails' event handlers leave in Azure, emulated: the action group
 //! `turbot_azure_event_handler_action_group` in `turbot_rg` and two activity
 //! log alerts routing to it, present while a subscription's scenario says so
-//! (`event_handlers_from` .. `event_handlers_until`). Before they first appear
-//! the resource group does not exist (404); after their removal it is empty.
+//! (`event_handlers_from` .. `event_handlers_until`), disabled or without the
+//! alerts when its `event_handlers` says so. Before they first appear the
+//! resource group does not exist (404); after their removal it is empty.
 //! Both reads count against the subscription's ARM read budget, as in Azure.
 
 use std::collections::HashMap;
@@ -16,11 +17,19 @@ use serde_json::json;
 use super::Shared;
 use super::arm::arm_error;
 
-const GROUP: &str = "turbot_azure_event_handler_action_group";
+const GROUP: &str = crate::azure::handlers::ACTION_GROUP;
+/// The two alerts, one per category.
+pub const ALERT_CATEGORIES: [&str; 2] = ["administrative", "security"];
 
-fn group_id(sub: &str) -> String {
+pub fn group_id(sub: &str) -> String {
     format!(
         "/subscriptions/{sub}/resourceGroups/turbot_rg/providers/microsoft.insights/actionGroups/{GROUP}"
+    )
+}
+
+pub fn alert_id(sub: &str, category: &str) -> String {
+    format!(
+        "/subscriptions/{sub}/resourceGroups/turbot_rg/providers/microsoft.insights/activityLogAlerts/turbot_{category}"
     )
 }
 
@@ -28,6 +37,30 @@ fn group_id(sub: &str) -> String {
 fn admit(
     shared: &Shared,
     sub: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    api_version: &str,
+) -> Option<Response> {
+    if let Some(refused) = authorized(shared, q, headers, api_version) {
+        return Some(refused);
+    }
+    if let (_, Some(wait)) = shared.throttle(sub) {
+        let mut r = arm_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "SubscriptionRequestsThrottled",
+            "Number of read requests for subscription exceeded the limit.",
+        );
+        if let Ok(v) = wait.to_string().parse() {
+            r.headers_mut().insert("retry-after", v);
+        }
+        return Some(r);
+    }
+    None
+}
+
+/// The checks every ARM request makes: api-version and bearer token.
+pub(super) fn authorized(
+    shared: &Shared,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     api_version: &str,
@@ -50,21 +83,10 @@ fn admit(
             "The access token is invalid.",
         ));
     }
-    if let (_, Some(wait)) = shared.throttle(sub) {
-        let mut r = arm_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "SubscriptionRequestsThrottled",
-            "Number of read requests for subscription exceeded the limit.",
-        );
-        if let Ok(v) = wait.to_string().parse() {
-            r.headers_mut().insert("retry-after", v);
-        }
-        return Some(r);
-    }
     None
 }
 
-fn json_ok(v: serde_json::Value) -> Response {
+pub(super) fn json_ok(v: serde_json::Value) -> Response {
     (
         StatusCode::OK,
         [("content-type", "application/json")],
@@ -83,16 +105,17 @@ pub async fn action_groups(
     if let Some(refused) = admit(&shared, &sub, &q, &headers, "2023-01-01") {
         return refused;
     }
-    if !rg.eq_ignore_ascii_case("turbot_rg") || !shared.handlers_deployed(&sub) {
+    let seen = shared.handlers(&sub);
+    if !rg.eq_ignore_ascii_case("turbot_rg") || !seen.resource_group {
         return arm_error(
             StatusCode::NOT_FOUND,
             "ResourceGroupNotFound",
             &format!("Resource group '{rg}' could not be found."),
         );
     }
-    if !shared.handlers_live(&sub) {
+    let Some(enabled) = seen.action_group else {
         return json_ok(json!({ "value": [] }));
-    }
+    };
     json_ok(json!({ "value": [{
         "id": group_id(&sub),
         "name": GROUP,
@@ -100,7 +123,7 @@ pub async fn action_groups(
         "location": "Global",
         "properties": {
             "groupShortName": "turbot",
-            "enabled": true,
+            "enabled": enabled,
             "webhookReceivers": [{
                 "name": "turbot",
                 "serviceUri": format!("http://127.0.0.1/api/v5/events/raw?token={}", shared.ingest_token),
@@ -120,12 +143,12 @@ pub async fn alerts(
     if let Some(refused) = admit(&shared, &sub, &q, &headers, "2020-10-01") {
         return refused;
     }
-    let value: Vec<serde_json::Value> = if shared.handlers_live(&sub) {
-        ["administrative", "security"]
+    let value: Vec<serde_json::Value> = if shared.handlers(&sub).alerts {
+        ALERT_CATEGORIES
             .iter()
             .map(|category| {
                 json!({
-                    "id": format!("/subscriptions/{sub}/resourceGroups/turbot_rg/providers/microsoft.insights/activityLogAlerts/turbot_{category}"),
+                    "id": alert_id(&sub, category),
                     "name": format!("turbot_{category}"),
                     "properties": {
                         "enabled": true,

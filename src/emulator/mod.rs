@@ -4,7 +4,9 @@
 //! the fault soak in `tests/`.
 //!
 //! Three servers:
-//! - Azure Resource Manager (plain HTTP): the Activity Logs - List call ([`arm`]);
+//! - Azure Resource Manager (plain HTTP): the Activity Logs - List call ([`arm`]),
+//!   the event handlers' reads ([`handlers`]) and Resource Graph's query for
+//!   them ([`resource_graph`]);
 //! - Entra ID over TLS: `/{tenant}/oauth2/v2.0/token`, client credentials, so
 //!   the real `azure_identity` credential signs in ([`tls`]);
 //! - Guardrails: the raw event endpoint, which records what it receives ([`ingest`]).
@@ -17,6 +19,7 @@ pub mod arm;
 pub mod handlers;
 pub mod ingest;
 pub mod log;
+pub mod resource_graph;
 pub mod scenario;
 pub mod tls;
 
@@ -35,6 +38,7 @@ use chrono::Utc;
 use serde::Serialize;
 
 pub use log::ActivityLog;
+use scenario::HandlersSeen;
 pub use scenario::{OutageMode, Scenario};
 
 use crate::event::Timestamp;
@@ -80,6 +84,8 @@ pub struct Shared {
     pub arm_scheme: &'static str,
     /// The ingestion endpoint's capacity and its 429s.
     pub endpoint: ingest::Capacity,
+    /// Resource Graph's quota window and what it answered.
+    pub graph: resource_graph::Graph,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,7 +119,7 @@ impl Shared {
 
     /// ARM's read limit: `(remaining reads, Some(retry-after seconds) if throttled)`.
     pub fn throttle(&self, subscription: &str) -> (u64, Option<u64>) {
-        let faults = self.scenario().azure;
+        let faults = self.log().scenario().azure.clone();
         let mut remaining = 249;
         if faults.token_bucket {
             let mut buckets = lock(&self.buckets);
@@ -135,26 +141,32 @@ impl Shared {
         (remaining, None)
     }
 
-    /// Whether Guardrails' event handlers are live in `subscription` now.
-    pub fn handlers_live(&self, subscription: &str) -> bool {
+    /// What Azure shows of Guardrails' event handlers in `subscription` now
+    /// (nothing for a subscription the scenario does not name).
+    pub fn handlers(&self, subscription: &str) -> HandlersSeen {
         let elapsed = self.started.elapsed();
-        self.scenario()
+        self.log()
+            .scenario()
             .subscriptions
             .iter()
-            .any(|s| s.id.eq_ignore_ascii_case(subscription) && s.handlers_live(elapsed))
+            .find(|s| s.id.eq_ignore_ascii_case(subscription))
+            .map(|s| s.handlers_at(elapsed))
+            .unwrap_or_default()
     }
 
-    /// Whether they were ever deployed there (then `turbot_rg` exists).
-    pub fn handlers_deployed(&self, subscription: &str) -> bool {
+    /// The same for every subscription of the scenario, by lowercased id.
+    pub fn handlers_now(&self) -> HashMap<String, HandlersSeen> {
         let elapsed = self.started.elapsed();
-        self.scenario().subscriptions.iter().any(|s| {
-            s.id.eq_ignore_ascii_case(subscription)
-                && s.event_handlers_from.is_some_and(|f| elapsed >= f)
-        })
+        self.log()
+            .scenario()
+            .subscriptions
+            .iter()
+            .map(|s| (s.id.to_ascii_lowercase(), s.handlers_at(elapsed)))
+            .collect()
     }
 
     pub fn injected_error(&self) -> Option<StatusCode> {
-        let rate = self.scenario().azure.error_rate;
+        let rate = self.log().scenario().azure.error_rate;
         let mut rng = lock(&self.faults);
         (rate > 0.0 && rng.f64() < rate).then(|| {
             if rng.bool() {
@@ -166,7 +178,7 @@ impl Shared {
     }
 
     pub fn injected_drop(&self) -> bool {
-        let rate = self.scenario().azure.drop_rate;
+        let rate = self.log().scenario().azure.drop_rate;
         rate > 0.0 && lock(&self.faults).f64() < rate
     }
 
@@ -256,6 +268,8 @@ pub struct Report {
     pub unexpected: Vec<String>,
     /// What the ingestion endpoint answered: requests, 429s for capacity.
     pub endpoint: ingest::CapacityReport,
+    /// What Resource Graph was asked, and how it answered.
+    pub resource_graph: resource_graph::Calls,
 }
 
 impl Report {
@@ -352,6 +366,7 @@ fn report(shared: &Shared, statuses: &[&str]) -> Report {
         subscriptions: by_sub.into_values().collect(),
         unexpected,
         endpoint: shared.endpoint.report(),
+        resource_graph: shared.graph.calls(),
     }
 }
 
@@ -424,6 +439,7 @@ impl Emulator {
             started: Instant::now(),
             arm_scheme: if arm_tls { "https" } else { "http" },
             endpoint: ingest::Capacity::new(&scenario_endpoint),
+            graph: resource_graph::Graph::default(),
         });
         let arm_router = Router::new()
             .route(
@@ -437,6 +453,10 @@ impl Emulator {
             .route(
                 "/subscriptions/{sub}/providers/{provider}/activityLogAlerts",
                 get(handlers::alerts),
+            )
+            .route(
+                "/providers/Microsoft.ResourceGraph/resources",
+                post(resource_graph::query),
             )
             .route("/_emulator/report", get(report_handler))
             .with_state(shared.clone());
@@ -508,6 +528,11 @@ impl Emulator {
 
     pub fn report(&self, statuses: &[&str]) -> Report {
         report(&self.shared, statuses)
+    }
+
+    /// What Resource Graph was asked so far, and how it answered.
+    pub fn resource_graph_calls(&self) -> resource_graph::Calls {
+        self.shared.graph.calls()
     }
 
     /// Writes `ca.pem`, `client-secret`, `ingest-url` and `poller.toml` into

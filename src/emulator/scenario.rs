@@ -16,6 +16,7 @@
 //! backlog_succeeded_only = false  # true: one Succeeded entry per backlog operation
 //! event_handlers_from = "10s"  # Guardrails event handlers appear in Azure then...
 //! event_handlers_until = "20s" # ...and are removed then (both relative to start)
+//! event_handlers = "live"      # meanwhile: live | disabled (action group off) | no_alerts
 //!
 //! [late]                       # when entries become visible (submissionTimestamp)
 //! delay_min = "0s"             # every entry: uniform in [delay_min, delay_max]
@@ -30,6 +31,12 @@
 //! throttle_rate = 0.02         # HTTP 429 with Retry-After
 //! retry_after = "1s"
 //! token_bucket = true          # ARM's per-subscription reads: 250 tokens, 25 per second
+//!
+//! [resource_graph]             # POST /providers/Microsoft.ResourceGraph/resources
+//! enabled = true               # false: every query is refused (403), as for a principal without access
+//! quota = 15                   # queries per window per principal (0: no limit); then 429
+//! quota_window = "5s"
+//! latency = "0s"               # how long each answer takes (a WAN round trip)
 //!
 //! [endpoint]                   # the Guardrails endpoint's capacity
 //! max_in_flight = 64           # above this many requests at once: 429, Retry-After: 1 (0: no limit)
@@ -79,6 +86,46 @@ pub struct Scenario {
     pub endpoint: Endpoint,
     #[serde(default, rename = "endpoint_outage")]
     pub endpoint_outages: Vec<Outage>,
+    #[serde(default)]
+    pub resource_graph: ResourceGraph,
+}
+
+/// Azure Resource Graph: whether it answers, and its quota per principal
+/// (`x-ms-user-quota-remaining` on every answer; 429 once it is spent).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceGraph {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Queries per `quota_window`; 0: no limit.
+    #[serde(default = "default_graph_quota")]
+    pub quota: u32,
+    #[serde(default = "default_graph_window", with = "humantime_serde")]
+    pub quota_window: Duration,
+    /// How long each answer takes.
+    #[serde(default, with = "humantime_serde")]
+    pub latency: Duration,
+}
+
+impl Default for ResourceGraph {
+    fn default() -> Self {
+        ResourceGraph {
+            enabled: true,
+            quota: default_graph_quota(),
+            quota_window: default_graph_window(),
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_graph_quota() -> u32 {
+    15
+}
+fn default_graph_window() -> Duration {
+    Duration::from_secs(5)
 }
 
 /// The ingestion endpoint's capacity: with a service time, requests overlap,
@@ -123,15 +170,51 @@ pub struct SubscriptionScenario {
     /// When they are removed again; never when absent.
     #[serde(default, with = "humantime_serde")]
     pub event_handlers_until: Option<Duration>,
+    /// What they look like while they are there.
+    #[serde(default)]
+    pub event_handlers: HandlersShape,
+}
+
+/// What Guardrails' event handlers look like in a subscription while they
+/// are deployed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HandlersShape {
+    /// The action group, enabled, and two alerts routing to it.
+    #[default]
+    Live,
+    /// The same, with the action group disabled.
+    Disabled,
+    /// The action group, enabled, without alerts.
+    NoAlerts,
+}
+
+/// What Azure shows of a subscription's event handlers at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandlersSeen {
+    /// `turbot_rg` exists: from the handlers' first appearance on.
+    pub resource_group: bool,
+    /// The action group's `enabled`, while it exists.
+    pub action_group: Option<bool>,
+    /// Whether two enabled alerts route to it.
+    pub alerts: bool,
 }
 
 impl SubscriptionScenario {
-    /// Whether its event handlers are live `elapsed` after the start.
-    pub fn handlers_live(&self, elapsed: Duration) -> bool {
-        self.event_handlers_from.is_some_and(|from| elapsed >= from)
+    /// What Azure shows of its event handlers `elapsed` after the start:
+    /// nothing before `event_handlers_from`, an empty `turbot_rg` from
+    /// `event_handlers_until` on.
+    pub fn handlers_at(&self, elapsed: Duration) -> HandlersSeen {
+        let deployed = self.event_handlers_from.is_some_and(|from| elapsed >= from);
+        let present = deployed
             && self
                 .event_handlers_until
-                .is_none_or(|until| elapsed < until)
+                .is_none_or(|until| elapsed < until);
+        HandlersSeen {
+            resource_group: deployed,
+            action_group: present.then_some(self.event_handlers != HandlersShape::Disabled),
+            alerts: present && self.event_handlers != HandlersShape::NoAlerts,
+        }
     }
 }
 
@@ -259,6 +342,9 @@ impl Scenario {
         rate(self.azure.error_rate, "azure.error_rate")?;
         rate(self.azure.drop_rate, "azure.drop_rate")?;
         rate(self.azure.throttle_rate, "azure.throttle_rate")?;
+        if self.resource_graph.quota > 0 && self.resource_graph.quota_window.is_zero() {
+            return Err("resource_graph.quota_window must be longer than 0".into());
+        }
         if self.page_size == 0 {
             return Err("page_size must be at least 1".into());
         }
