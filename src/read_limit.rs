@@ -26,6 +26,7 @@
 //! by forgetting permits as they come back, so no poll in flight is ever
 //! interrupted by a smaller limit.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -130,7 +131,8 @@ struct State {
 #[derive(Debug)]
 struct Inner {
     semaphore: Arc<Semaphore>,
-    cap: usize,
+    /// `[azure] concurrency`, which a reload may change.
+    cap: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -156,7 +158,7 @@ impl ReadLimit {
         ReadLimit {
             inner: Arc::new(Inner {
                 semaphore: Arc::new(Semaphore::new(limit)),
-                cap,
+                cap: AtomicUsize::new(cap),
                 state: Mutex::new(State {
                     limit,
                     debt: 0,
@@ -174,7 +176,18 @@ impl ReadLimit {
     }
 
     pub fn cap(&self) -> usize {
-        self.inner.cap
+        self.inner.cap()
+    }
+
+    /// A reload changed `[azure] concurrency`: the limit keeps what it
+    /// measured and moves under the new cap at once (polls in flight above
+    /// it finish).
+    pub fn set_cap(&self, cap: usize) {
+        let cap = cap.max(1);
+        let mut s = self.inner.lock();
+        self.inner.cap.store(cap, Ordering::Relaxed);
+        let limit = s.limit;
+        self.inner.set(&mut s, limit);
     }
 
     /// Waits for a permit. `None` only if the limit was closed.
@@ -185,11 +198,18 @@ impl ReadLimit {
             s.waiting += 1;
             self.inner.adjust(&mut s, Instant::now());
         }
+        // Counted out of the waiting however the wait ends, dropped too (a
+        // task told to stop while it waits): a waiter counted forever would
+        // look like a backlog and double the limit for nothing.
+        let waiter = Waiter(&self.inner);
         let acquired = self.inner.semaphore.clone().acquire_owned().await;
-        let mut s = self.inner.lock();
-        s.waiting = s.waiting.saturating_sub(1);
+        drop(waiter);
         let permit = acquired.ok()?;
-        s.in_flight += 1;
+        {
+            let mut s = self.inner.lock();
+            s.in_flight += 1;
+            crate::metrics::arm_read_limit(s.limit, s.in_flight);
+        }
         Some(ReadPermit {
             permit: Some(permit),
             inner: self.inner.clone(),
@@ -220,7 +240,7 @@ impl ReadLimit {
         self.inner.adjust(&mut s, Instant::now());
         Figure {
             limit: s.limit,
-            cap: self.inner.cap,
+            cap: self.inner.cap(),
             in_flight: s.in_flight,
             waiting: s.waiting,
             arrivals_per_second: s.rate.unwrap_or(0.0),
@@ -233,6 +253,10 @@ impl ReadLimit {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cap(&self) -> usize {
+        self.cap.load(Ordering::Relaxed)
     }
 
     /// Follows the measurements, at most once per [`ADJUST_EVERY`].
@@ -274,8 +298,8 @@ impl Inner {
         if throttled {
             target = target.min(s.limit);
         }
-        let capped = target > self.cap;
-        self.set(s, target.min(self.cap));
+        let capped = target > self.cap();
+        self.set(s, target.min(self.cap()));
         s.bound = if throttled {
             Bound::Throttled
         } else if capped {
@@ -288,7 +312,8 @@ impl Inner {
     /// Moves the limit to `target`: adds permits, or forgets free ones and
     /// owes the rest until they come back.
     fn set(&self, s: &mut State, target: usize) {
-        let target = target.clamp(MIN_LIMIT.min(self.cap), self.cap);
+        let cap = self.cap();
+        let target = target.clamp(MIN_LIMIT.min(cap), cap);
         if target > s.limit {
             let mut more = target - s.limit;
             // Cancel debt first: those permits are still out.
@@ -303,6 +328,16 @@ impl Inner {
         }
         s.limit = target;
         crate::metrics::arm_read_limit(target, s.in_flight);
+    }
+}
+
+/// One poll waiting for a permit.
+struct Waiter<'a>(&'a Inner);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        s.waiting = s.waiting.saturating_sub(1);
     }
 }
 
@@ -324,6 +359,7 @@ impl Drop for ReadPermit {
             }
         }
         self.inner.adjust(&mut s, Instant::now());
+        crate::metrics::arm_read_limit(s.limit, s.in_flight);
     }
 }
 
@@ -408,6 +444,33 @@ mod tests {
         // The 24 owed were forgotten as they came back: 8 remain.
         assert_eq!(available(&l), 8);
         assert_eq!(l.inner.lock().debt, 0);
+    }
+
+    #[tokio::test]
+    async fn a_wait_given_up_is_no_longer_counted() {
+        let l = ReadLimit::new(MIN_LIMIT);
+        let held: Vec<_> = futures::future::join_all((0..MIN_LIMIT).map(|_| l.acquire())).await;
+        let gave_up = tokio::time::timeout(std::time::Duration::from_millis(10), l.acquire()).await;
+        assert!(gave_up.is_err());
+        assert_eq!(l.figure().waiting, 0);
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_new_cap_applies_at_once_and_keeps_what_was_measured() {
+        let l = ReadLimit::new(512);
+        {
+            let mut s = l.inner.lock();
+            l.inner.set(&mut s, 200);
+            s.hold = Some(0.5);
+        }
+        l.set_cap(64);
+        assert_eq!((l.figure().limit, l.cap()), (64, 64));
+        assert_eq!(available(&l), 64);
+        assert_eq!(l.inner.lock().hold, Some(0.5));
+        // A higher cap lets demand take the limit up again, not at once.
+        l.set_cap(1024);
+        assert_eq!((l.figure().limit, l.cap()), (64, 1024));
     }
 
     #[tokio::test]
