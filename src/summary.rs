@@ -9,11 +9,11 @@
 //! late polls over the last period.
 //!
 //! The same task publishes the limit of ARM reads in flight to the state store
-//! (at start, with each summary, and at stop), where `status`, another
-//! process, reads it.
+//! (at the start, every [`PUBLISH_EVERY`] and at the stop), where `status`,
+//! another process, reads it.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::watch;
@@ -23,6 +23,9 @@ use crate::store::{ReadLimitNote, Store};
 
 /// How often the summary is written.
 pub const EVERY: Duration = Duration::from_secs(60);
+/// How often the read limit is published for `status`: one small write, so
+/// that `status` is at most this old.
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Totals {
@@ -94,47 +97,60 @@ impl Summary {
     }
 
     /// Writes the summary every [`EVERY`] until `stop` turns true (and once
-    /// more then, for what the last period counted), publishing the read
-    /// limit each time and once at the start.
+    /// more then, for what the last period counted), and publishes the read
+    /// limit every [`PUBLISH_EVERY`], at the start and at the stop.
     pub async fn run(&self, mut stop: watch::Receiver<bool>, reads: ReadLimit, store: Store) {
-        let mut tick = tokio::time::interval(EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        publish(&store, reads.figure()).await;
+        let mut summary = tokio::time::interval(EVERY);
+        summary.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        summary.tick().await;
+        let mut publishing = tokio::time::interval(PUBLISH_EVERY);
+        publishing.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut period = Instant::now();
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => {}
-            }
-            let stopping = *stop.borrow();
-            let t = self.take();
-            let figure = reads.figure();
-            if t.polls > 0 || t.late > 0 {
-                let (slowest, lag) = t
-                    .slowest
-                    .map_or((String::new(), 0), |(s, l)| (s, l.as_secs()));
-                tracing::info!(
-                    period_s = EVERY.as_secs(),
-                    polls = t.polls,
-                    quiet = t.quiet,
-                    failed = t.failed,
-                    late = t.late,
-                    fetched = t.fetched,
-                    new = t.new,
-                    delivered = t.delivered,
-                    throttled_s = t.throttled.as_secs_f64(),
-                    slowest_subscription = %slowest,
-                    slowest_lag_s = lag,
-                    reads_limit = figure.limit,
-                    reads_bound = figure.bound.as_str(),
-                    "polls in the last minute"
-                );
-            }
-            publish(&store, figure).await;
+            let stopping = tokio::select! {
+                _ = publishing.tick() => {
+                    publish(&store, reads.figure()).await;
+                    continue;
+                }
+                _ = summary.tick() => false,
+                // A dropped sender stops it too.
+                changed = stop.changed() => changed.is_err() || *stop.borrow(),
+            };
+            self.write(period.elapsed(), reads.figure());
+            period = Instant::now();
             if stopping {
+                publish(&store, reads.figure()).await;
                 break;
             }
         }
+    }
+
+    /// The summary line of a period, if anything happened in it.
+    fn write(&self, period: Duration, figure: Figure) {
+        let t = self.take();
+        if t.polls == 0 && t.late == 0 {
+            return;
+        }
+        let (slowest, lag) = t
+            .slowest
+            .map_or((String::new(), 0), |(s, l)| (s, l.as_secs()));
+        tracing::info!(
+            period_s = period.as_secs(),
+            polls = t.polls,
+            quiet = t.quiet,
+            failed = t.failed,
+            late = t.late,
+            fetched = t.fetched,
+            new = t.new,
+            delivered = t.delivered,
+            throttled_s = t.throttled.as_secs_f64(),
+            slowest_subscription = %slowest,
+            slowest_lag_s = lag,
+            reads_limit = figure.limit,
+            reads_cap = figure.cap,
+            reads_bound = figure.bound.as_str(),
+            "poll summary"
+        );
     }
 }
 
