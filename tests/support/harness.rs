@@ -227,16 +227,6 @@ statuses = ["Succeeded"]
         }
     }
 
-    /// The configuration with `lines` added to `[azure]`, written; its path.
-    pub fn write_with_azure(&self, lines: &str) -> String {
-        let text = self
-            .config_text()
-            .replace("max_retries = 4\n", &format!("max_retries = 4\n{lines}"));
-        let path = self.path("poller.toml");
-        std::fs::write(&path, text).expect("write config");
-        path.display().to_string()
-    }
-
     pub fn write_config(&self) -> PathBuf {
         let p = self.path("poller.toml");
         std::fs::write(&p, self.config_text()).expect("write config");
@@ -293,7 +283,7 @@ statuses = ["Succeeded"]
 
     // ------------------------------------------------------- processes ----
 
-    pub fn command(&mut self, args: &[&str]) -> (tokio::process::Command, PathBuf) {
+    fn command(&mut self, args: &[&str]) -> (tokio::process::Command, PathBuf) {
         self.runs += 1;
         let log = self.path(&format!("run-{}.log", self.runs));
         let file = std::fs::File::create(&log).expect("log file");

@@ -54,12 +54,6 @@ pub use self::{
     wait::{eventually, eventually_async, within},
 };
 
-/// The harness's configuration with `lines` added to `[azure]`, written;
-/// returns its path.
-pub fn write_with_azure(h: &Harness, lines: &str) -> String {
-    h.write_with_azure(lines)
-}
-
 /// State a fake server shares with the test.
 pub type Shared<T> = Arc<Mutex<T>>;
 
