@@ -155,7 +155,7 @@ impl Supervisor {
             task.abort();
         }
         let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(crate::detect::run(self.app.clone(), at_once, rx));
+        let task = tokio::spawn(crate::detect::run(self.app.checks.clone(), at_once, rx));
         self.detecting = Some((stop, task));
     }
 
