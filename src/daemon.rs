@@ -73,7 +73,7 @@ struct Supervisor {
     permits: Arc<Semaphore>,
     running: BTreeMap<String, Running>,
     retiring: JoinSet<()>,
-    /// The live event handler checks (`detect.rs`), restarted on reload.
+    /// The live event handler checks (`detect/watch.rs`), restarted on reload.
     detecting: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The subscriptions this instance holds (see `lease.rs`).
     held: watch::Receiver<std::collections::BTreeSet<String>>,
