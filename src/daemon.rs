@@ -111,12 +111,7 @@ impl Supervisor {
     /// no longer held.
     fn follow_leases(&mut self) {
         let held = self.held.borrow_and_update().clone();
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|id| !held.contains(*id))
-            .cloned()
-            .collect();
+        let gone = self.running_but_not(|id| held.contains(id));
         for id in gone {
             tracing::info!(subscription = %id, "no longer held by this instance: stopping its polls");
             if let Some(task) = self.retire(&id) {
@@ -138,6 +133,15 @@ impl Supervisor {
             let previous = self.released.remove(sub.id.as_str());
             self.start(sub, previous);
         }
+    }
+
+    /// The subscriptions with a task here that `keep` does not keep.
+    fn running_but_not(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        self.running
+            .keys()
+            .filter(|id| !keep(id.as_str()))
+            .cloned()
+            .collect()
     }
 
     /// Tells a task to stop; returns its handle so a successor can wait for it.
@@ -235,12 +239,7 @@ impl Supervisor {
 
     /// Stops the tasks of subscriptions no longer configured; how many.
     fn retire_unwanted(&mut self, wanted: &BTreeMap<String, SubscriptionConfig>) -> usize {
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|id| !wanted.contains_key(*id))
-            .cloned()
-            .collect();
+        let gone = self.running_but_not(|id| wanted.contains_key(id));
         for id in &gone {
             if let Some(task) = self.retire(id) {
                 self.retiring.spawn(async move {

@@ -177,8 +177,7 @@ impl Poller {
         since: Option<Timestamp>,
         beat: &Heartbeat,
     ) -> Result<PollReport, PollError> {
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let window = window_of(sub);
         let mut cursor = self.cursor(sub, tokens, since, beat).await?;
         let mut report = PollReport::default();
         loop {
@@ -238,9 +237,7 @@ impl Poller {
         Ok(match existing {
             Some(c) => c,
             None => {
-                let window = chrono::Duration::from_std(sub.schedule.window())
-                    .unwrap_or(chrono::Duration::MAX);
-                let start = since.unwrap_or_else(|| self.now() - window);
+                let start = since.unwrap_or_else(|| self.now() - window_of(sub));
                 self.store.init_cursor(id, to_ticks(start)).await?
             }
         })
@@ -278,8 +275,7 @@ impl Poller {
         cursor: &Cursor,
         now: Timestamp,
     ) -> (Timestamp, Timestamp) {
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let window = window_of(sub);
         let chunk = chrono::Duration::from_std(CATCH_UP_CHUNK).unwrap_or(chrono::Duration::MAX);
         let oldest = now
             - chrono::Duration::from_std(RETENTION - RETENTION_MARGIN)
@@ -312,8 +308,7 @@ impl Poller {
         beat: &Heartbeat,
     ) -> Result<Timestamp, PollError> {
         use futures::StreamExt;
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let window = window_of(sub);
         let slices = slice(start, until, self.slices);
         let id = sub.id.as_str().to_string();
         tracing::info!(
@@ -384,8 +379,7 @@ impl Poller {
             queries: 1,
             ..PollReport::default()
         };
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let window = window_of(sub);
         let id = sub.id.as_str().to_string();
         let mut url = self.client.first_page(&id, start, end);
         let mut watermark = end;
@@ -466,6 +460,11 @@ fn keep(
         }
     }
     (entries, malformed)
+}
+
+/// `sub`'s look-back window, as a span of time to do sums with.
+fn window_of(sub: &SubscriptionConfig) -> chrono::Duration {
+    chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The finished slices of a catch-up, and the end of their contiguous

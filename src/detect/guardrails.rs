@@ -18,29 +18,23 @@ pub struct PolicyFinding {
 
 impl PolicyFinding {
     fn handlers(values: Vec<PolicyValue>) -> Self {
-        let on = values.iter().any(|v| {
-            v.value
-                .as_deref()
-                .is_some_and(|t| t.trim_start().starts_with("Enforce: Configured"))
-        });
-        PolicyFinding {
-            title: "Azure > Turbot > Event Handlers",
-            values,
-            on,
-        }
+        Self::new("Azure > Turbot > Event Handlers", values, |t| {
+            t.trim_start().starts_with("Enforce: Configured")
+        })
     }
 
     fn poller(values: Vec<PolicyValue>) -> Self {
-        let on = values.iter().any(|v| {
-            v.value
-                .as_deref()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("Enabled"))
-        });
-        PolicyFinding {
-            title: "Azure > Turbot > Event Poller",
-            values,
-            on,
-        }
+        Self::new("Azure > Turbot > Event Poller", values, |t| {
+            t.trim().eq_ignore_ascii_case("Enabled")
+        })
+    }
+
+    /// On when any value turns it on (`turns_on`).
+    fn new(title: &'static str, values: Vec<PolicyValue>, turns_on: fn(&str) -> bool) -> Self {
+        let on = values
+            .iter()
+            .any(|v| v.value.as_deref().is_some_and(turns_on));
+        PolicyFinding { title, values, on }
     }
 
     /// `Enabled`, or `Enforce: Configured (East US), Skip (West US)`, or `no value`.

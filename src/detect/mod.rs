@@ -98,6 +98,18 @@ pub enum Verdict {
     Unknown(Vec<String>),
 }
 
+impl Verdict {
+    /// What a check's note (for `status`) says: what feeds the
+    /// subscription, why the check failed, or what was seen.
+    pub fn detail(&self) -> String {
+        match self {
+            Verdict::Live(found) => format!("fed by Guardrails: {}", found.join("; ")),
+            Verdict::Unknown(errors) => format!("check failed: {}", errors.join("; ")),
+            Verdict::Clear(seen) => seen.join("; "),
+        }
+    }
+}
+
 impl Detection {
     pub fn verdict(&self) -> Verdict {
         let mut live = Vec::new();

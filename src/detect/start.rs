@@ -80,8 +80,11 @@ pub async fn at_start(checks: &Checks) -> Result<(), Refusal> {
     let mut found = Found::default();
     let now = chrono::Utc::now();
     for (sub, detection) in &checked {
-        let (state, detail) = found.judge(sub, detection, checks.settings.on_unknown);
-        checks.note(sub.id.as_str(), now, state, detail).await;
+        let verdict = detection.verdict();
+        let state = found.judge(sub, detection, &verdict, checks.settings.on_unknown);
+        checks
+            .note(sub.id.as_str(), now, state, verdict.detail())
+            .await;
     }
     found.verdict()
 }
@@ -140,19 +143,20 @@ struct Found {
 }
 
 impl Found {
-    /// Takes in one subscription's detection (its metrics and log line);
-    /// returns the state and detail to note.
+    /// Takes in one subscription's detection and its verdict (its metrics
+    /// and log line); returns the state to note.
     fn judge(
         &mut self,
         sub: &SubscriptionConfig,
         detection: &Detection,
+        verdict: &Verdict,
         on_unknown: OnUnknown,
-    ) -> (&'static str, String) {
-        match detection.verdict() {
+    ) -> &'static str {
+        match verdict {
             Verdict::Live(found) => {
                 crate::metrics::detection_check("live");
-                self.live.push(explain(sub, &found));
-                ("paused", format!("fed by Guardrails: {}", found.join("; ")))
+                self.live.push(explain(sub, found));
+                "paused"
             }
             Verdict::Unknown(errors) => {
                 crate::metrics::detection_check("unknown");
@@ -166,9 +170,9 @@ impl Found {
                         "cannot tell whether Guardrails feeds this subscription; polling it anyway ([detection] on_unknown = \"poll\")"
                     );
                 } else {
-                    self.unknown.push(explain(sub, &errors));
+                    self.unknown.push(explain(sub, errors));
                 }
-                ("unknown", format!("check failed: {}", errors.join("; ")))
+                "unknown"
             }
             Verdict::Clear(seen) => {
                 crate::metrics::detection_check("clear");
@@ -178,7 +182,7 @@ impl Found {
                     seen = %seen.join("; "),
                     "no Guardrails event handlers or poller feed this subscription"
                 );
-                ("clear", seen.join("; "))
+                "clear"
             }
         }
     }

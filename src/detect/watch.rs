@@ -120,8 +120,10 @@ impl Checks {
 
     /// Acts on one subscription's detection, and notes it for `status`.
     async fn apply(&self, sub: &SubscriptionConfig, detection: &Detection) {
-        let (state, detail) = match &detection.verdict() {
-            Verdict::Live(found) => self.pause_fed(sub, found),
+        let verdict = detection.verdict();
+        let detail = verdict.detail();
+        let state = match &verdict {
+            Verdict::Live(found) => self.pause_fed(sub, found, &detail),
             Verdict::Clear(seen) => self.resume_clear(sub, seen),
             Verdict::Unknown(errors) => self.keep_last_state(sub, errors),
         };
@@ -129,13 +131,12 @@ impl Checks {
             .await;
     }
 
-    /// Something else feeds `sub`: its polls stop (what is queued is still
-    /// delivered).
-    fn pause_fed(&self, sub: &SubscriptionConfig, found: &[String]) -> (&'static str, String) {
+    /// Something else feeds `sub` (`why`: the verdict's detail): its polls
+    /// stop (what is queued is still delivered).
+    fn pause_fed(&self, sub: &SubscriptionConfig, found: &[String], why: &str) -> &'static str {
         let id = sub.id.as_str();
-        let why = format!("fed by Guardrails: {}", found.join("; "));
-        self.pauses.pause(id, &why);
-        self.health.paused(id, &why);
+        self.pauses.pause(id, why);
+        self.health.paused(id, why);
         crate::metrics::paused(id, true);
         crate::metrics::detection_check("live");
         tracing::error!(
@@ -144,11 +145,11 @@ impl Checks {
             found = %found.join("; "),
             "Guardrails event handlers or its own poller feed this subscription: polling paused (events already queued are still delivered)"
         );
-        ("paused", why)
+        "paused"
     }
 
     /// Nothing else feeds `sub`: a paused one resumes from its watermark.
-    fn resume_clear(&self, sub: &SubscriptionConfig, seen: &[String]) -> (&'static str, String) {
+    fn resume_clear(&self, sub: &SubscriptionConfig, seen: &[String]) -> &'static str {
         let id = sub.id.as_str();
         crate::metrics::detection_check("clear");
         if self.pauses.resume(id) {
@@ -161,16 +162,12 @@ impl Checks {
                 "nothing else feeds this subscription any more: polling resumes from its watermark"
             );
         }
-        ("clear", seen.join("; "))
+        "clear"
     }
 
     /// The check failed: `sub` keeps its last known state, except one still
     /// awaiting its first check, which `on_unknown` decides.
-    fn keep_last_state(
-        &self,
-        sub: &SubscriptionConfig,
-        errors: &[String],
-    ) -> (&'static str, String) {
+    fn keep_last_state(&self, sub: &SubscriptionConfig, errors: &[String]) -> &'static str {
         let id = sub.id.as_str();
         crate::metrics::detection_check("unknown");
         crate::metrics::detection_failed(id);
@@ -195,12 +192,11 @@ impl Checks {
             paused = self.pauses.is_paused(id),
             "the event handler check failed; the subscription keeps its last known state"
         );
-        let state = if self.pauses.is_paused(id) {
+        if self.pauses.is_paused(id) {
             "paused"
         } else {
             "unknown"
-        };
-        (state, format!("check failed: {}", errors.join("; ")))
+        }
     }
 }
 
