@@ -1,6 +1,8 @@
 //! Startup: turns a validated [`Config`] into the running parts (state store,
-//! token sources, activity log client, poller, forwarder), the way zero2prod's
-//! `startup.rs` does, so that `main` and the tests build the same thing.
+//! token sources, activity log client, poller, forwarder, the event handler
+//! checks), the way zero2prod's `startup.rs` does, so that `main` and the
+//! tests build the same thing; on SIGHUP, the same parts anew around what the
+//! running process keeps.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,14 +24,10 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("{}", refusal(.0))]
     HandlersActive(Vec<String>),
-    #[error("{}", detected(.0))]
-    HandlersDetected(Vec<String>),
-    #[error("{}", undetermined(.lines))]
-    DetectionFailed {
-        lines: Vec<String>,
-        /// The configuration is what is wrong (a bad API key).
-        config: bool,
-    },
+    /// The start check found something else feeding a subscription, or
+    /// could not tell.
+    #[error(transparent)]
+    Detection(#[from] crate::detect::Refusal),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -58,34 +56,6 @@ fn refusal(subs: &[String]) -> String {
     )
 }
 
-fn detected(lines: &[String]) -> String {
-    format!(
-        "refusing to start: something else already feeds {} (pollers and event handlers must never both feed a subscription, or Guardrails receives every event twice):\n  {}\n\
-         Turn the Guardrails event handlers off (policy Azure > Turbot > Event Handlers: Enforce: Not configured) \
-         and Guardrails' own poller off (policy Azure > Turbot > Event Poller: Disabled), or remove the subscription from this file",
-        if lines.len() == 1 {
-            "this subscription"
-        } else {
-            "these subscriptions"
-        },
-        lines.join("\n  ")
-    )
-}
-
-fn undetermined(lines: &[String]) -> String {
-    format!(
-        "refusing to start: cannot tell whether Guardrails event handlers or its own poller feed {}:\n  {}\n\
-         Fix the access (the credential needs Reader on the subscription; [guardrails.api] needs a valid key), \
-         or set [detection] on_unknown = \"poll\" to poll anyway",
-        if lines.len() == 1 {
-            "this subscription"
-        } else {
-            "these subscriptions"
-        },
-        lines.join("\n  ")
-    )
-}
-
 /// Everything a run needs, built once.
 pub struct App {
     pub config: Config,
@@ -99,8 +69,9 @@ pub struct App {
     pub http: reqwest::Client,
     pub health: Arc<crate::health::Health>,
     pub delivered: crate::forward::Delivered,
-    /// Asks Azure and Guardrails whether something else feeds a subscription.
-    pub detector: Arc<crate::detect::Detector>,
+    /// The event handler checks of this configuration: at start
+    /// (`detect::at_start`) and while the daemon runs (`detect::run`).
+    pub checks: Arc<crate::detect::Checks>,
     /// Subscriptions paused because something else feeds them (kept across reloads).
     pub pauses: Arc<crate::detect::Pauses>,
     /// ARM's read budget per subscription and principal.
@@ -169,16 +140,47 @@ pub fn parse_since(s: &str, now: Timestamp) -> Result<Timestamp, StartError> {
     Ok(t.min(now))
 }
 
+/// One token source per credential of `names` (a name not configured is
+/// skipped: validation has already refused a subscription naming one).
+pub fn token_sources<'a>(
+    config: &Config,
+    names: impl IntoIterator<Item = &'a str>,
+    http: &reqwest::Client,
+) -> Result<BTreeMap<String, Arc<TokenSource>>, CredentialError> {
+    let scope = config.azure.scope();
+    let mut tokens = BTreeMap::new();
+    for name in names {
+        let Some(cred) = config.credentials.get(name) else {
+            continue;
+        };
+        let source = TokenSource::new(
+            name,
+            cred.clone(),
+            config.azure.authority_host.clone(),
+            scope.clone(),
+            http.clone(),
+            config.azure.request_timeout,
+        )?;
+        tokens.insert(name.to_string(), Arc::new(source));
+    }
+    Ok(tokens)
+}
+
+/// ARM's read budget as `[azure]` sets it.
+pub fn read_budget(config: &Config) -> Arc<ReadBudget> {
+    Arc::new(ReadBudget::new(
+        config.azure.reads_burst,
+        config.azure.reads_per_second,
+    ))
+}
+
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
         let instance = crate::store::Instance::new();
         let store = Store::open(&config.state, &instance).await?;
         let http = http_client()?;
-        let budget = Arc::new(ReadBudget::new(
-            config.azure.reads_burst,
-            config.azure.reads_per_second,
-        ));
+        let budget = read_budget(&config);
         Self::assemble(
             config,
             Kept {
@@ -205,10 +207,7 @@ impl App {
         let budget = if same_budget {
             self.budget.clone()
         } else {
-            Arc::new(ReadBudget::new(
-                config.azure.reads_burst,
-                config.azure.reads_per_second,
-            ))
+            read_budget(&config)
         };
         Self::assemble(
             config,
@@ -236,32 +235,25 @@ impl App {
             pauses,
             budget,
         } = kept;
-        let detector = Arc::new(crate::detect::Detector::new(
-            &config,
-            http.clone(),
-            budget.clone(),
-        ));
-        let scope = config.azure.scope();
-        let mut tokens = BTreeMap::new();
         let used: std::collections::BTreeSet<&str> = config
             .subscriptions
             .iter()
             .map(|s| s.credential.as_str())
             .collect();
-        for name in used {
-            let Some(cred) = config.credentials.get(name) else {
-                continue;
-            };
-            let source = TokenSource::new(
-                name,
-                cred.clone(),
-                config.azure.authority_host.clone(),
-                scope.clone(),
+        let tokens = token_sources(&config, used, &http)?;
+        let checks = Arc::new(crate::detect::Checks {
+            detector: Arc::new(crate::detect::Detector::new(
+                &config,
                 http.clone(),
-                config.azure.request_timeout,
-            )?;
-            tokens.insert(name.to_string(), Arc::new(source));
-        }
+                budget.clone(),
+            )),
+            tokens: tokens.clone(),
+            subscriptions: config.subscriptions.clone(),
+            settings: config.detection,
+            store: store.clone(),
+            pauses: pauses.clone(),
+            health: health.clone(),
+        });
         let client = ActivityLogClient::new(
             http.clone(),
             config.azure.resource_manager_url.clone(),
@@ -294,116 +286,10 @@ impl App {
             http,
             health,
             delivered,
-            detector,
+            checks,
             pauses,
             budget,
         })
-    }
-
-    /// The start check: every `event_handlers = "detect"` subscription is
-    /// asked about before anything is polled. Something live is a refusal
-    /// (exit 78); a check that cannot be made is one too (69, or 78 for a bad
-    /// API key) unless `[detection] on_unknown = "poll"`. `event_handlers =
-    /// false` is the operator's override, warned about at every start.
-    pub async fn detect_at_start(&self) -> Result<(), StartError> {
-        use crate::config::{EventHandlers, OnUnknown};
-        use crate::detect::{Verdict, explain};
-        for sub in &self.config.subscriptions {
-            if sub.event_handlers == EventHandlers::Absent {
-                tracing::warn!(
-                    subscription_id = %sub.id,
-                    subscription_name = sub.name.as_deref(),
-                    "event_handlers = false: not checking whether Guardrails event handlers or its own poller feed this subscription; you vouch that nothing does"
-                );
-            }
-        }
-        let subs = self.config.detected_subscriptions();
-        if subs.is_empty() {
-            return Ok(());
-        }
-        let status = format!(
-            "checking {} subscription(s) for Guardrails event handlers",
-            subs.len()
-        );
-        crate::notify::status(&status);
-        let checking = crate::detect::detect_all(&self.detector, &subs, &self.tokens);
-        let keep_systemd_waiting = async {
-            // Many subscriptions over a WAN may take longer than the unit's
-            // TimeoutStartSec: ask for more while the checks progress.
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(20));
-            loop {
-                every.tick().await;
-                crate::notify::extend_timeout(std::time::Duration::from_secs(60));
-            }
-        };
-        let checked = tokio::time::timeout(crate::detect::START_CHECK_LIMIT, async {
-            tokio::select! {
-                c = checking => c,
-                never = keep_systemd_waiting => never,
-            }
-        })
-        .await
-        .map_err(|_| StartError::DetectionFailed {
-            lines: vec![format!(
-                "the checks took longer than {}s",
-                crate::detect::START_CHECK_LIMIT.as_secs()
-            )],
-            config: false,
-        })?;
-        let (mut live, mut unknown, mut config_problem) = (Vec::new(), Vec::new(), false);
-        let now = chrono::Utc::now();
-        for (sub, detection) in &checked {
-            let (state, detail) = match detection.verdict() {
-                Verdict::Live(found) => {
-                    crate::metrics::detection_check("live");
-                    live.push(explain(sub, &found));
-                    ("paused", format!("fed by Guardrails: {}", found.join("; ")))
-                }
-                Verdict::Unknown(errors) => {
-                    crate::metrics::detection_check("unknown");
-                    crate::metrics::detection_failed(sub.id.as_str());
-                    config_problem |= detection.config_problem();
-                    if self.config.detection.on_unknown == OnUnknown::Poll {
-                        tracing::warn!(
-                            subscription_id = %sub.id,
-                            subscription_name = sub.name.as_deref(),
-                            error = %errors.join("; "),
-                            "cannot tell whether Guardrails feeds this subscription; polling it anyway ([detection] on_unknown = \"poll\")"
-                        );
-                    } else {
-                        unknown.push(explain(sub, &errors));
-                    }
-                    ("unknown", format!("check failed: {}", errors.join("; ")))
-                }
-                Verdict::Clear(seen) => {
-                    crate::metrics::detection_check("clear");
-                    tracing::info!(
-                        subscription_id = %sub.id,
-                        subscription_name = sub.name.as_deref(),
-                        seen = %seen.join("; "),
-                        "no Guardrails event handlers or poller feed this subscription"
-                    );
-                    ("clear", seen.join("; "))
-                }
-            };
-            let note = self
-                .store
-                .note_detection(sub.id.as_str(), now, state, detail)
-                .await;
-            if let Err(e) = note {
-                tracing::warn!(error = %e, "cannot note the detection result");
-            }
-        }
-        if !live.is_empty() {
-            return Err(StartError::HandlersDetected(live));
-        }
-        if !unknown.is_empty() {
-            return Err(StartError::DetectionFailed {
-                lines: unknown,
-                config: config_problem,
-            });
-        }
-        Ok(())
     }
 
     /// Obtains one token from every credential in use: the first credential

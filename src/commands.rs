@@ -27,11 +27,10 @@ pub mod exit {
 
 fn start_exit_code(e: &StartError) -> u8 {
     match e {
-        StartError::DetectionFailed { config: true, .. } => exit::CONFIG,
-        StartError::DetectionFailed { config: false, .. } => exit::UNAVAILABLE,
+        StartError::Detection(r) if r.is_config() => exit::CONFIG,
+        StartError::Detection(_) => exit::UNAVAILABLE,
         StartError::Config(_)
         | StartError::HandlersActive(_)
-        | StartError::HandlersDetected(_)
         | StartError::SinceTooOld(_)
         | StartError::SinceInvalid(_) => exit::CONFIG,
         StartError::Store(e) if e.is_config() => exit::CONFIG,
@@ -134,26 +133,12 @@ fn check_online(config: &Config) -> ExitCode {
             Ok(h) => h,
             Err(e) => return fail(&e),
         };
-        let mut tokens = std::collections::BTreeMap::new();
-        for (name, cred) in &config.credentials {
-            match crate::azure::TokenSource::new(
-                name,
-                cred.clone(),
-                config.azure.authority_host.clone(),
-                config.azure.scope(),
-                http.clone(),
-                config.azure.request_timeout,
-            ) {
-                Ok(t) => {
-                    tokens.insert(name.clone(), Arc::new(t));
-                }
-                Err(e) => return fail(&StartError::Credential(e)),
-            }
-        }
-        let budget = Arc::new(crate::azure::ReadBudget::new(
-            config.azure.reads_burst,
-            config.azure.reads_per_second,
-        ));
+        let names = config.credentials.keys().map(String::as_str);
+        let tokens = match crate::app::token_sources(config, names, &http) {
+            Ok(t) => t,
+            Err(e) => return fail(&StartError::Credential(e)),
+        };
+        let budget = crate::app::read_budget(config);
         let detector = crate::detect::Detector::new(config, http, budget);
         if !detector.asks_guardrails() {
             eprintln!(
@@ -417,8 +402,8 @@ fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
 }
 
 async fn once(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunArgs) -> ExitCode {
-    if let Err(e) = app.detect_at_start().await {
-        return fail(&e);
+    if let Err(e) = crate::detect::at_start(&app.checks).await {
+        return fail(&e.into());
     }
     let summary = scheduler::run_once(app, since, args.give_up_after).await;
     let mut code = exit::OK;
@@ -482,8 +467,8 @@ async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &Ru
         };
         return ExitCode::from(code);
     }
-    if let Err(e) = app.detect_at_start().await {
-        return fail(&e);
+    if let Err(e) = crate::detect::at_start(&app.checks).await {
+        return fail(&e.into());
     }
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(forward_signals(tx));

@@ -73,7 +73,7 @@ struct Supervisor {
     permits: Arc<Semaphore>,
     running: BTreeMap<String, Running>,
     retiring: JoinSet<()>,
-    /// The live event handler checks (`detect.rs`), restarted on reload.
+    /// The live event handler checks (`detect/watch.rs`), restarted on reload.
     detecting: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The subscriptions this instance holds (see `lease.rs`).
     held: watch::Receiver<std::collections::BTreeSet<String>>,
@@ -111,12 +111,7 @@ impl Supervisor {
     /// no longer held.
     fn follow_leases(&mut self) {
         let held = self.held.borrow_and_update().clone();
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|id| !held.contains(*id))
-            .cloned()
-            .collect();
+        let gone = self.running_but_not(|id| held.contains(id));
         for id in gone {
             tracing::info!(subscription = %id, "no longer held by this instance: stopping its polls");
             if let Some(task) = self.retire(&id) {
@@ -140,6 +135,15 @@ impl Supervisor {
         }
     }
 
+    /// The subscriptions with a task here that `keep` does not keep.
+    fn running_but_not(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+        self.running
+            .keys()
+            .filter(|id| !keep(id.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// Tells a task to stop; returns its handle so a successor can wait for it.
     fn retire(&mut self, id: &str) -> Option<JoinHandle<()>> {
         let r = self.running.remove(id)?;
@@ -150,13 +154,17 @@ impl Supervisor {
     /// (Re)starts the periodic event handler checks on the current
     /// configuration; the first check runs at once.
     fn restart_detection(&mut self, at_once: bool) {
+        self.stop_detection();
+        let (stop, rx) = watch::channel(false);
+        let task = tokio::spawn(crate::detect::run(self.app.checks.clone(), at_once, rx));
+        self.detecting = Some((stop, task));
+    }
+
+    fn stop_detection(&mut self) {
         if let Some((stop, task)) = self.detecting.take() {
             let _ = stop.send(true);
             task.abort();
         }
-        let (stop, rx) = watch::channel(false);
-        let task = tokio::spawn(crate::detect::run(self.app.clone(), at_once, rx));
-        self.detecting = Some((stop, task));
     }
 
     fn stalled(&self) -> Vec<String> {
@@ -179,28 +187,10 @@ impl Supervisor {
 
     /// Applies a new configuration; returns a one-line summary.
     fn apply(&mut self, new: Arc<App>, forwarding: &mut Forwarding) -> String {
-        let old = self.app.clone();
+        let old = std::mem::replace(&mut self.app, new.clone());
         let (oc, nc) = (&old.config, &new.config);
-        if !oc.state.same_as(&nc.state) {
-            tracing::warn!(
-                running = %oc.state.describe(),
-                configured = %nc.state.describe(),
-                "[state] changes only on restart; still using the running one"
-            );
-        }
-        if oc.ha != nc.ha {
-            tracing::warn!("[ha] changes only on restart");
-        }
-        if oc.telemetry_listen != nc.telemetry_listen {
-            tracing::warn!("[telemetry] listen changes only on restart");
-        }
+        warn_restart_only(oc, nc);
         let azure_changed = oc.azure != nc.azure;
-        let credential_changed =
-            |name: &str| match (oc.credentials.get(name), nc.credentials.get(name)) {
-                (Some(a), Some(b)) => !same_credential(a, b),
-                _ => true,
-            };
-        self.app = new.clone();
         if azure_changed {
             self.permits = Arc::new(Semaphore::new(nc.azure.concurrency));
         }
@@ -209,40 +199,21 @@ impl Supervisor {
             .iter()
             .map(|s| (s.id.to_string(), s.clone()))
             .collect();
-        let (mut added, mut removed, mut changed) = (0, 0, 0);
-        let gone: Vec<String> = self
-            .running
-            .keys()
-            .filter(|id| !wanted.contains_key(*id))
-            .cloned()
-            .collect();
-        for id in gone {
-            if let Some(task) = self.retire(&id) {
-                self.retiring.spawn(async move {
-                    let _ = task.await;
-                });
-            }
-            self.app.health.untrack(&id);
-            removed += 1;
-        }
+        let removed = self.retire_unwanted(&wanted);
         let keep: Vec<String> = wanted.keys().cloned().collect();
         self.app.pauses.retain(&keep);
+        let (mut added, mut changed) = (0, 0);
         for (id, sub) in wanted {
             if sub.event_handlers == crate::config::EventHandlers::Detect
                 && !self.running.contains_key(&id)
             {
-                // Added: not polled before its first check says it may be.
-                self.app
-                    .pauses
-                    .pause(&id, crate::detect::AWAITING_FIRST_CHECK);
-                self.app.health.track(&sub);
-                self.app
-                    .health
-                    .paused(&id, crate::detect::AWAITING_FIRST_CHECK);
+                self.await_first_check(&sub);
             }
             match self.running.get(&id) {
                 Some(r)
-                    if r.sub == sub && !azure_changed && !credential_changed(&sub.credential) =>
+                    if r.sub == sub
+                        && !azure_changed
+                        && !credential_changed(oc, nc, &sub.credential) =>
                 {
                     // Unchanged: it keeps running on the previous configuration's
                     // poller and tokens, which are equal to the new ones.
@@ -258,17 +229,75 @@ impl Supervisor {
                 }
             }
         }
-        if !same_guardrails(&oc.guardrails, &nc.guardrails) {
-            let _ = forwarding.stop.send(true);
-            let previous = std::mem::replace(forwarding, start_forwarder(&new));
-            self.retiring.spawn(async move {
-                let _ = previous.task.await;
-            });
-            return format!(
-                "{added} added, {removed} removed, {changed} restarted; forwarder restarted"
-            );
+        let summary = format!("{added} added, {removed} removed, {changed} restarted");
+        if same_guardrails(&oc.guardrails, &nc.guardrails) {
+            return summary;
         }
-        format!("{added} added, {removed} removed, {changed} restarted")
+        self.restart_forwarder(&new, forwarding);
+        format!("{summary}; forwarder restarted")
+    }
+
+    /// Stops the tasks of subscriptions no longer configured; how many.
+    fn retire_unwanted(&mut self, wanted: &BTreeMap<String, SubscriptionConfig>) -> usize {
+        let gone = self.running_but_not(|id| wanted.contains_key(id));
+        for id in &gone {
+            if let Some(task) = self.retire(id) {
+                self.retiring.spawn(async move {
+                    let _ = task.await;
+                });
+            }
+            self.app.health.untrack(id);
+        }
+        gone.len()
+    }
+
+    /// A subscription added by a reload is not polled before its first
+    /// check says it may be.
+    fn await_first_check(&self, sub: &SubscriptionConfig) {
+        let id = sub.id.as_str();
+        self.app
+            .pauses
+            .pause(id, crate::detect::AWAITING_FIRST_CHECK);
+        self.app.health.track(sub);
+        self.app
+            .health
+            .paused(id, crate::detect::AWAITING_FIRST_CHECK);
+    }
+
+    /// Replaces the forwarder by one on `new`'s `[guardrails]`; the old one
+    /// finishes its POSTs in flight.
+    fn restart_forwarder(&mut self, new: &Arc<App>, forwarding: &mut Forwarding) {
+        let _ = forwarding.stop.send(true);
+        let previous = std::mem::replace(forwarding, start_forwarder(new));
+        self.retiring.spawn(async move {
+            let _ = previous.task.await;
+        });
+    }
+}
+
+/// Settings a reload cannot change: said, and left as they run.
+fn warn_restart_only(oc: &Config, nc: &Config) {
+    if !oc.state.same_as(&nc.state) {
+        tracing::warn!(
+            running = %oc.state.describe(),
+            configured = %nc.state.describe(),
+            "[state] changes only on restart; still using the running one"
+        );
+    }
+    if oc.ha != nc.ha {
+        tracing::warn!("[ha] changes only on restart");
+    }
+    if oc.telemetry_listen != nc.telemetry_listen {
+        tracing::warn!("[telemetry] listen changes only on restart");
+    }
+}
+
+/// Whether credential `name` differs between two configurations (or is
+/// missing from either).
+fn credential_changed(oc: &Config, nc: &Config, name: &str) -> bool {
+    match (oc.credentials.get(name), nc.credentials.get(name)) {
+        (Some(a), Some(b)) => !same_credential(a, b),
+        _ => true,
     }
 }
 
@@ -347,10 +376,48 @@ fn configured_ids(config: &Config) -> Vec<String> {
 pub async fn run(
     app: Arc<App>,
     since: Option<Timestamp>,
-    mut signals: mpsc::Receiver<Signal>,
+    signals: mpsc::Receiver<Signal>,
     grace: Duration,
 ) -> Result<(), StoreError> {
     let path = app.config.path.clone();
+    let keeper = start_leasing(&app).await?;
+    let mut sup = Supervisor::new(app.clone(), since);
+    sup.follow_leases();
+    sup.restart_detection(false);
+    let mut forwarding = start_forwarder(&app);
+    notify::ready(&sup.status_line());
+    let failed = sup
+        .supervise(&path, &keeper, &mut forwarding, signals)
+        .await;
+    notify::stopping();
+    sup.stop_detection();
+    if let Some(e) = &failed {
+        tracing::error!(error = %e, "delivery cannot continue; stopping");
+    }
+    tracing::info!(
+        grace_s = grace.as_secs(),
+        "shutting down: finishing work in flight"
+    );
+    let deadline = Instant::now() + grace;
+    let polls = sup.stop_polls();
+    let _ = forwarding.stop.send(true);
+    sup.wait_for_polls(polls, deadline).await;
+    let ended = match failed {
+        Some(e) => Err(e),
+        None => wait_for_forwarder(forwarding, deadline).await,
+    };
+    // Nothing polls or delivers any more: give the leases back, so that
+    // another instance takes over now rather than when they expire.
+    keeper.stop().await;
+    if let Err(e) = app.store.leave().await {
+        tracing::warn!(error = %e, "cannot give the leases back; they expire on their own");
+    }
+    ended
+}
+
+/// The first lease round (so that the first tasks start on what this
+/// instance holds), then the keeper that renews them.
+async fn start_leasing(app: &App) -> Result<lease::Keeper, StoreError> {
     let ha = app.config.ha;
     let first = lease::round(&app.store, &configured_ids(&app.config), ha, Share::Fair).await?;
     app.health.leases(first.held.len(), first.share, first.live);
@@ -365,141 +432,150 @@ pub async fn run(
             "sharing the state with other instances: polling the subscriptions this one holds"
         );
     }
-    let keeper = lease::Keeper::spawn(
+    Ok(lease::Keeper::spawn(
         app.store.clone(),
         app.health.clone(),
         ha,
         Share::Fair,
         configured_ids(&app.config),
-    );
-    let mut sup = Supervisor {
-        permits: Arc::new(Semaphore::new(app.config.azure.concurrency)),
-        app: app.clone(),
-        since,
-        running: BTreeMap::new(),
-        retiring: JoinSet::new(),
-        detecting: None,
-        held: app.store.held(),
-        released: BTreeMap::new(),
-    };
-    sup.follow_leases();
-    sup.restart_detection(false);
-    let mut forwarding = start_forwarder(&app);
-    notify::ready(&sup.status_line());
-    let watchdog = notify::watchdog_interval();
-    let every = watchdog.map_or(Duration::from_secs(10), |w| {
-        (w / 3).max(Duration::from_millis(100))
-    });
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ))
+}
 
-    let failed: Option<StoreError> = loop {
-        tokio::select! {
-            s = signals.recv() => match s {
-                Some(Signal::Reload) => {
-                    notify::reloading();
-                    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
-                    match reload(&sup.app, &path) {
-                        Ok(new) => {
-                            keeper.want(configured_ids(&new.config));
-                            let summary = sup.apply(new, &mut forwarding);
-                            sup.follow_leases();
-                            sup.restart_detection(true);
-                            tracing::info!(%summary, "configuration reloaded");
-                        }
-                        Err(e) => tracing::error!(
-                            error = %e,
-                            "the new configuration is rejected; the running one stays"
-                        ),
+/// The forwarder's end within the grace period: its error, or nothing when
+/// it is abandoned (what it was delivering stays in the outbox).
+async fn wait_for_forwarder(forwarding: Forwarding, deadline: Instant) -> Result<(), StoreError> {
+    match tokio::time::timeout_at(deadline + Duration::from_secs(1), forwarding.task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(StoreError::Task(e.to_string())),
+        Err(_) => {
+            tracing::warn!(
+                "grace period over: abandoning deliveries in flight (they stay in the outbox)"
+            );
+            Ok(())
+        }
+    }
+}
+
+impl Supervisor {
+    fn new(app: Arc<App>, since: Option<Timestamp>) -> Supervisor {
+        Supervisor {
+            permits: Arc::new(Semaphore::new(app.config.azure.concurrency)),
+            held: app.store.held(),
+            app,
+            since,
+            running: BTreeMap::new(),
+            retiring: JoinSet::new(),
+            detecting: None,
+            released: BTreeMap::new(),
+        }
+    }
+
+    /// Follows signals, leases, the forwarder and the watchdog's tick until
+    /// a stop; returns why delivery cannot continue, if that is the reason.
+    async fn supervise(
+        &mut self,
+        path: &Path,
+        keeper: &lease::Keeper,
+        forwarding: &mut Forwarding,
+        mut signals: mpsc::Receiver<Signal>,
+    ) -> Option<StoreError> {
+        let watchdog = notify::watchdog_interval();
+        let every = watchdog.map_or(Duration::from_secs(10), |w| {
+            (w / 3).max(Duration::from_millis(100))
+        });
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                s = signals.recv() => match s {
+                    Some(Signal::Reload) => self.reload(path, keeper, forwarding),
+                    Some(Signal::Stop) | None => return None,
+                },
+                changed = self.held.changed() => {
+                    if changed.is_ok() {
+                        self.follow_leases();
+                        notify::status(&self.status_line());
                     }
-                    notify::ready(&sup.status_line());
                 }
-                Some(Signal::Stop) | None => break None,
-            },
-            changed = sup.held.changed() => {
-                if changed.is_ok() {
-                    sup.follow_leases();
-                    notify::status(&sup.status_line());
-                }
-            }
-            ended = &mut forwarding.task => break Some(match ended {
-                Ok(Ok(())) => StoreError::Task("the forwarder stopped".into()),
-                Ok(Err(e)) => e,
-                Err(e) => StoreError::Task(e.to_string()),
-            }),
-            _ = tick.tick() => {
-                let stalled = sup.stalled();
-                if stalled.is_empty() {
-                    if watchdog.is_some() {
-                        notify::watchdog();
-                    }
-                } else {
-                    tracing::error!(subscriptions = ?stalled, "no progress in a poll for {} min; withholding the watchdog ping", STALL_LIMIT.as_secs() / 60);
-                }
-                notify::status(&sup.status_line());
+                ended = &mut forwarding.task => return Some(match ended {
+                    Ok(Ok(())) => StoreError::Task("the forwarder stopped".into()),
+                    Ok(Err(e)) => e,
+                    Err(e) => StoreError::Task(e.to_string()),
+                }),
+                _ = tick.tick() => self.watchdog_tick(watchdog.is_some()),
             }
         }
-    };
-    notify::stopping();
-    if let Some((stop, task)) = sup.detecting.take() {
-        let _ = stop.send(true);
-        task.abort();
     }
-    if let Some(e) = &failed {
-        tracing::error!(error = %e, "delivery cannot continue; stopping");
+
+    /// SIGHUP: the configuration file again; a rejected one leaves the
+    /// running one in place.
+    fn reload(&mut self, path: &Path, keeper: &lease::Keeper, forwarding: &mut Forwarding) {
+        notify::reloading();
+        tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+        match reload(&self.app, path) {
+            Ok(new) => {
+                keeper.want(configured_ids(&new.config));
+                let summary = self.apply(new, forwarding);
+                self.follow_leases();
+                self.restart_detection(true);
+                tracing::info!(%summary, "configuration reloaded");
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "the new configuration is rejected; the running one stays"
+            ),
+        }
+        notify::ready(&self.status_line());
     }
-    tracing::info!(
-        grace_s = grace.as_secs(),
-        "shutting down: finishing work in flight"
-    );
-    let deadline = Instant::now() + grace;
-    let ids: Vec<String> = sup.running.keys().cloned().collect();
-    let mut tasks = JoinSet::new();
-    for id in ids {
-        if let Some(t) = sup.retire(&id) {
+
+    /// Pings the watchdog (when systemd asks for one) unless a task is
+    /// stuck in a poll; refreshes the status line.
+    fn watchdog_tick(&self, watchdog: bool) {
+        let stalled = self.stalled();
+        if stalled.is_empty() {
+            if watchdog {
+                notify::watchdog();
+            }
+        } else {
+            tracing::error!(subscriptions = ?stalled, "no progress in a poll for {} min; withholding the watchdog ping", STALL_LIMIT.as_secs() / 60);
+        }
+        notify::status(&self.status_line());
+    }
+
+    /// Tells every subscription task to stop (those whose lease went too);
+    /// returns them to wait for.
+    fn stop_polls(&mut self) -> JoinSet<()> {
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        let mut tasks = JoinSet::new();
+        for id in ids {
+            if let Some(t) = self.retire(&id) {
+                tasks.spawn(async move {
+                    let _ = t.await;
+                });
+            }
+        }
+        for (_, t) in std::mem::take(&mut self.released) {
             tasks.spawn(async move {
                 let _ = t.await;
             });
         }
+        tasks
     }
-    for (_, t) in std::mem::take(&mut sup.released) {
-        tasks.spawn(async move {
-            let _ = t.await;
-        });
+
+    /// Waits for the stopped tasks (and those retired by reloads) until
+    /// `deadline`, then abandons them.
+    async fn wait_for_polls(&mut self, mut tasks: JoinSet<()>, deadline: Instant) {
+        let drained = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+            while self.retiring.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "grace period over: abandoning polls in flight (their windows are queried again on the next start)"
+            );
+            tasks.abort_all();
+            self.retiring.abort_all();
+        }
     }
-    let _ = forwarding.stop.send(true);
-    let drained = tokio::time::timeout_at(deadline, async {
-        while tasks.join_next().await.is_some() {}
-        while sup.retiring.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            "grace period over: abandoning polls in flight (their windows are queried again on the next start)"
-        );
-        tasks.abort_all();
-        sup.retiring.abort_all();
-    }
-    let ended = match failed {
-        Some(e) => Err(e),
-        None => match tokio::time::timeout_at(deadline + Duration::from_secs(1), forwarding.task)
-            .await
-        {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => Err(StoreError::Task(e.to_string())),
-            Err(_) => {
-                tracing::warn!(
-                    "grace period over: abandoning deliveries in flight (they stay in the outbox)"
-                );
-                Ok(())
-            }
-        },
-    };
-    // Nothing polls or delivers any more: give the leases back, so that
-    // another instance takes over now rather than when they expire.
-    keeper.stop().await;
-    if let Err(e) = app.store.leave().await {
-        tracing::warn!(error = %e, "cannot give the leases back; they expire on their own");
-    }
-    ended
 }

@@ -23,7 +23,7 @@
 //!   connections are also back-pressure, which lowers the limit. Delivery as a
 //!   whole backs off only when nothing gets through even at the lowest limit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -75,6 +75,39 @@ pub enum RetryKind {
     /// The URL or its token is not accepted: nothing gets through until an
     /// operator fixes it.
     Misconfigured,
+}
+
+/// What a POST's non-2xx answer means (see the module's comment); `after`
+/// is its `Retry-After`.
+fn answer(status: StatusCode, after: Option<Duration>) -> Delivery {
+    let reason = format!("HTTP {status}");
+    match status {
+        StatusCode::REQUEST_TIMEOUT
+        | StatusCode::TOO_MANY_REQUESTS
+        | StatusCode::BAD_GATEWAY
+        | StatusCode::SERVICE_UNAVAILABLE
+        | StatusCode::GATEWAY_TIMEOUT => Delivery::Retry {
+            reason,
+            after,
+            kind: RetryKind::BackPressure,
+        },
+        StatusCode::UNAUTHORIZED
+        | StatusCode::FORBIDDEN
+        | StatusCode::NOT_FOUND
+        | StatusCode::METHOD_NOT_ALLOWED => Delivery::Retry {
+            reason: format!(
+                "{reason}: the ingestion URL or its token is not accepted; check [guardrails] ingest_url"
+            ),
+            after,
+            kind: RetryKind::Misconfigured,
+        },
+        s if s.is_client_error() => Delivery::Rejected(reason),
+        _ => Delivery::Retry {
+            reason,
+            after,
+            kind: RetryKind::Failed,
+        },
+    }
 }
 
 /// Delivered-event counts per subscription, read and reset by the poll log line.
@@ -192,35 +225,7 @@ impl Forwarder {
         if status.is_success() {
             return Delivery::Acked;
         }
-        let after = retry_after(resp.headers());
-        let reason = format!("HTTP {status}");
-        match status {
-            StatusCode::REQUEST_TIMEOUT
-            | StatusCode::TOO_MANY_REQUESTS
-            | StatusCode::BAD_GATEWAY
-            | StatusCode::SERVICE_UNAVAILABLE
-            | StatusCode::GATEWAY_TIMEOUT => Delivery::Retry {
-                reason,
-                after,
-                kind: RetryKind::BackPressure,
-            },
-            StatusCode::UNAUTHORIZED
-            | StatusCode::FORBIDDEN
-            | StatusCode::NOT_FOUND
-            | StatusCode::METHOD_NOT_ALLOWED => Delivery::Retry {
-                reason: format!(
-                    "{reason}: the ingestion URL or its token is not accepted; check [guardrails] ingest_url"
-                ),
-                after,
-                kind: RetryKind::Misconfigured,
-            },
-            s if s.is_client_error() => Delivery::Rejected(reason),
-            _ => Delivery::Retry {
-                reason,
-                after,
-                kind: RetryKind::Failed,
-            },
-        }
+        answer(status, retry_after(resp.headers()))
     }
 
     /// Delivers waiting events, as many POSTs in flight as the limit allows,
@@ -231,7 +236,7 @@ impl Forwarder {
     /// transaction.
     async fn round(&self) -> Result<Round, StoreError> {
         let mut round = Round::default();
-        let mut queue: std::collections::VecDeque<OutboxEvent> = std::collections::VecDeque::new();
+        let mut queue: VecDeque<OutboxEvent> = VecDeque::new();
         let mut flying: Vec<i64> = Vec::new();
         let mut in_flight = futures::stream::FuturesUnordered::new();
         let mut exhausted = false;
@@ -242,40 +247,14 @@ impl Forwarder {
             if !stop {
                 let limit = self.limit.limit();
                 if queue.len() < limit && !exhausted {
-                    let mut skip: Vec<i64> = flying
-                        .iter()
-                        .copied()
-                        .chain(queue.iter().map(|e| e.seq))
-                        .collect();
-                    skip.extend(self.waiting());
-                    let want = (limit * 2).max(MIN_BATCH);
-                    let after = self.lock_last().clone();
-                    let batch = self.store.next_batch(want, skip, after).await?;
-                    exhausted = batch.is_empty();
-                    if let Some(last) = batch.last() {
-                        *self.lock_last() = Some(last.subscription_id.clone());
-                    }
-                    queue.extend(batch);
+                    exhausted = self.refill(&mut queue, &flying, limit).await?;
                 }
                 while in_flight.len() < limit {
                     let Some(ev) = queue.pop_front() else { break };
                     flying.push(ev.seq);
                     self.limit.started(in_flight.len() + 1);
-                    let slot = match self.limit.spacing() {
-                        Some(gap) => {
-                            let at = next_slot.max(tokio::time::Instant::now());
-                            next_slot = at + gap;
-                            Some(at)
-                        }
-                        None => None,
-                    };
-                    in_flight.push(async move {
-                        if let Some(at) = slot {
-                            tokio::time::sleep_until(at).await;
-                        }
-                        let outcome = self.deliver(&ev).await;
-                        (ev, outcome)
-                    });
+                    let slot = self.pace(&mut next_slot);
+                    in_flight.push(self.deliver_at(ev, slot));
                 }
             }
             let Some(first) = in_flight.next().await else {
@@ -299,6 +278,54 @@ impl Forwarder {
             ));
         }
         Ok(round)
+    }
+
+    /// Reads the next outbox batch into `queue`, round-robin from the
+    /// subscription served last, skipping events in flight, queued, or told
+    /// to wait; true when the outbox had nothing more.
+    async fn refill(
+        &self,
+        queue: &mut VecDeque<OutboxEvent>,
+        flying: &[i64],
+        limit: usize,
+    ) -> Result<bool, StoreError> {
+        let mut skip: Vec<i64> = flying
+            .iter()
+            .copied()
+            .chain(queue.iter().map(|e| e.seq))
+            .collect();
+        skip.extend(self.waiting());
+        let want = (limit * 2).max(MIN_BATCH);
+        let after = self.lock_last().clone();
+        let batch = self.store.next_batch(want, skip, after).await?;
+        let exhausted = batch.is_empty();
+        if let Some(last) = batch.last() {
+            *self.lock_last() = Some(last.subscription_id.clone());
+        }
+        queue.extend(batch);
+        Ok(exhausted)
+    }
+
+    /// When the next POST may leave, if starts are paced (see
+    /// `Concurrency::spacing`); moves `next_slot` one gap on.
+    fn pace(&self, next_slot: &mut tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let gap = self.limit.spacing()?;
+        let at = (*next_slot).max(tokio::time::Instant::now());
+        *next_slot = at + gap;
+        Some(at)
+    }
+
+    /// Delivers `ev`, not before `slot`.
+    async fn deliver_at(
+        &self,
+        ev: OutboxEvent,
+        slot: Option<tokio::time::Instant>,
+    ) -> (OutboxEvent, Delivery) {
+        if let Some(at) = slot {
+            tokio::time::sleep_until(at).await;
+        }
+        let outcome = self.deliver(&ev).await;
+        (ev, outcome)
     }
 
     fn lock_last(&self) -> std::sync::MutexGuard<'_, Option<String>> {

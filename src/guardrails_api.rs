@@ -186,24 +186,17 @@ impl GuardrailsApi {
             "policyTypeId:'{policy_type}' resource:'{}'",
             subscription_aka(subscription_id)
         );
-        let mut out = Vec::new();
-        let mut next: Option<String> = None;
-        for _ in 0..MAX_PAGES {
-            let data = self
-                .query(POLICY_VALUES, json!({ "filter": [filter], "next": next }))
-                .await?;
-            let page: Paged<RawPolicyValue> = field(&data, "policyValues")?;
-            out.extend(page.items.into_iter().map(|v| PolicyValue {
+        let values: Vec<RawPolicyValue> = self
+            .all_pages(POLICY_VALUES, &filter, "policyValues")
+            .await?;
+        Ok(values
+            .into_iter()
+            .map(|v| PolicyValue {
                 value: v.value.as_ref().and_then(value_text),
                 state: v.state,
                 resource: v.resource.and_then(|r| r.trunk).and_then(|t| t.title),
-            }));
-            next = page.paging.and_then(|p| p.next).filter(|n| !n.is_empty());
-            if next.is_none() {
-                break;
-            }
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// The effective value of one policy on one resource.
@@ -225,44 +218,61 @@ impl GuardrailsApi {
     /// The Azure subscriptions the workspace knows.
     pub async fn subscriptions(&self) -> Result<Vec<KnownSubscription>, ApiError> {
         let filter = format!("resourceTypeId:'{SUBSCRIPTION_TYPE}'");
+        let resources: Vec<RawResource> =
+            self.all_pages(SUBSCRIPTIONS, &filter, "resources").await?;
+        Ok(resources.into_iter().map(known_subscription).collect())
+    }
+
+    /// Every item of a paged query's field `name`, following `paging.next`
+    /// (at most [`MAX_PAGES`] pages).
+    async fn all_pages<T: for<'de> Deserialize<'de>>(
+        &self,
+        query: &str,
+        filter: &str,
+        name: &str,
+    ) -> Result<Vec<T>, ApiError> {
         let mut out = Vec::new();
         let mut next: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let data = self
-                .query(SUBSCRIPTIONS, json!({ "filter": [filter], "next": next }))
+                .query(query, json!({ "filter": [filter], "next": next }))
                 .await?;
-            let page: Paged<RawResource> = field(&data, "resources")?;
-            out.extend(page.items.into_iter().map(|r| {
-                let turbot = r.turbot.unwrap_or_default();
-                let from_data = r
-                    .data
-                    .as_ref()
-                    .and_then(|d| d.get("subscriptionId"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string);
-                let from_aka = turbot.akas.iter().find_map(|a| {
-                    a.strip_prefix("azure:///subscriptions/")
-                        .map(|s| s.trim_end_matches('/').to_string())
-                });
-                let title = turbot.title.or_else(|| {
-                    r.data
-                        .as_ref()
-                        .and_then(|d| d.get("displayName"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                });
-                KnownSubscription {
-                    subscription_id: from_data.or(from_aka),
-                    title,
-                    akas: turbot.akas,
-                }
-            }));
+            let page: Paged<T> = field(&data, name)?;
+            out.extend(page.items);
             next = page.paging.and_then(|p| p.next).filter(|n| !n.is_empty());
             if next.is_none() {
                 break;
             }
         }
         Ok(out)
+    }
+}
+
+/// A subscription resource as the workspace knows it: its id from its data,
+/// else from its AKA; its title, else its display name.
+fn known_subscription(r: RawResource) -> KnownSubscription {
+    let turbot = r.turbot.unwrap_or_default();
+    let from_data = r
+        .data
+        .as_ref()
+        .and_then(|d| d.get("subscriptionId"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let from_aka = turbot.akas.iter().find_map(|a| {
+        a.strip_prefix("azure:///subscriptions/")
+            .map(|s| s.trim_end_matches('/').to_string())
+    });
+    let title = turbot.title.or_else(|| {
+        r.data
+            .as_ref()
+            .and_then(|d| d.get("displayName"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    KnownSubscription {
+        subscription_id: from_data.or(from_aka),
+        title,
+        akas: turbot.akas,
     }
 }
 

@@ -28,10 +28,11 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::Notify;
 
+use crate::azure::activity_log::Fetched;
 use crate::azure::{ActivityLogClient, AzureError, TokenSource};
 use crate::config::{RETENTION, SubscriptionConfig};
 use crate::event::{Entry, Item, Malformed, Timestamp, rfc3339, to_ticks};
-use crate::store::{Advance, Cursor, Store, StoreError};
+use crate::store::{Advance, Cursor, Recorded, Store, StoreError};
 
 /// The longest stretch one query covers beyond the look-back.
 pub const CATCH_UP_CHUNK: Duration = Duration::from_secs(3600);
@@ -101,6 +102,21 @@ impl PollReport {
         self.skew = other.skew.or(self.skew);
     }
 
+    /// Counts one fetched page.
+    fn count_page(&mut self, fetched: &Fetched) {
+        self.pages += 1;
+        self.requests += fetched.requests;
+        self.bytes += fetched.bytes;
+        self.throttled += fetched.throttled;
+    }
+
+    /// Counts what recording one page did.
+    fn count_recorded(&mut self, rec: &Recorded) {
+        self.new += rec.new;
+        self.duplicate += rec.duplicate;
+        self.quarantined += rec.quarantined;
+    }
+
     pub fn lag(&self, now: Timestamp) -> Option<Duration> {
         self.watermark
             .map(|w| (now - w).to_std().unwrap_or(Duration::ZERO))
@@ -161,25 +177,8 @@ impl Poller {
         since: Option<Timestamp>,
         beat: &Heartbeat,
     ) -> Result<PollReport, PollError> {
-        let id = sub.id.as_str().to_string();
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
-        let existing = self.store.cursor(&id).await?;
-        if existing.is_none() && since.is_none() && self.skew().is_none() {
-            // A first run starts one window before Azure's "now", not ours:
-            // ask Azure for the time with an empty query before placing it.
-            let now = to_ticks(Utc::now());
-            let probe = self.client.first_page(&id, now, now);
-            let fetched = self.client.fetch(&probe, tokens, beat).await?;
-            self.learn_skew(fetched.server_date);
-        }
-        let mut cursor = match existing {
-            Some(c) => c,
-            None => {
-                let start = since.unwrap_or_else(|| self.now() - window);
-                self.store.init_cursor(&id, to_ticks(start)).await?
-            }
-        };
+        let window = window_of(sub);
+        let mut cursor = self.cursor(sub, tokens, since, beat).await?;
         let mut report = PollReport::default();
         loop {
             let now = to_ticks(self.now());
@@ -216,6 +215,34 @@ impl Poller {
         Ok(report)
     }
 
+    /// The subscription's cursor; a first run places it, at `since` or one
+    /// window before now.
+    async fn cursor(
+        &self,
+        sub: &SubscriptionConfig,
+        tokens: &Arc<TokenSource>,
+        since: Option<Timestamp>,
+        beat: &Heartbeat,
+    ) -> Result<Cursor, PollError> {
+        let id = sub.id.as_str();
+        let existing = self.store.cursor(id).await?;
+        if existing.is_none() && since.is_none() && self.skew().is_none() {
+            // A first run starts one window before Azure's "now", not ours:
+            // ask Azure for the time with an empty query before placing it.
+            let now = to_ticks(Utc::now());
+            let probe = self.client.first_page(id, now, now);
+            let fetched = self.client.fetch(&probe, tokens, beat).await?;
+            self.learn_skew(fetched.server_date);
+        }
+        Ok(match existing {
+            Some(c) => c,
+            None => {
+                let start = since.unwrap_or_else(|| self.now() - window_of(sub));
+                self.store.init_cursor(id, to_ticks(start)).await?
+            }
+        })
+    }
+
     /// The last known difference between Azure's clock and ours.
     pub fn skew(&self) -> Option<chrono::Duration> {
         *self.skew.lock().unwrap_or_else(|p| p.into_inner())
@@ -248,8 +275,7 @@ impl Poller {
         cursor: &Cursor,
         now: Timestamp,
     ) -> (Timestamp, Timestamp) {
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let window = window_of(sub);
         let chunk = chrono::Duration::from_std(CATCH_UP_CHUNK).unwrap_or(chrono::Duration::MAX);
         let oldest = now
             - chrono::Duration::from_std(RETENTION - RETENTION_MARGIN)
@@ -282,8 +308,7 @@ impl Poller {
         beat: &Heartbeat,
     ) -> Result<Timestamp, PollError> {
         use futures::StreamExt;
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let window = window_of(sub);
         let slices = slice(start, until, self.slices);
         let id = sub.id.as_str().to_string();
         tracing::info!(
@@ -297,9 +322,7 @@ impl Poller {
         );
         let mut running = futures::stream::FuturesUnordered::new();
         let mut next = 0;
-        let mut finished: std::collections::BTreeMap<usize, Timestamp> = Default::default();
-        let mut committed = 0;
-        let mut clipped = false;
+        let mut prefix = Prefix::new(&slices);
         let mut watermark = start;
         let mut failed: Option<PollError> = None;
         loop {
@@ -312,27 +335,17 @@ impl Poller {
             let Some((i, result)) = running.next().await else {
                 break;
             };
-            match result {
-                Ok((safe_end, piece)) => {
-                    report.absorb(piece);
-                    finished.insert(i, safe_end);
-                }
+            let (safe_end, piece) = match result {
+                Ok(done) => done,
                 Err(e) => {
                     // Slices in flight finish (their pages are recorded);
                     // no new one starts. The prefix so far is committed.
                     failed.get_or_insert(e);
                     continue;
                 }
-            }
-            // Move the watermark over the contiguous prefix of finished slices.
-            let mut advanced = None;
-            while !clipped && let Some(end) = finished.remove(&committed) {
-                committed += 1;
-                advanced = Some(end);
-                // Azure's clock stopped this slice short: nothing past it counts.
-                clipped = end < slices[committed - 1].1;
-            }
-            if let Some(end) = advanced {
+            };
+            report.absorb(piece);
+            if let Some(end) = prefix.finish(i, safe_end) {
                 watermark = end.max(start);
                 let advance = Advance {
                     watermark,
@@ -366,9 +379,7 @@ impl Poller {
             queries: 1,
             ..PollReport::default()
         };
-        let report = &mut piece;
-        let window =
-            chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX);
+        let window = window_of(sub);
         let id = sub.id.as_str().to_string();
         let mut url = self.client.first_page(&id, start, end);
         let mut watermark = end;
@@ -376,15 +387,12 @@ impl Poller {
         loop {
             let requested_at = Utc::now();
             let fetched = self.client.fetch(&url, tokens, beat).await?;
-            report.pages += 1;
-            report.requests += fetched.requests;
-            report.bytes += fetched.bytes;
-            report.throttled += fetched.throttled;
+            piece.count_page(&fetched);
             self.learn_skew(fetched.server_date);
             if first {
                 first = false;
                 if let Some(date) = fetched.server_date {
-                    report.skew = Some(date - requested_at);
+                    piece.skew = Some(date - requested_at);
                     // `Date` has one-second resolution and was stamped after the
                     // query started: a second less is safe.
                     let azure_now = date - chrono::Duration::seconds(1);
@@ -393,31 +401,7 @@ impl Poller {
                     }
                 }
             }
-            let mut entries: Vec<Entry> = Vec::new();
-            let mut malformed: Vec<(Malformed, Timestamp)> = Vec::new();
-            for item in fetched.page.items {
-                report.fetched += 1;
-                // An entry without a status cannot be judged: keep it rather than lose it.
-                let kept = item.status().is_none_or(|s| sub.keeps(s));
-                if !kept {
-                    report.skipped_status += 1;
-                    continue;
-                }
-                report.kept += 1;
-                match item {
-                    Item::Entry(e) => entries.push(e),
-                    Item::Malformed(m) => {
-                        tracing::warn!(
-                            subscription_id = %sub.id,
-                            subscription_name = sub.name.as_deref(),
-                            reason = %m.reason,
-                            key = %m.key,
-                            "malformed activity log entry quarantined in the dead-letter table"
-                        );
-                        malformed.push((m, end));
-                    }
-                }
-            }
+            let (entries, malformed) = keep(sub, fetched.page.items, end, &mut piece);
             let next = match &fetched.page.next_link {
                 Some(link) => Some(self.client.next_page(link)?),
                 None => None,
@@ -430,9 +414,7 @@ impl Poller {
                 .store
                 .record_page(&id, entries, malformed, advance)
                 .await?;
-            report.new += rec.new;
-            report.duplicate += rec.duplicate;
-            report.quarantined += rec.quarantined;
+            piece.count_recorded(&rec);
             if rec.new > 0 {
                 self.outbox_ready.notify_one();
             }
@@ -441,6 +423,86 @@ impl Poller {
                 None => return Ok((watermark.max(start), piece)),
             }
         }
+    }
+}
+
+/// The items of one page that `sub` keeps (by status): entries to record,
+/// and malformed ones to quarantine, stamped with the query's `end`.
+fn keep(
+    sub: &SubscriptionConfig,
+    items: Vec<Item>,
+    end: Timestamp,
+    report: &mut PollReport,
+) -> (Vec<Entry>, Vec<(Malformed, Timestamp)>) {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut malformed: Vec<(Malformed, Timestamp)> = Vec::new();
+    for item in items {
+        report.fetched += 1;
+        // An entry without a status cannot be judged: keep it rather than lose it.
+        let kept = item.status().is_none_or(|s| sub.keeps(s));
+        if !kept {
+            report.skipped_status += 1;
+            continue;
+        }
+        report.kept += 1;
+        match item {
+            Item::Entry(e) => entries.push(e),
+            Item::Malformed(m) => {
+                tracing::warn!(
+                    subscription_id = %sub.id,
+                    subscription_name = sub.name.as_deref(),
+                    reason = %m.reason,
+                    key = %m.key,
+                    "malformed activity log entry quarantined in the dead-letter table"
+                );
+                malformed.push((m, end));
+            }
+        }
+    }
+    (entries, malformed)
+}
+
+/// `sub`'s look-back window, as a span of time to do sums with.
+fn window_of(sub: &SubscriptionConfig) -> chrono::Duration {
+    chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX)
+}
+
+/// The finished slices of a catch-up, and the end of their contiguous
+/// prefix: how far the watermark may move.
+struct Prefix<'a> {
+    slices: &'a [(Timestamp, Timestamp)],
+    /// Finished slices past the prefix, by index, with how far each is safe.
+    finished: std::collections::BTreeMap<usize, Timestamp>,
+    /// Slices in the prefix.
+    committed: usize,
+    /// A slice in the prefix stopped short (Azure's clock): nothing past it counts.
+    clipped: bool,
+}
+
+impl<'a> Prefix<'a> {
+    fn new(slices: &'a [(Timestamp, Timestamp)]) -> Self {
+        Prefix {
+            slices,
+            finished: Default::default(),
+            committed: 0,
+            clipped: false,
+        }
+    }
+
+    /// Slice `i` finished, safe up to `safe_end`; returns the prefix's new
+    /// end when it moved.
+    fn finish(&mut self, i: usize, safe_end: Timestamp) -> Option<Timestamp> {
+        self.finished.insert(i, safe_end);
+        let mut advanced = None;
+        while !self.clipped
+            && let Some(end) = self.finished.remove(&self.committed)
+        {
+            self.committed += 1;
+            advanced = Some(end);
+            // Azure's clock stopped this slice short: nothing past it counts.
+            self.clipped = end < self.slices[self.committed - 1].1;
+        }
+        advanced
     }
 }
 
@@ -467,6 +529,25 @@ fn slice(start: Timestamp, until: Timestamp, parallel: usize) -> Vec<(Timestamp,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_moves_over_contiguous_finished_slices_and_stops_at_a_clipped_one() {
+        let t = |s: &str| crate::event::parse_timestamp(s).unwrap();
+        let slices = [
+            (t("2026-11-20T00:00:00Z"), t("2026-11-20T01:00:00Z")),
+            (t("2026-11-20T01:00:00Z"), t("2026-11-20T02:00:00Z")),
+            (t("2026-11-20T02:00:00Z"), t("2026-11-20T03:00:00Z")),
+            (t("2026-11-20T03:00:00Z"), t("2026-11-20T04:00:00Z")),
+        ];
+        let mut prefix = Prefix::new(&slices);
+        // The second finishes first: the first is still running.
+        assert_eq!(prefix.finish(1, slices[1].1), None);
+        assert_eq!(prefix.finish(0, slices[0].1), Some(slices[1].1));
+        // Azure's clock stopped the third short: nothing past it counts.
+        let short = t("2026-11-20T02:30:00Z");
+        assert_eq!(prefix.finish(2, short), Some(short));
+        assert_eq!(prefix.finish(3, slices[3].1), None);
+    }
 
     #[test]
     fn slices_cover_the_range_contiguously_within_their_bounds() {

@@ -77,38 +77,7 @@ async fn poll_and_log(
     let now = Utc::now();
     let note = match &outcome {
         Ok(r) => {
-            let delivered = app.forwarder.delivered.take(sub.id.as_str());
-            tracing::info!(
-                subscription_id = %sub.id,
-                subscription_name = sub.name.as_deref(),
-                window_start = r.window_start.map(rfc3339).unwrap_or_default(),
-                window_end = r.window_end.map(rfc3339).unwrap_or_default(),
-                queries = r.queries,
-                pages = r.pages,
-                requests = r.requests,
-                bytes = r.bytes,
-                fetched = r.fetched,
-                kept = r.kept,
-                skipped = r.skipped_status,
-                new = r.new,
-                duplicate = r.duplicate,
-                quarantined = r.quarantined,
-                delivered,
-                lag_s = r.lag(app.poller.now()).map(|d| d.as_secs()).unwrap_or_default(),
-                throttled_s = r.throttled.as_secs_f64(),
-                took_ms = started.elapsed().as_millis() as u64,
-                "poll complete"
-            );
-            if let Some(skew) = r.skew
-                && skew.num_seconds().abs() > 5
-            {
-                tracing::warn!(
-                    subscription_id = %sub.id,
-                    subscription_name = sub.name.as_deref(),
-                    skew_s = skew.num_seconds(),
-                    "this host's clock differs from Azure's; the watermark follows Azure's clock"
-                );
-            }
+            log_complete(app, sub, r, started);
             "ok".to_string()
         }
         Err(e) => {
@@ -133,6 +102,43 @@ async fn poll_and_log(
         tracing::warn!(error = %e, "cannot note the poll result");
     }
     outcome
+}
+
+/// The "poll complete" line (with what was delivered since the last one),
+/// and a warning when this host's clock is off Azure's.
+fn log_complete(app: &App, sub: &SubscriptionConfig, r: &PollReport, started: Instant) {
+    let delivered = app.forwarder.delivered.take(sub.id.as_str());
+    tracing::info!(
+        subscription_id = %sub.id,
+        subscription_name = sub.name.as_deref(),
+        window_start = r.window_start.map(rfc3339).unwrap_or_default(),
+        window_end = r.window_end.map(rfc3339).unwrap_or_default(),
+        queries = r.queries,
+        pages = r.pages,
+        requests = r.requests,
+        bytes = r.bytes,
+        fetched = r.fetched,
+        kept = r.kept,
+        skipped = r.skipped_status,
+        new = r.new,
+        duplicate = r.duplicate,
+        quarantined = r.quarantined,
+        delivered,
+        lag_s = r.lag(app.poller.now()).map(|d| d.as_secs()).unwrap_or_default(),
+        throttled_s = r.throttled.as_secs_f64(),
+        took_ms = started.elapsed().as_millis() as u64,
+        "poll complete"
+    );
+    if let Some(skew) = r.skew
+        && skew.num_seconds().abs() > 5
+    {
+        tracing::warn!(
+            subscription_id = %sub.id,
+            subscription_name = sub.name.as_deref(),
+            skew_s = skew.num_seconds(),
+            "this host's clock differs from Azure's; the watermark follows Azure's clock"
+        );
+    }
 }
 
 /// Takes the lease of every configured subscription for `--once`, waiting up
@@ -165,9 +171,6 @@ pub async fn run_once(
     since: Option<Timestamp>,
     give_up_after: Duration,
 ) -> OnceSummary {
-    let permits = Arc::new(Semaphore::new(app.config.azure.concurrency));
-    let mut tasks = JoinSet::new();
-    let mut polls = Vec::new();
     // On shared state, only the subscriptions no other live instance holds,
     // kept for the whole run.
     let ids: Vec<String> = app
@@ -176,13 +179,12 @@ pub async fn run_once(
         .iter()
         .map(|s| s.id.to_string())
         .collect();
-    let ha = app.config.ha;
     let taken = take_leases(&app, &ids).await;
     let held = taken.clone().unwrap_or_default();
     let keeper = crate::lease::Keeper::spawn(
         app.store.clone(),
         app.health.clone(),
-        ha,
+        app.config.ha,
         Share::All,
         held.iter().cloned().collect(),
     );
@@ -192,18 +194,47 @@ pub async fn run_once(
         let app = app.clone();
         tokio::spawn(async move { app.forwarder.run(app.outbox_ready.clone(), stop_rx).await })
     };
-    for i in 0..app.config.subscriptions.len() {
-        let sub = &app.config.subscriptions[i];
-        if !held.contains(sub.id.as_str()) {
-            let refused = match &taken {
-                Ok(_) => StoreError::HeldElsewhere {
-                    subscription: sub.id.to_string(),
-                },
-                Err(reason) => StoreError::Pool {
-                    context: "taking leases",
-                    reason: reason.clone(),
-                },
-            };
+    let mut polls = poll_held(&app, since, &taken).await;
+    let _ = stop_tx.send(true);
+    let early = match forwarding.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ForwardError::Store(e)),
+        Err(e) => Err(ForwardError::Store(StoreError::Task(e.to_string()))),
+    };
+    let delivery = match early {
+        Ok(()) => app.forwarder.drain(give_up_after).await,
+        Err(e) => Err(e),
+    };
+    keeper.stop().await;
+    if let Err(e) = app.store.leave().await {
+        tracing::warn!(error = %e, "cannot give the leases back; they expire on their own");
+    }
+    polls.sort_by(|a, b| a.subscription.cmp(&b.subscription));
+    OnceSummary { polls, delivery }
+}
+
+/// Polls every subscription of `taken` (the leases `--once` holds), at most
+/// `[azure] concurrency` at a time; the others fail, saying why.
+async fn poll_held(
+    app: &Arc<App>,
+    since: Option<Timestamp>,
+    taken: &Result<std::collections::BTreeSet<String>, String>,
+) -> Vec<OnceResult> {
+    let permits = Arc::new(Semaphore::new(app.config.azure.concurrency));
+    let mut tasks = JoinSet::new();
+    let mut polls = Vec::new();
+    for (i, sub) in app.config.subscriptions.iter().enumerate() {
+        let refused = match taken {
+            Ok(held) if held.contains(sub.id.as_str()) => None,
+            Ok(_) => Some(StoreError::HeldElsewhere {
+                subscription: sub.id.to_string(),
+            }),
+            Err(reason) => Some(StoreError::Pool {
+                context: "taking leases",
+                reason: reason.clone(),
+            }),
+        };
+        if let Some(refused) = refused {
             polls.push(OnceResult {
                 subscription: sub.label(),
                 outcome: Err(PollError::Store(refused)),
@@ -228,22 +259,7 @@ pub async fn run_once(
             Err(e) => tracing::error!(error = %e, "a poll task failed"),
         }
     }
-    let _ = stop_tx.send(true);
-    let early = match forwarding.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(ForwardError::Store(e)),
-        Err(e) => Err(ForwardError::Store(StoreError::Task(e.to_string()))),
-    };
-    let delivery = match early {
-        Ok(()) => app.forwarder.drain(give_up_after).await,
-        Err(e) => Err(e),
-    };
-    keeper.stop().await;
-    if let Err(e) = app.store.leave().await {
-        tracing::warn!(error = %e, "cannot give the leases back; they expire on their own");
-    }
-    polls.sort_by(|a, b| a.subscription.cmp(&b.subscription));
-    OnceSummary { polls, delivery }
+    polls
 }
 
 /// One subscription's loop in the daemon: poll, wait for the next tick, until
@@ -251,11 +267,11 @@ pub async fn run_once(
 /// reload) is awaited first, so that two never poll the same subscription.
 ///
 /// While the subscription is paused (something else feeds it, see
-/// `detect.rs`) no poll starts, and a poll in flight when the pause comes is
-/// abandoned: nothing more of it is queued. Pages already recorded stay; the
-/// watermark has not moved, so the window is queried again on resume, and
-/// the seen ids keep what was queued from being queued twice. When the pause
-/// lifts, it polls at once, from its watermark.
+/// `detect/watch.rs`) no poll starts, and a poll in flight when the pause
+/// comes is abandoned: nothing more of it is queued. Pages already recorded
+/// stay; the watermark has not moved, so the window is queried again on
+/// resume, and the seen ids keep what was queued from being queued twice.
+/// When the pause lifts, it polls at once, from its watermark.
 pub async fn subscription_task(
     app: Arc<App>,
     sub: SubscriptionConfig,
@@ -312,46 +328,69 @@ pub async fn subscription_task(
             break;
         };
         if let Some(due) = due {
-            let late = due.elapsed();
-            crate::metrics::poll_start_delay(&id, late.as_secs_f64());
-            if late > interval {
-                crate::metrics::poll_late(&id);
-                if warned_late.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
-                    warned_late = Some(Instant::now());
+            note_start_delay(&sub, due, interval, &mut warned_late);
+        }
+        beat.set_busy(true);
+        poll_unless_paused(&app, &sub, since, &beat, &mut paused).await;
+    }
+    beat.set_busy(false);
+}
+
+/// How late a poll due at `due` starts; a warning (at most every
+/// [`LATE_WARNING_EVERY`]) when it is later than a whole interval.
+fn note_start_delay(
+    sub: &SubscriptionConfig,
+    due: Instant,
+    interval: Duration,
+    warned_late: &mut Option<Instant>,
+) {
+    let id = sub.id.as_str();
+    let late = due.elapsed();
+    crate::metrics::poll_start_delay(id, late.as_secs_f64());
+    if late > interval {
+        crate::metrics::poll_late(id);
+        if warned_late.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
+            *warned_late = Some(Instant::now());
+            tracing::warn!(
+                subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
+                late_s = late.as_secs_f64(),
+                interval_s = interval.as_secs_f64(),
+                "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
+            );
+        }
+    }
+}
+
+/// One poll, abandoned if the subscription is paused while it runs.
+async fn poll_unless_paused(
+    app: &App,
+    sub: &SubscriptionConfig,
+    since: Option<Timestamp>,
+    beat: &Heartbeat,
+    paused: &mut watch::Receiver<crate::detect::Paused>,
+) {
+    let poll = poll_and_log(app, sub, since, beat);
+    tokio::pin!(poll);
+    loop {
+        tokio::select! {
+            _ = &mut poll => break,
+            changed = paused.changed() => {
+                if changed.is_err() {
+                    let _ = (&mut poll).await;
+                    break;
+                }
+                if paused.borrow().contains_key(sub.id.as_str()) {
                     tracing::warn!(
                         subscription_id = %sub.id,
                         subscription_name = sub.name.as_deref(),
-                        late_s = late.as_secs_f64(),
-                        interval_s = interval.as_secs_f64(),
-                        "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
+                        "paused mid-poll: the poll is abandoned, and its window is queried again on resume"
                     );
-                }
-            }
-        }
-        beat.set_busy(true);
-        let poll = poll_and_log(&app, &sub, since, &beat);
-        tokio::pin!(poll);
-        loop {
-            tokio::select! {
-                _ = &mut poll => break,
-                changed = paused.changed() => {
-                    if changed.is_err() {
-                        let _ = (&mut poll).await;
-                        break;
-                    }
-                    if is_paused(&paused) {
-                        tracing::warn!(
-                            subscription_id = %sub.id,
-                            subscription_name = sub.name.as_deref(),
-                            "paused mid-poll: the poll is abandoned, and its window is queried again on resume"
-                        );
-                        break;
-                    }
+                    break;
                 }
             }
         }
     }
-    beat.set_busy(false);
 }
 
 #[cfg(test)]

@@ -28,6 +28,25 @@ fn over(sub: &str, prefix: &str, n: usize, span: chrono::Duration) -> Vec<FakeEn
         .collect()
 }
 
+/// A harness (window 60 s) catching up in `slices` parallel time slices,
+/// whose ARM holds `n` entries of A over the last `span`, `page_size` to a
+/// page; their ids.
+async fn catching_up(
+    backend: Backend,
+    slices: usize,
+    prefix: &str,
+    n: usize,
+    span: chrono::Duration,
+    page_size: usize,
+) -> (Harness, Vec<String>) {
+    let mut h = Harness::on(backend).await;
+    h.fakes.set_page_size(page_size);
+    h.window = "60s";
+    h.azure_lines = format!("catch_up_slices = {slices}\n");
+    let ids = h.fakes.add(over(SUB_A, prefix, n, span));
+    (h, ids)
+}
+
 /// The distinct query ranges (`ge`, `le`) of first pages, in request order.
 fn ranges(h: &Harness) -> Vec<(String, String)> {
     h.fakes
@@ -44,41 +63,16 @@ fn ranges(h: &Harness) -> Vec<(String, String)> {
 }
 
 async fn slices_finishing_out_of_order_lose_and_repeat_nothing(backend: Backend) {
-    let mut h = Harness::on(backend).await;
-    h.window = "60s";
     let span = chrono::Duration::hours(3);
-    let all = over(SUB_A, "c", 600, span);
-    h.fakes.add(all.clone());
-    {
-        let mut a = h.fakes.azure.lock().unwrap();
-        a.page_size = 20;
-        // The first half of the range answers slowly: later slices finish first.
-        a.slow_before = Some((Utc::now() - span / 2, Duration::from_millis(300)));
-    }
-    let text = h.config_text().replace(
-        "max_retries = 4\n",
-        "max_retries = 4\ncatch_up_slices = 4\n",
-    );
-    std::fs::write(h.path("poller.toml"), text).unwrap();
-    let config = h.path("poller.toml").display().to_string();
-    let run = h
-        .run(&[
-            "--config",
-            &config,
-            "--once",
-            "--since",
-            "3h10m",
-            "--give-up-after",
-            "5s",
-        ])
-        .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("catching up in parallel time slices"),
-        "{}",
-        run.stderr
-    );
-    assert_exactly_once(&h.fakes.received_ids(), &ids(&all));
+    let (mut h, all) = catching_up(backend, 4, "c", 600, span, 20).await;
+    // The first half of the range answers slowly: later slices finish first.
+    h.fakes
+        .hold_back_before(Utc::now() - span / 2, Duration::from_millis(300));
+    h.once(&["--since", "3h10m", "--give-up-after", "5s"])
+        .await
+        .assert_exit(0)
+        .assert_logged("catching up in parallel time slices");
+    h.fakes.assert_delivered_exactly_once(&all);
     // The slices are contiguous and cover the range: each one's start is the
     // previous one's end.
     let r = ranges(&h);
@@ -94,94 +88,47 @@ async fn slices_finishing_out_of_order_lose_and_repeat_nothing(backend: Backend)
     }
     // The watermark is now: a second run queries only the look-back.
     let before = h.fakes.arm_requests().len();
-    let run = h.run(&["--config", &config, "--once"]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        !run.stderr.contains("parallel time slices"),
-        "{}",
-        run.stderr
-    );
+    h.cli(&["--once"])
+        .await
+        .assert_exit(0)
+        .assert_not_logged("parallel time slices");
     assert!(h.fakes.arm_requests().len() - before <= 3);
-    assert_exactly_once(&h.fakes.received_ids(), &ids(&all));
+    h.fakes.assert_delivered_exactly_once(&all);
 }
 
 async fn killed_mid_catch_up_resumes_without_loss_or_duplicate(backend: Backend) {
-    let mut h = Harness::on(backend).await;
-    h.window = "60s";
     let span = chrono::Duration::hours(6);
-    let all = over(SUB_A, "k", 900, span);
-    h.fakes.add(all.clone());
-    {
-        let mut a = h.fakes.azure.lock().unwrap();
-        a.page_size = 10;
-        a.slow_before = Some((Utc::now() - span / 3, Duration::from_millis(200)));
-    }
-    let text = h.config_text().replace(
-        "max_retries = 4\n",
-        "max_retries = 4\ncatch_up_slices = 6\n",
-    );
-    std::fs::write(h.path("poller.toml"), &text).unwrap();
-    let config = h.path("poller.toml").display().to_string();
-    let (mut cmd, _log) = h.command(&["--config", &config, "--since", "6h10m"]);
-    let mut child = cmd.spawn().expect("spawn");
+    let (mut h, all) = catching_up(backend, 6, "k", 900, span, 10).await;
+    h.fakes
+        .hold_back_before(Utc::now() - span / 3, Duration::from_millis(200));
+    let d = h.daemon(&["--since", "6h10m"]);
     // SIGKILL with slices in flight and some events delivered.
     eventually(Duration::from_secs(60), "mid catch-up", || {
         h.fakes.arm_requests().len() >= 40 && !h.fakes.received_ids().is_empty()
     })
     .await;
-    let _ = child.start_kill();
-    let _ = child.wait().await;
+    d.kill().await;
     let delivered_before = h.fakes.received_ids().len();
     assert!(
         delivered_before < all.len(),
         "killed too late to mean anything"
     );
-    let run = h
-        .run(&["--config", &config, "--once", "--give-up-after", "5s"])
-        .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let got = h.fakes.received_ids();
-    let c = counts(&got);
-    let missing: Vec<_> = all.iter().filter(|e| !c.contains_key(&e.id)).collect();
-    assert!(
-        missing.is_empty(),
-        "lost: {} of {}",
-        missing.len(),
-        all.len()
-    );
-    // Only POSTs acknowledged just before the kill may repeat.
-    let twice = c.values().filter(|n| **n > 1).count();
-    assert!(
-        twice <= 8,
-        "{twice} duplicates (at most the POSTs in flight)"
-    );
+    h.once(&["--give-up-after", "5s"]).await.assert_exit(0);
+    // Nothing lost; only POSTs acknowledged just before the kill may repeat
+    // (at most the POSTs in flight).
+    assert_at_least_once(&h.fakes.received_ids(), &all, 8);
 }
 
 async fn the_read_budget_paces_every_request_to_a_subscription(backend: Backend) {
-    let mut h = Harness::on(backend).await;
-    h.window = "60s";
     let span = chrono::Duration::hours(2);
-    let all = over(SUB_A, "b", 400, span);
-    h.fakes.add(all.clone());
-    h.fakes.azure.lock().unwrap().page_size = 10;
+    let (mut h, all) = catching_up(backend, 8, "b", 400, span, 10).await;
     // A budget of 10 reads, refilled at 20 a second, for 8 parallel slices.
-    let config = write_with_azure(
-        &h,
-        "catch_up_slices = 8\nreads_burst = 10\nreads_per_second = 20\n",
-    );
-    let run = h
-        .run(&[
-            "--config",
-            &config,
-            "--once",
-            "--since",
-            "2h5m",
-            "--give-up-after",
-            "5s",
-        ])
-        .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_exactly_once(&h.fakes.received_ids(), &ids(&all));
+    h.azure_lines
+        .push_str("reads_burst = 10\nreads_per_second = 20\n");
+    h.once(&["--since", "2h5m", "--give-up-after", "5s"])
+        .await
+        .assert_exit(0);
+    h.fakes.assert_delivered_exactly_once(&all);
     let times: Vec<std::time::Instant> = h
         .fakes
         .arm_requests()
@@ -202,21 +149,15 @@ async fn the_read_budget_paces_every_request_to_a_subscription(backend: Backend)
 }
 
 async fn a_first_poll_and_a_poll_on_schedule_are_one_query_each(backend: Backend) {
-    let mut h = Harness::on(backend).await;
-    h.window = "60s";
-    let recent = over(SUB_A, "r", 30, chrono::Duration::seconds(50));
-    h.fakes.add(recent.clone());
-    let config = write_with_azure(&h, "catch_up_slices = 8\n");
+    let fifty_seconds = chrono::Duration::seconds(50);
+    let (mut h, recent) = catching_up(backend, 8, "r", 30, fifty_seconds, 200).await;
     // A first run places the watermark one window back: no slices.
-    let run = h.run(&["--config", &config, "--once"]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert!(
-        !run.stderr.contains("parallel time slices"),
-        "{}",
-        run.stderr
-    );
+    h.cli(&["--once"])
+        .await
+        .assert_exit(0)
+        .assert_not_logged("parallel time slices");
     // One query, besides the empty one that asks Azure for its clock.
     let queries: Vec<_> = ranges(&h).into_iter().filter(|(ge, le)| ge != le).collect();
     assert_eq!(queries.len(), 1, "{:?}", ranges(&h));
-    assert_exactly_once(&h.fakes.received_ids(), &ids(&recent));
+    h.fakes.assert_delivered_exactly_once(&recent);
 }

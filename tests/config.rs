@@ -39,8 +39,6 @@ id = "089bd33f-d4ec-47fe-8ba5-0753aa5c5b33"
 
 const SUB: &str = "089bd33f-d4ec-47fe-8ba5-0753aa5c5b33";
 const SECRET_FILE_LINE: &str = r#"client_secret_file = "client-secret""#;
-const INGEST_URL_LINE: &str =
-    r#"ingest_url = "https://example.turbot.com/api/v5/events/raw?token=abc""#;
 const UNSET_VAR: &str = "AZURE_ACTIVITY_POLLER_TEST_UNSET_VARIABLE";
 
 /// `text` with the first line starting with `old` replaced by `new`
@@ -52,6 +50,15 @@ fn edit(text: &str, old: &str, new: &str) -> String {
         .unwrap_or_else(|| panic!("{old:?} is not in the config"));
     let end = text[start..].find('\n').map_or(text.len(), |i| start + i);
     format!("{}{new}{}", &text[..start], &text[end..])
+}
+
+/// The base config with `lines` added after its line starting with `key`.
+fn add_after(key: &str, lines: &str) -> String {
+    let line = BASE
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("{key:?} is not in the config"));
+    edit(BASE, key, &format!("{line}\n{lines}"))
 }
 
 /// The base config with `lines` appended to its (last) `[[subscription]]`.
@@ -295,12 +302,8 @@ fn an_unknown_top_level_key_is_reported() {
 
 #[test]
 fn an_unknown_guardrails_key_is_reported() {
-    let text = edit(
-        BASE,
-        "format =",
-        "format = \"activity-log-alert\"\nfromat = \"event-data\"",
-    );
-    check(&text).assert_only_problem_at("fromat", &["unknown field `fromat`", "ingest_url"]);
+    check(&add_after("format =", "fromat = \"event-data\""))
+        .assert_only_problem_at("fromat", &["unknown field `fromat`", "ingest_url"]);
 }
 
 #[test]
@@ -311,12 +314,8 @@ fn an_unknown_subscription_key_is_reported() {
 
 #[test]
 fn a_wrong_type_is_reported_at_the_value() {
-    let text = edit(
-        BASE,
-        "cloud =",
-        "cloud = \"public\"\nconcurrency = \"eight\"",
-    );
-    check(&text).assert_only_problem_at("\"eight\"", &["invalid type", "eight", "i64"]);
+    check(&add_after("cloud =", "concurrency = \"eight\""))
+        .assert_only_problem_at("\"eight\"", &["invalid type", "eight", "i64"]);
 }
 
 // ----------------------------------------------------- subscriptions ----
@@ -442,29 +441,32 @@ fn a_missing_client_secret_file_is_reported() {
     );
 }
 
-#[test]
-fn an_unset_client_secret_env_is_reported() {
-    let text = edit(
-        BASE,
-        "client_secret_file =",
-        &format!("client_secret_env = \"{UNSET_VAR}\""),
-    );
+/// Runs `check-config` on the base config with its line starting with
+/// `old` replaced by `key = "<UNSET_VAR>"`, that variable unset: the only
+/// problem is at the variable's name, and names `what` and the variable.
+fn assert_unset_env_reported(old: &str, key: &str, what: &str) {
+    let text = edit(BASE, old, &format!("{key} = \"{UNSET_VAR}\""));
     Fixture::new()
         .check_env(&text, &[(UNSET_VAR, None)])
-        .assert_only_problem_at(
-            &format!("\"{UNSET_VAR}\""),
-            &["client_secret_env", UNSET_VAR, "not set"],
-        );
+        .assert_only_problem_at(&format!("\"{UNSET_VAR}\""), &[what, UNSET_VAR, "not set"]);
+}
+
+#[test]
+fn an_unset_client_secret_env_is_reported() {
+    assert_unset_env_reported(
+        "client_secret_file =",
+        "client_secret_env",
+        "client_secret_env",
+    );
 }
 
 #[test]
 fn two_client_secret_sources_are_reported() {
-    let text = edit(
-        BASE,
+    let both = add_after(
         "client_secret_file =",
-        &format!("{SECRET_FILE_LINE}\nclient_secret_env = \"{UNSET_VAR}\""),
+        &format!("client_secret_env = \"{UNSET_VAR}\""),
     );
-    check(&text).assert_only_problem_at(
+    check(&both).assert_only_problem_at(
         "[credentials.main]",
         &["set only one of", "client_secret_file", "client_secret_env"],
     );
@@ -512,27 +514,16 @@ fn a_missing_ingest_url_file_is_reported() {
 
 #[test]
 fn an_unset_ingest_url_env_is_reported() {
-    let text = edit(
-        BASE,
+    assert_unset_env_reported(
         "ingest_url =",
-        &format!("ingest_url_env = \"{UNSET_VAR}\""),
+        "ingest_url_env",
+        "[guardrails] ingest_url_env",
     );
-    Fixture::new()
-        .check_env(&text, &[(UNSET_VAR, None)])
-        .assert_only_problem_at(
-            &format!("\"{UNSET_VAR}\""),
-            &["[guardrails] ingest_url_env", UNSET_VAR, "not set"],
-        );
 }
 
 #[test]
 fn two_ingest_url_sources_are_reported() {
-    let text = edit(
-        BASE,
-        "ingest_url =",
-        &format!("{INGEST_URL_LINE}\ningest_url_file = \"url\""),
-    );
-    check(&text).assert_only_problem_at(
+    check(&add_after("ingest_url =", "ingest_url_file = \"url\"")).assert_only_problem_at(
         "[guardrails]",
         &["set only one of", "ingest_url_file", "ingest_url"],
     );
@@ -662,8 +653,7 @@ fn event_handlers_takes_detect_true_or_false_and_nothing_else() {
 
 #[test]
 fn event_handlers_true_in_defaults_refuses_every_subscription() {
-    let text = edit(BASE, "window =", "window = \"15m\"\nevent_handlers = true");
-    let run = check(&text);
+    let run = check(&add_after("window =", "event_handlers = true"));
     run.assert_only_problem_at("true", &[SUB, "event_handlers = true"]);
 }
 
@@ -681,13 +671,7 @@ fn detection_keys_are_checked() {
 
 #[test]
 fn delivery_concurrency_is_adaptive_or_a_number() {
-    let g = |line: &str| {
-        edit(
-            BASE,
-            "format =",
-            &format!("format = \"activity-log-alert\"\n{line}"),
-        )
-    };
+    let g = |line: &str| add_after("format =", line);
     check(&g("concurrency = \"adaptive\"\nmax_concurrency = 64")).assert_valid();
     check(&g("concurrency = 16")).assert_valid();
     check(&g("concurrency = \"fast\"")).assert_only_problem_at(
@@ -704,7 +688,7 @@ fn delivery_concurrency_is_adaptive_or_a_number() {
 
 #[test]
 fn arm_budget_and_catch_up_slices_are_checked() {
-    let a = |line: &str| edit(BASE, "cloud =", &format!("cloud = \"public\"\n{line}"));
+    let a = |line: &str| add_after("cloud =", line);
     check(&a(
         "reads_burst = 100\nreads_per_second = 10\ncatch_up_slices = 4\nconcurrency = 64",
     ))

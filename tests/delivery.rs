@@ -15,30 +15,15 @@ crate::on_both_backends!(
     a_backlog_does_not_hold_back_another_subscriptions_fresh_events,
 );
 
-/// The harness's `[guardrails]` says `concurrency = 4`; these tests use the
-/// default (adaptive) with a ceiling.
-fn adaptive(h: &mut Harness, max: usize) -> String {
-    h.config_text()
-        .replace("concurrency = 4\n", &format!("max_concurrency = {max}\n"))
-}
-
 async fn an_endpoint_that_pushes_back_gets_everything_exactly_once(backend: Backend) {
     let mut h = Harness::on(backend).await;
-    {
-        let mut i = h.fakes.ingest.lock().unwrap();
-        i.capacity = Some(6);
-        i.delay = Some(Duration::from_millis(20));
-    }
-    let good = spread(SUB_A, "a", 400, 8, "Succeeded");
-    h.fakes.add(good.clone());
-    let text = adaptive(&mut h, 64);
-    std::fs::write(h.path("poller.toml"), text).unwrap();
-    let config = h.path("poller.toml").display().to_string();
-    let run = h
-        .run(&["--config", &config, "--once", "--give-up-after", "30s"])
-        .await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_exactly_once(&h.fakes.received_ids(), &ids(&good));
+    h.fakes.ingest.lock().unwrap().capacity = Some(6);
+    h.fakes.set_ingest_delay(Duration::from_millis(20));
+    let good = h.fakes.add(spread(SUB_A, "a", 400, 8, "Succeeded"));
+    // The default (adaptive) limit, with a ceiling.
+    h.concurrency = "max_concurrency = 64".into();
+    h.once(&["--give-up-after", "30s"]).await.assert_exit(0);
+    h.fakes.assert_delivered_exactly_once(&good);
     let i = h.fakes.ingest.lock().unwrap();
     // It went above one in flight (it adapts), and the 429s it provoked by
     // probing were retried, not lost.
@@ -48,37 +33,22 @@ async fn an_endpoint_that_pushes_back_gets_everything_exactly_once(backend: Back
 
 async fn a_backlog_does_not_hold_back_another_subscriptions_fresh_events(backend: Backend) {
     let mut h = Harness::on(backend).await;
-    h.subscriptions = vec![(SUB_A.into(), false), (SUB_B.into(), false)];
+    h.set_subscriptions(&[SUB_A, SUB_B]);
     h.window = "120s";
     // A slow endpoint, one POST at a time: the order of delivery shows.
-    h.fakes.ingest.lock().unwrap().delay = Some(Duration::from_millis(15));
-    let text = h
-        .config_text()
-        .replace("concurrency = 4\n", "concurrency = 1\n");
-    std::fs::write(h.path("poller.toml"), text).unwrap();
-    let backlog = spread(SUB_A, "old", 300, 100, "Succeeded");
-    h.fakes.add(backlog.clone());
-    let config = h.path("poller.toml").display().to_string();
-    let (mut cmd, _log) = h.command(&["--config", &config]);
-    let mut child = cmd.spawn().expect("spawn");
-    eventually(
-        Duration::from_secs(60),
-        "the backlog is being delivered",
-        || h.fakes.received_ids().len() >= 20,
-    )
-    .await;
+    h.fakes.set_ingest_delay(Duration::from_millis(15));
+    h.concurrency = "concurrency = 1".into();
+    let backlog = h.fakes.add(spread(SUB_A, "old", 300, 100, "Succeeded"));
+    let d = h.daemon(&[]);
+    // The backlog is being delivered.
+    h.fakes
+        .wait_for_deliveries(20, Duration::from_secs(60))
+        .await;
     // Fresh events for B now, while A's backlog is far from done.
-    let fresh = spread(SUB_B, "fresh", 5, 1, "Succeeded");
-    h.fakes.add(fresh.clone());
-    eventually(
-        Duration::from_secs(60),
-        "B's fresh events are delivered",
-        || {
-            let got = h.fakes.received_ids();
-            fresh.iter().all(|e| got.contains(&e.id))
-        },
-    )
-    .await;
+    let fresh = h.fakes.add(spread(SUB_B, "fresh", 5, 1, "Succeeded"));
+    h.fakes
+        .wait_for_delivery(&fresh, Duration::from_secs(60))
+        .await;
     let a_done = h
         .fakes
         .received_ids()
@@ -90,15 +60,12 @@ async fn a_backlog_does_not_hold_back_another_subscriptions_fresh_events(backend
         "B waited behind A's backlog: {a_done} of {} old events went first",
         backlog.len()
     );
-    eventually(Duration::from_secs(120), "everything delivered", || {
-        h.fakes.received_ids().len() >= backlog.len() + fresh.len()
-    })
-    .await;
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    let mut expected = ids(&backlog);
-    expected.extend(ids(&fresh));
-    assert_exactly_once(&h.fakes.received_ids(), &expected);
+    let expected = [backlog, fresh].concat();
+    h.fakes
+        .wait_for_delivery(&expected, Duration::from_secs(120))
+        .await;
+    d.kill().await;
+    h.fakes.assert_delivered_exactly_once(&expected);
 }
 
 /// The protocol to the endpoint does not depend on the state: one backend.
@@ -146,14 +113,13 @@ async fn an_endpoint_offering_http2_over_tls_gets_it() {
         format!("https://{addr}/api/v5/events/raw?token={INGEST_TOKEN}"),
     )
     .unwrap();
-    let good = spread(SUB_A, "h2", 60, 8, "Succeeded");
-    h.fakes.add(good.clone());
+    let good = h.fakes.add(spread(SUB_A, "h2", 60, 8, "Succeeded"));
     let run = h.once(&[]).await;
     server.abort();
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_exit(0);
     let seen = seen.lock().unwrap().clone();
     let delivered: Vec<String> = seen.iter().map(|(_, id)| id.clone()).collect();
-    assert_exactly_once(&delivered, &ids(&good));
+    assert_exactly_once(&delivered, &good);
     let not_h2: Vec<_> = seen
         .iter()
         .filter(|(v, _)| *v != axum::http::Version::HTTP_2)

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
+use support::admin::{admin_addr, get, wait_until_ready};
 use support::*;
 
 fn recent(sub: &str, prefix: &str, n: usize) -> Vec<FakeEntry> {
@@ -19,39 +20,6 @@ fn recent(sub: &str, prefix: &str, n: usize) -> Vec<FakeEntry> {
             entry(sub, &format!("{prefix}-{i}"), ts, "Succeeded")
         })
         .collect()
-}
-
-/// The admin address the daemon logged ("listen=127.0.0.1:PORT").
-async fn admin_addr(d: &Daemon) -> String {
-    let mut addr = String::new();
-    eventually(
-        Duration::from_secs(30),
-        "the admin server to listen",
-        || {
-            let log = d.log();
-            match log
-                .lines()
-                .find(|l| l.contains("serving /metrics"))
-                .and_then(|l| l.split("listen=").nth(1))
-            {
-                Some(rest) => {
-                    addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    true
-                }
-                None => false,
-            }
-        },
-    )
-    .await;
-    addr
-}
-
-async fn get(addr: &str, path: &str) -> (u16, String) {
-    let resp = reqwest::get(format!("http://{addr}{path}"))
-        .await
-        .expect("GET");
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap_or_default())
 }
 
 /// Prometheus text: `name{labels}` -> value.
@@ -89,17 +57,15 @@ crate::on_both_backends!(
 
 async fn metrics_health_and_readiness(backend: Backend) {
     let mut h = Harness::on(backend).await;
-    h.subscriptions = vec![(SUB_A.to_string(), false), (SUB_B.to_string(), false)];
+    h.set_subscriptions(&[SUB_A, SUB_B]);
     h.extra = "\n[telemetry]\nlisten = \"127.0.0.1:0\"\n".into();
-    h.fakes.azure.lock().unwrap().deny.insert(SUB_B.to_string());
-    let entries = recent(SUB_A, "m", 7);
-    h.fakes.add(entries.clone());
+    h.fakes.deny(SUB_B);
+    let entries = h.fakes.add(recent(SUB_A, "m", 7));
     let d = h.daemon(&[]);
     let addr = admin_addr(&d).await;
-    eventually(Duration::from_secs(30), "delivery", || {
-        h.fakes.received_ids().len() >= 7
-    })
-    .await;
+    h.fakes
+        .wait_for_delivery(&entries, Duration::from_secs(30))
+        .await;
 
     assert_eq!(get(&addr, "/healthz").await.0, 200);
     // One subscription cannot be read: not ready, and the body says which.
@@ -115,39 +81,20 @@ async fn metrics_health_and_readiness(backend: Backend) {
     assert_eq!(code, 200);
     let m = parse_metrics(&text);
     let a = [("subscription", SUB_A)];
-    assert!(
-        metric(
-            &m,
-            "polls_total",
-            &[("subscription", SUB_A), ("result", "ok")]
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{text}"
-    );
-    assert!(
-        metric(
-            &m,
-            "polls_total",
-            &[("subscription", SUB_B), ("result", "error")]
-        )
-        .unwrap_or(0.0)
-            >= 1.0,
-        "{text}"
-    );
+    let at_least = |name: &str, labels: &[(&str, &str)], min: f64| {
+        metric(&m, name, labels).unwrap_or(0.0) >= min
+    };
+    let ok_a = [("subscription", SUB_A), ("result", "ok")];
+    assert!(at_least("polls_total", &ok_a, 1.0), "{text}");
+    let error_b = [("subscription", SUB_B), ("result", "error")];
+    assert!(at_least("polls_total", &error_b, 1.0), "{text}");
     assert_eq!(
         metric(&m, "events_delivered_total", &a),
         Some(7.0),
         "{text}"
     );
-    assert!(
-        metric(&m, "entries_fetched_total", &a).unwrap_or(0.0) >= 7.0,
-        "{text}"
-    );
-    assert!(
-        metric(&m, "entries_kept_total", &a).unwrap_or(0.0) >= 7.0,
-        "{text}"
-    );
+    assert!(at_least("entries_fetched_total", &a, 7.0), "{text}");
+    assert!(at_least("entries_kept_total", &a, 7.0), "{text}");
     assert!(
         metric(
             &m,
@@ -160,14 +107,10 @@ async fn metrics_health_and_readiness(backend: Backend) {
     assert_eq!(metric(&m, "outbox_depth", &a), Some(0.0), "{text}");
     assert_eq!(metric(&m, "dead_letters", &a), Some(0.0), "{text}");
     assert!(metric(&m, "watermark_lag_seconds", &a).is_some(), "{text}");
-    assert!(
-        metric(&m, "azure_requests_total", &[("status", "200")]).unwrap_or(0.0) >= 1.0,
-        "{text}"
-    );
-    assert!(
-        metric(&m, "azure_requests_total", &[("status", "403")]).unwrap_or(0.0) >= 1.0,
-        "{text}"
-    );
+    for status in ["200", "403"] {
+        let labels = [("status", status)];
+        assert!(at_least("azure_requests_total", &labels, 1.0), "{text}");
+    }
     assert_eq!(
         metric(&m, "endpoint_requests_total", &[("status", "202")]),
         Some(7.0),
@@ -183,22 +126,15 @@ async fn metrics_health_and_readiness(backend: Backend) {
             .any(|k| k.starts_with("process_resident_memory_bytes")),
         "{text}"
     );
-    assert!(!text.contains(INGEST_TOKEN) && !text.contains(CLIENT_SECRET));
+    h.assert_no_secrets(&text);
 
     // Once the principal gets its role, readiness follows.
     h.fakes.azure.lock().unwrap().deny.clear();
-    let mut ready = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !ready && tokio::time::Instant::now() < deadline {
-        ready = get(&addr, "/readyz").await.0 == 200;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "never became ready");
+    wait_until_ready(&addr, Duration::from_secs(30), "ready once it may read").await;
     if backend == Backend::Postgres {
         readiness_follows_the_share_of_leases(&h, &addr).await;
     }
-    let (code, log) = d.stop().await;
-    assert_eq!(code, Some(0), "{log}");
+    d.stop_cleanly().await;
 }
 
 /// On shared state, `/readyz` is 503 while the instance holds less than its
@@ -212,189 +148,112 @@ async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
     .await;
     h.state_sql("UPDATE lease SET holder = 'other', expires_at = now() + interval '1 hour'")
         .await;
-    let mut body = String::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !body.contains("holds 0 of its share of 1") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still ready without its share: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (code, text) = get(addr, "/readyz").await;
-        body = if code == 503 { text } else { String::new() };
-    }
+    eventually_async(
+        Duration::from_secs(30),
+        "not ready without its share",
+        || async {
+            let (code, body) = get(addr, "/readyz").await;
+            code == 503 && body.contains("holds 0 of its share of 1")
+        },
+    )
+    .await;
     h.state_sql("DELETE FROM lease WHERE holder = 'other'")
         .await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while get(addr, "/readyz").await.0 != 200 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not ready again once its share was free"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_ready(
+        addr,
+        Duration::from_secs(30),
+        "ready again once its share was free",
+    )
+    .await;
     h.state_sql("DELETE FROM instance WHERE id = 'other'").await;
 }
 
 async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(backend: Backend) {
     let mut h = Harness::on(backend).await;
-    let a = recent(SUB_A, "a", 3);
-    let b = recent(SUB_B, "b", 4);
-    h.fakes.add(a.clone());
-    h.fakes.add(b.clone());
+    let a = h.fakes.add(recent(SUB_A, "a", 3));
+    let b = h.fakes.add(recent(SUB_B, "b", 4));
     let d = h.daemon(&[]);
-    eventually(Duration::from_secs(30), "A delivered", || {
-        h.fakes.received_ids().len() >= 3
-    })
-    .await;
-    assert!(
-        !h.fakes
-            .arm_requests()
-            .iter()
-            .any(|r| r.subscription == SUB_B)
-    );
+    h.fakes.wait_for_delivery(&a, Duration::from_secs(30)).await;
+    assert_eq!(h.fakes.arm_requests_for(SUB_B), 0);
 
     // A subscription is added.
     h.subscriptions.push((SUB_B.to_string(), false));
     h.write_config();
     d.signal("HUP");
-    eventually(
-        Duration::from_secs(30),
-        "B delivered after the reload",
-        || h.fakes.received_ids().len() >= 7,
-    )
-    .await;
+    // B delivered after the reload.
+    h.fakes.wait_for_delivery(&b, Duration::from_secs(30)).await;
 
     // A broken file is rejected; the running configuration keeps polling.
     std::fs::write(h.path("poller.toml"), "[state\npath = ").unwrap();
     d.signal("HUP");
-    eventually(Duration::from_secs(30), "the rejection is logged", || {
-        d.log().contains("the new configuration is rejected")
-    })
-    .await;
+    d.wait_for_log("the new configuration is rejected", 1).await;
     // Event handlers turned on: rejected too.
     h.subscriptions[1].1 = true;
     h.write_config();
     d.signal("HUP");
-    eventually(Duration::from_secs(30), "the second rejection", || {
-        d.log().matches("the new configuration is rejected").count() >= 2
-    })
-    .await;
-    let seen = h
-        .fakes
-        .arm_requests()
-        .iter()
-        .filter(|r| r.subscription == SUB_B)
-        .count();
+    d.wait_for_log("the new configuration is rejected", 2).await;
+    let seen = h.fakes.arm_requests_for(SUB_B);
     eventually(Duration::from_secs(30), "B still polled", || {
-        h.fakes
-            .arm_requests()
-            .iter()
-            .filter(|r| r.subscription == SUB_B)
-            .count()
-            > seen + 1
+        h.fakes.arm_requests_for(SUB_B) > seen + 1
     })
     .await;
 
     // A subscription is removed: it is polled no more.
-    h.subscriptions = vec![(SUB_B.to_string(), false)];
+    h.set_subscriptions(&[SUB_B]);
     h.write_config();
     d.signal("HUP");
-    eventually(Duration::from_secs(30), "the third reload", || {
-        d.log().matches("configuration reloaded").count() >= 2
-    })
-    .await;
-    let a_requests = h
-        .fakes
-        .arm_requests()
-        .iter()
-        .filter(|r| r.subscription == SUB_A)
-        .count();
-    let b_requests = h
-        .fakes
-        .arm_requests()
-        .iter()
-        .filter(|r| r.subscription == SUB_B)
-        .count();
+    d.wait_for_log("configuration reloaded", 2).await;
+    let a_requests = h.fakes.arm_requests_for(SUB_A);
+    let b_requests = h.fakes.arm_requests_for(SUB_B);
     eventually(Duration::from_secs(30), "B polled three more times", || {
-        h.fakes
-            .arm_requests()
-            .iter()
-            .filter(|r| r.subscription == SUB_B)
-            .count()
-            >= b_requests + 3
+        h.fakes.arm_requests_for(SUB_B) >= b_requests + 3
     })
     .await;
-    let a_after = h
-        .fakes
-        .arm_requests()
-        .iter()
-        .filter(|r| r.subscription == SUB_A)
-        .count();
+    let a_after = h.fakes.arm_requests_for(SUB_A);
     assert!(
         a_after <= a_requests + 1,
         "A still polled after removal: {a_requests} -> {a_after}"
     );
 
-    let (code, log) = d.stop().await;
-    assert_eq!(code, Some(0), "{log}");
-    let mut expected: Vec<String> = a.iter().map(|e| e.id.clone()).collect();
-    expected.extend(b.iter().map(|e| e.id.clone()));
-    assert_exactly_once(&h.fakes.received_ids(), &expected);
-}
-
-async fn cli(h: &mut Harness, args: &[&str]) -> (Option<i32>, String, String) {
-    let config = h.path("poller.toml").display().to_string();
-    let mut all: Vec<&str> = args.to_vec();
-    all.push("--config");
-    all.push(&config);
-    let r = h.run(&all).await;
-    (r.code, r.stdout, r.stderr)
+    d.stop_cleanly().await;
+    h.fakes.assert_delivered_exactly_once(&[a, b].concat());
 }
 
 async fn status_and_dead_letters_next_to_a_running_daemon(backend: Backend) {
     let mut h = Harness::on(backend).await;
-    let good = recent(SUB_A, "s", 4);
-    let rejected = entry(
-        SUB_A,
-        "rejected-1",
-        Utc::now() - chrono::Duration::seconds(1),
-        "Succeeded",
-    );
     h.fakes.reject("rejected-1");
-    h.fakes.add(good.clone());
-    h.fakes.add([rejected]);
-    h.write_config();
-    let (code, _, err) = cli(&mut h, &["status"]).await;
-    assert_eq!(code, Some(78), "status before any run: {err}");
-    assert!(err.contains("has not run"), "{err}");
+    let good = h.fakes.add(recent(SUB_A, "s", 4));
+    h.fakes.add([entry_ago(SUB_A, "rejected-1", 1)]);
+    // Before any run.
+    h.cli(&["status"])
+        .await
+        .assert_exit(78)
+        .assert_logged("has not run");
 
     let d = h.daemon(&[]);
-    eventually(Duration::from_secs(30), "delivery", || {
-        h.fakes.received_ids().len() >= 4
-    })
-    .await;
-    eventually(Duration::from_secs(30), "the rejection", || {
-        d.log().contains("rejected an event")
-    })
-    .await;
+    h.fakes
+        .wait_for_delivery(&good, Duration::from_secs(30))
+        .await;
+    d.wait_for_log("rejected an event", 1).await;
 
-    let (code, out, err) = cli(&mut h, &["status"]).await;
-    assert_eq!(code, Some(0), "{err}");
+    let table = h.cli(&["status"]).await;
+    table.assert_exit(0);
+    let out = &table.stdout;
     assert!(
         out.contains(SUB_A) && out.contains("sub-089bd33f") && out.contains("ok"),
         "{out}"
     );
-    let (code, out, err) = cli(&mut h, &["status", "--json"]).await;
-    assert_eq!(code, Some(0), "{err}");
-    let rows: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let json = h.cli(&["status", "--json"]).await;
+    json.assert_exit(0);
+    let out = &json.stdout;
+    let rows: serde_json::Value = serde_json::from_str(out).expect("JSON");
     let row = &rows[0];
     assert_eq!(row["subscription"], SUB_A);
     assert_eq!(row["last_result"], "ok");
     assert_eq!(row["outbox"], 0);
     assert_eq!(row["dead_letters"], 1);
     assert!(row["lag_seconds"].as_i64().unwrap_or(999) < 60, "{row}");
-    assert!(!out.contains(INGEST_TOKEN) && !out.contains(CLIENT_SECRET));
+    h.assert_no_secrets(out);
     match backend {
         // Shared state: which instance holds the subscription, and until when.
         Backend::Postgres => {
@@ -415,9 +274,10 @@ async fn status_and_dead_letters_next_to_a_running_daemon(backend: Backend) {
                 "{row}"
             );
             // The table: the lease holder, and the instance with its pid.
-            let (code, out, err) = cli(&mut h, &["status"]).await;
-            assert_eq!(code, Some(0), "{err}");
+            let table = h.cli(&["status"]).await;
+            table.assert_exit(0);
             let pid = d.child.id().expect("the daemon runs").to_string();
+            let out = &table.stdout;
             assert!(
                 out.contains("LEASE HOLDER") && out.contains(holder) && out.contains(&pid),
                 "{out}"
@@ -428,46 +288,41 @@ async fn status_and_dead_letters_next_to_a_running_daemon(backend: Backend) {
         }
     }
 
-    let (code, out, _) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
-    assert_eq!(code, Some(0));
-    let dead: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let list = h.cli(&["dead-letters", "list", "--json"]).await;
+    list.assert_exit(0);
+    let dead: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON");
     assert_eq!(dead[0]["event_data_id"], "rejected-1");
     assert_eq!(dead[0]["reason"], "HTTP 400 Bad Request");
     let number = dead[0]["number"].as_i64().unwrap().to_string();
 
     // The endpoint accepts it now: a retry delivers it through the running daemon.
     h.fakes.ingest.lock().unwrap().reject.clear();
-    let (code, out, _) = cli(&mut h, &["dead-letters", "retry", &number]).await;
-    assert_eq!(code, Some(0));
-    assert!(out.contains("1 dead letter(s) queued"), "{out}");
-    eventually(
-        Duration::from_secs(30),
-        "the retried event delivered",
-        || h.fakes.received_ids().iter().any(|i| i == "rejected-1"),
-    )
-    .await;
-    let (_, out, _) = cli(&mut h, &["dead-letters", "list"]).await;
-    assert!(out.contains("no dead letters"), "{out}");
-    let (code, log) = d.stop().await;
-    assert_eq!(code, Some(0), "{log}");
+    h.cli(&["dead-letters", "retry", &number])
+        .await
+        .assert_exit(0)
+        .assert_printed("1 dead letter(s) queued");
+    h.fakes
+        .wait_for_delivery(&["rejected-1".to_string()], Duration::from_secs(30))
+        .await;
+    h.cli(&["dead-letters", "list"])
+        .await
+        .assert_printed("no dead letters");
+    d.stop_cleanly().await;
 
     // Drop: a second rejected event, dropped for good.
     h.fakes.reject("rejected-2");
-    h.fakes.add([entry(
-        SUB_A,
-        "rejected-2",
-        Utc::now() - chrono::Duration::seconds(1),
-        "Succeeded",
-    )]);
-    let run = h.once(&[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let (_, out, _) = cli(&mut h, &["dead-letters", "list"]).await;
-    assert!(out.contains("rejected-2"), "{out}");
-    let (code, out, _) = cli(&mut h, &["dead-letters", "drop", "--all"]).await;
-    assert_eq!(code, Some(0));
-    assert!(out.contains("1 dead letter(s) dropped"), "{out}");
-    let (_, out, _) = cli(&mut h, &["dead-letters", "list"]).await;
-    assert!(out.contains("no dead letters"), "{out}");
+    h.fakes.add([entry_ago(SUB_A, "rejected-2", 1)]);
+    h.once(&[]).await.assert_exit(0);
+    h.cli(&["dead-letters", "list"])
+        .await
+        .assert_printed("rejected-2");
+    h.cli(&["dead-letters", "drop", "--all"])
+        .await
+        .assert_exit(0)
+        .assert_printed("1 dead letter(s) dropped");
+    h.cli(&["dead-letters", "list"])
+        .await
+        .assert_printed("no dead letters");
 }
 
 async fn systemd_notifications_ready_status_watchdog_reloading_stopping(backend: Backend) {
@@ -524,8 +379,7 @@ async fn systemd_notifications_ready_status_watchdog_reloading_stopping(backend:
     receive_until("READY=1", &mut got).await;
     d.signal("TERM");
     receive_until("STOPPING=1", &mut got).await;
-    let (code, log) = d.stop().await;
-    assert_eq!(code, Some(0), "{log}");
+    d.stop_cleanly().await;
 }
 
 async fn a_credential_that_fails_at_start_means_no_ready(backend: Backend) {
@@ -535,11 +389,8 @@ async fn a_credential_that_fails_at_start_means_no_ready(backend: Backend) {
     let socket = tokio::net::UnixDatagram::bind(&socket_path).expect("bind the notify socket");
     h.env = vec![("NOTIFY_SOCKET".into(), socket_path.display().to_string())];
     let mut d = h.daemon(&[]);
-    let status = tokio::time::timeout(Duration::from_secs(60), d.child.wait())
-        .await
-        .expect("the daemon should exit")
-        .expect("wait");
-    assert_eq!(status.code(), Some(69), "{}", d.log());
+    let code = d.exit_code(Duration::from_secs(60)).await;
+    assert_eq!(code, Some(69), "{}", d.log());
     let mut buf = vec![0u8; 4096];
     while let Ok(n) = socket.try_recv(&mut buf) {
         let m = String::from_utf8_lossy(&buf[..n]);
@@ -585,7 +436,7 @@ async fn json_logs_carry_the_poll_line_fields(backend: Backend) {
     let mut h = Harness::on(backend).await;
     h.fakes.add(recent(SUB_A, "j", 3));
     let run = h.once(&["--log-format", "json"]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    run.assert_exit(0);
     let polls: Vec<serde_json::Value> = run
         .stderr
         .lines()
@@ -727,30 +578,19 @@ async fn state_copy_from_sqlite_to_postgres_continues_without_gap_or_repeat() {
     let mut h = Harness::new().await;
     h.window = "60s";
     // On SQLite: some delivered, one rejected into the dead letters...
-    let delivered = recent(SUB_A, "first", 5);
     h.fakes.reject("rejected-1");
-    h.fakes.add(delivered.clone());
-    h.fakes.add([entry(
-        SUB_A,
-        "rejected-1",
-        Utc::now() - chrono::Duration::seconds(1),
-        "Succeeded",
-    )]);
-    let run = h.once(&[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let delivered = h.fakes.add(recent(SUB_A, "first", 5));
+    h.fakes.add([entry_ago(SUB_A, "rejected-1", 1)]);
+    h.once(&[]).await.assert_exit(0);
     // ...and some left in the outbox with the endpoint down.
     h.fakes.set_ingest(IngestMode::Down(500));
-    let queued = recent(SUB_A, "queued", 6);
-    h.fakes.add(queued.clone());
-    let run = h.once(&[]).await;
-    assert_eq!(run.code, Some(75), "{}", run.stderr);
-    assert!(
-        run.stderr.contains("6 event(s) stay in the outbox"),
-        "{}",
-        run.stderr
-    );
-    let (_, out, _) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
-    let dead: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let queued = h.fakes.add(recent(SUB_A, "queued", 6));
+    h.once(&[])
+        .await
+        .assert_exit(75)
+        .assert_logged("6 event(s) stay in the outbox");
+    let list = h.cli(&["dead-letters", "list", "--json"]).await;
+    let dead: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON");
     let number = dead[0]["number"].clone();
 
     // The copy, the target URL (with its password) from a file.
@@ -761,7 +601,7 @@ async fn state_copy_from_sqlite_to_postgres_continues_without_gap_or_repeat() {
     let copy = h
         .run(&["state", "copy", "--from", &from, "--to-file", &to_file])
         .await;
-    assert_eq!(copy.code, Some(0), "{}{}", copy.stdout, copy.stderr);
+    copy.assert_exit(0);
     for line in ["cursors  1", "outbox events  6", "dead letters  1"] {
         let line = line.replace("  ", " ");
         assert!(
@@ -780,29 +620,24 @@ async fn state_copy_from_sqlite_to_postgres_continues_without_gap_or_repeat() {
     h.use_postgres(server, url.clone());
     assert_eq!(h.state_sql(outbox_order).await, in_sqlite);
     h.fakes.set_ingest(IngestMode::Up);
-    let later = recent(SUB_A, "later", 4);
-    h.fakes.add(later.clone());
-    let run = h.once(&[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    let received = h.fakes.received_ids();
-    let mut expected = ids(&delivered);
-    expected.extend(ids(&queued));
-    expected.extend(ids(&later));
-    assert_exactly_once(&received, &expected);
-    let (code, out, err) = cli(&mut h, &["dead-letters", "list", "--json"]).await;
-    assert_eq!(code, Some(0), "{err}");
-    let dead: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let later = h.fakes.add(recent(SUB_A, "later", 4));
+    h.once(&[]).await.assert_exit(0);
+    h.fakes
+        .assert_delivered_exactly_once(&[delivered, queued, later].concat());
+    let list = h.cli(&["dead-letters", "list", "--json"]).await;
+    list.assert_exit(0);
+    let out = &list.stdout;
+    let dead: serde_json::Value = serde_json::from_str(out).expect("JSON");
     assert_eq!(dead[0]["event_data_id"], "rejected-1", "{out}");
     assert_eq!(dead[0]["number"], number, "{out}");
 
     // A second copy into the now non-empty target is refused, and says why
     // without the password (`Harness::run` checks that on every output).
-    let copy = h
-        .run(&["state", "copy", "--from", &from, "--to", &url])
-        .await;
-    assert_eq!(copy.code, Some(78), "{}{}", copy.stdout, copy.stderr);
-    assert!(copy.stderr.contains("not empty"), "{}", copy.stderr);
-    assert!(copy.stderr.contains("postgres://"), "{}", copy.stderr);
+    h.run(&["state", "copy", "--from", &from, "--to", &url])
+        .await
+        .assert_exit(78)
+        .assert_logged("not empty")
+        .assert_logged("postgres://");
     let outbox = h.state_sql("SELECT COUNT(*) FROM outbox").await;
     assert_eq!(outbox, [Some("0".to_string())]);
 }
@@ -811,8 +646,7 @@ async fn state_copy_from_sqlite_to_postgres_continues_without_gap_or_repeat() {
 async fn a_state_copy_that_fails_midway_leaves_the_target_empty() {
     let mut h = Harness::new().await;
     h.fakes.add(recent(SUB_A, "c", 3));
-    let run = h.once(&[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    h.once(&[]).await.assert_exit(0);
     // A dead letter (read after cursors, seen ids and outbox) that cannot be
     // read: the copy fails after the first tables went in.
     h.state_sql(
@@ -823,15 +657,10 @@ async fn a_state_copy_that_fails_midway_leaves_the_target_empty() {
     let (server, url) = support::postgres::PgServer::with_database("poller").await;
     h.env = vec![("TARGET_URL".into(), url.clone())];
     let from = format!("sqlite:{}", h.path("state.db").display());
-    let copy = h
-        .run(&["state", "copy", "--from", &from, "--to-env", "TARGET_URL"])
-        .await;
-    assert_eq!(copy.code, Some(74), "{}{}", copy.stdout, copy.stderr);
-    assert!(
-        copy.stderr.contains("reading the source"),
-        "{}",
-        copy.stderr
-    );
+    h.run(&["state", "copy", "--from", &from, "--to-env", "TARGET_URL"])
+        .await
+        .assert_exit(74)
+        .assert_logged("reading the source");
     h.use_postgres(server, url);
     for table in ["cursor", "seen", "outbox", "dead_letter"] {
         let n = h.state_sql(&format!("SELECT COUNT(*) FROM {table}")).await;
@@ -850,33 +679,31 @@ async fn postgres_over_tls_verifies_the_server_against_sslrootcert() {
     let other_ca = azure_activity_poller::emulator::tls::generate().expect("another CA");
     std::fs::write(h.path("other-ca.pem"), &other_ca.ca_pem).unwrap();
     let with = |query: &str| format!("{url}?{query}");
-    let entries = recent(SUB_A, "tls", 5);
-    h.fakes.add(entries.clone());
+    let entries = h.fakes.add(recent(SUB_A, "tls", 5));
 
     // The server takes TCP over TLS only: without it, refused.
     h.use_postgres(server, with("sslmode=disable"));
     let run = h.once(&[]).await;
     assert_ne!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("no encryption"), "{}", run.stderr);
+    run.assert_logged("no encryption");
     // A certificate the given CA did not sign: refused, said plainly.
     let other = h.path("other-ca.pem").display().to_string();
     h.db_url = Some(with(&format!("sslmode=verify-full&sslrootcert={other}")));
     let run = h.once(&[]).await;
     assert_ne!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("certificate"), "{}", run.stderr);
+    run.assert_logged("certificate");
     assert!(h.fakes.received_ids().is_empty());
     // The right CA: connected over TLS, everything delivered.
     let ca = h.path("db-ca.pem").display().to_string();
     h.db_url = Some(with(&format!("sslmode=verify-full&sslrootcert={ca}")));
-    let run = h.once(&[]).await;
-    assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_exactly_once(&h.fakes.received_ids(), &ids(&entries));
+    h.once(&[]).await.assert_exit(0);
+    h.fakes.assert_delivered_exactly_once(&entries);
     // The system store does not hold the test CA: verify-full without
     // sslrootcert refuses the server too.
     h.db_url = Some(with("sslmode=verify-full"));
     let run = h.once(&[]).await;
     assert_ne!(run.code, Some(0), "{}", run.stderr);
-    assert!(run.stderr.contains("certificate"), "{}", run.stderr);
+    run.assert_logged("certificate");
     for out in [&run.stderr, &run.stdout] {
         assert!(!out.contains(support::postgres::DB_PASSWORD), "{out}");
     }

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use azure_activity_poller::emulator::{Emulator, PollerSettings, Report, Scenario};
 use chrono::Utc;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::time::Instant;
 
-use support::Backend;
 use support::postgres::PgServer;
+use support::{Backend, Daemon};
 
 const SCENARIO: &str = r#"
 seed = 20261121
@@ -103,9 +103,11 @@ fn settings() -> PollerSettings {
     }
 }
 
-fn spawn(dir: &Path, config: &Path, run: usize) -> Child {
-    let log = std::fs::File::create(dir.join(format!("poller-{run}.log"))).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_azure-activity-poller"))
+/// Starts the poller, its log in `dir`, named for the `run`.
+fn spawn(dir: &Path, config: &Path, run: usize) -> Daemon {
+    let log = dir.join(format!("poller-{run}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(env!("CARGO_BIN_EXE_azure-activity-poller"))
         .arg("--config")
         .arg(config)
         .args(["--since", SINCE])
@@ -114,23 +116,11 @@ fn spawn(dir: &Path, config: &Path, run: usize) -> Child {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(log)
+        .stderr(file)
         .kill_on_drop(true)
         .spawn()
-        .expect("spawn the poller")
-}
-
-async fn sigterm(mut child: Child) -> Option<i32> {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
-    }
-    tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("the poller did not stop within 60s of SIGTERM")
-        .expect("wait")
-        .code()
+        .expect("spawn the poller");
+    Daemon { child, log }
 }
 
 fn describe(r: &Report) -> String {
@@ -192,7 +182,7 @@ async fn soak(kill_every: Option<Duration>, backend: Backend) -> (Report, usize,
     let mut rng = fastrand::Rng::with_seed(7);
     let mut runs = 0;
     let mut kills = 0;
-    let mut child = spawn(dir.path(), &config, runs);
+    let mut poller = spawn(dir.path(), &config, runs);
     if let Some(every) = kill_every {
         while started.elapsed() < GENERATE_FOR {
             let jitter = Duration::from_millis(rng.u64(0..every.as_millis() as u64));
@@ -203,11 +193,10 @@ async fn soak(kill_every: Option<Duration>, backend: Backend) -> (Report, usize,
             if started.elapsed() >= GENERATE_FOR {
                 break;
             }
-            child.start_kill().expect("SIGKILL");
-            let _ = child.wait().await;
+            poller.kill().await;
             kills += 1;
             runs += 1;
-            child = spawn(dir.path(), &config, runs);
+            poller = spawn(dir.path(), &config, runs);
         }
     } else {
         tokio::time::sleep(GENERATE_FOR).await;
@@ -221,9 +210,8 @@ async fn soak(kill_every: Option<Duration>, backend: Backend) -> (Report, usize,
         if all_visible && emulator.report(&["Succeeded"]).missing() == 0 {
             break;
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            let log = std::fs::read_to_string(dir.path().join(format!("poller-{runs}.log")))
-                .unwrap_or_default();
+        if let Ok(Some(status)) = poller.child.try_wait() {
+            let log = poller.log();
             let tail: Vec<&str> = log.lines().rev().take(30).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
             panic!(
@@ -238,7 +226,7 @@ async fn soak(kill_every: Option<Duration>, backend: Backend) -> (Report, usize,
     }
     // A few more polls re-query the settled window: late duplicates would show.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let code = sigterm(child).await;
+    let (code, _) = poller.stop().await;
     assert_eq!(code, Some(0), "the poller did not exit 0 on SIGTERM");
     let mut logs = String::new();
     for run in 0..=runs {

@@ -677,18 +677,32 @@ impl PgStore {
         if limit == 0 || held.is_empty() {
             return Ok(Vec::new());
         }
-        let subs: Vec<String> = self
+        // A read only: retried whole when the connection drops under it (a
+        // restart, a failover), like every other statement.
+        self.retrying(|| self.read_batch(&held, limit, in_flight, after))
+            .await
+    }
+
+    /// One attempt at [`Self::next_batch`] for the subscriptions in `held`.
+    async fn read_batch(
+        &self,
+        held: &[String],
+        limit: usize,
+        in_flight: &[i64],
+        after: Option<&str>,
+    ) -> Result<Vec<OutboxEvent>, StoreError> {
+        let c = &self.client("reading the outbox").await?;
+        let subs: Vec<String> = c
             .query(
-                "listing subscriptions with events waiting",
                 "SELECT s FROM unnest($1::text[]) AS s
                  WHERE EXISTS (SELECT 1 FROM outbox WHERE subscription_id = s) ORDER BY s",
                 &[&held],
             )
-            .await?
+            .await
+            .ctx("listing subscriptions with events waiting")?
             .iter()
             .map(|r| r.get(0))
             .collect();
-        let c = &self.client("reading the outbox").await?;
         let read = |sub: String, want: usize| async move {
             let n = i64::try_from(want).unwrap_or(i64::MAX);
             let rows = c

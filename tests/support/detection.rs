@@ -10,7 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{AzureState, Shared, arm_error, lock};
+use super::arm::{arm_error, bearer};
+use super::{AzureState, Shared, lock};
 
 pub const GR_ACCESS_KEY: &str = "gr-access-key-0123";
 pub const GR_SECRET_KEY: &str = "gr-secret-key-DO-NOT-LOG-4567";
@@ -31,14 +32,6 @@ pub enum FakeHandlers {
     Forbidden,
 }
 
-fn bearer_ok(s: &AzureState, headers: &HeaderMap) -> bool {
-    headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|b| s.issued.iter().any(|i| i == b))
-}
-
 /// ARM's answer to a bad token or api-version, if either is wrong.
 fn refuse(
     s: &AzureState,
@@ -46,7 +39,7 @@ fn refuse(
     q: &HashMap<String, String>,
     api_version: &str,
 ) -> Option<Response> {
-    if !bearer_ok(s, headers) {
+    if !bearer(headers).is_some_and(|b| s.issued.iter().any(|i| i == b)) {
         return Some(arm_error(
             StatusCode::UNAUTHORIZED,
             "InvalidAuthenticationToken",
@@ -78,15 +71,30 @@ fn group_id(sub: &str) -> String {
     )
 }
 
+/// A detection read of `what` in `sub`, recorded: ARM's state to answer it
+/// from, and the answer to a bad token or api-version, if either is wrong.
+fn detection_read<'a>(
+    st: &'a Shared<AzureState>,
+    what: &str,
+    sub: &str,
+    headers: &HeaderMap,
+    q: &HashMap<String, String>,
+    api_version: &str,
+) -> (std::sync::MutexGuard<'a, AzureState>, Option<Response>) {
+    let mut s = lock(st);
+    s.detection_requests.push(format!("{what} {sub}"));
+    let refused = refuse(&s, headers, q, api_version);
+    (s, refused)
+}
+
 pub async fn action_groups(
     State(st): State<Shared<AzureState>>,
     UrlPath(sub): UrlPath<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = lock(&st);
-    s.detection_requests.push(format!("actionGroups {sub}"));
-    if let Some(refused) = refuse(&s, &headers, &q, "2023-01-01") {
+    let (s, refused) = detection_read(&st, "actionGroups", &sub, &headers, &q, "2023-01-01");
+    if let Some(refused) = refused {
         return refused;
     }
     match s.handlers.get(&sub) {
@@ -125,10 +133,8 @@ pub async fn alerts(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let mut s = lock(&st);
-    s.detection_requests
-        .push(format!("activityLogAlerts {sub}"));
-    if let Some(refused) = refuse(&s, &headers, &q, "2020-10-01") {
+    let (s, refused) = detection_read(&st, "activityLogAlerts", &sub, &headers, &q, "2020-10-01");
+    if let Some(refused) = refused {
         return refused;
     }
     let mut value = vec![json!({

@@ -163,15 +163,7 @@ impl PgServer {
     pub fn start() -> PgServer {
         let bin = find_bin();
         let dir = copy_template(&bin);
-        give_to_server_user(dir.path());
-        let mut server = PgServer {
-            dir,
-            port: 0,
-            bin,
-            tls: false,
-        };
-        server.start_on_a_free_port();
-        server
+        PgServer::launch(dir, bin, false)
     }
 
     /// A server that takes TCP connections over TLS only, with a certificate
@@ -207,19 +199,18 @@ impl PgServer {
             "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
         )
         .expect("write pg_hba.conf");
+        (PgServer::launch(dir, bin, true), ca.pem())
+    }
+
+    /// Starts the cluster in `dir`, as the server's user, on a free port.
+    fn launch(dir: tempfile::TempDir, bin: PathBuf, tls: bool) -> PgServer {
         give_to_server_user(dir.path());
         let mut server = PgServer {
             dir,
             port: 0,
             bin,
-            tls: true,
+            tls,
         };
-        server.start_on_a_free_port();
-        (server, ca.pem())
-    }
-
-    fn start_on_a_free_port(&mut self) {
-        let server = self;
         for attempt in 0.. {
             server.port = free_port();
             if server.pg_ctl("start").status.success() {
@@ -231,6 +222,7 @@ impl PgServer {
                 std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
             );
         }
+        server
     }
 
     fn pg_ctl(&self, action: &str) -> std::process::Output {
