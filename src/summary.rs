@@ -54,6 +54,8 @@ pub struct PollFacts<'a> {
     pub ok: bool,
     pub fetched: usize,
     pub new: usize,
+    /// Entries put in the dead-letter table because they could not be identified.
+    pub quarantined: usize,
     pub delivered: u64,
     pub throttled: Duration,
     pub lag: Option<Duration>,
@@ -62,7 +64,11 @@ pub struct PollFacts<'a> {
 impl PollFacts<'_> {
     /// Nothing an operator needs to read this poll's own line for.
     pub fn quiet(&self) -> bool {
-        self.ok && self.new == 0 && self.delivered == 0 && self.throttled.is_zero()
+        self.ok
+            && self.new == 0
+            && self.quarantined == 0
+            && self.delivered == 0
+            && self.throttled.is_zero()
     }
 }
 
