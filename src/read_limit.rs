@@ -12,10 +12,13 @@
 //!   subscription is due at once, or a latency that just rose), the limit
 //!   doubles at each adjustment, like TCP's slow start, so a WAN's hundreds of
 //!   reads in flight are reached in a second or two instead of a minute;
-//! - a poll throttled by ARM (HTTP 429) cuts the limit by a quarter and holds
-//!   it there for [`THROTTLE_HOLD`]: more reads in flight would only be
-//!   refused (each subscription's read budget still paces its own reads,
-//!   `azure/budget.rs`);
+//! - when ARM throttles (HTTP 429) a good part of the polls
+//!   ([`THROTTLED_SHARE`] of the recent ones), the limit is cut by a quarter
+//!   and held there for [`THROTTLE_HOLD`]: more reads in flight would only be
+//!   refused. One subscription whose own budget runs dry (another tool
+//!   reading it with the same identity) is not a reason to slow the others:
+//!   its read budget paces its reads (`azure/budget.rs`), and its 429s alone
+//!   stay under that share;
 //! - everything stays between [`MIN_LIMIT`] and the cap, `[azure]
 //!   concurrency` (`"auto"`: [`DEFAULT_CAP`], enough for 10,000 subscriptions
 //!   at one-second round trips with room for a start's backlog), or the
@@ -47,10 +50,19 @@ pub const ADJUST_EVERY: Duration = Duration::from_millis(250);
 /// average: arrivals are bursty (polls of many subscriptions share a second
 /// of the interval) and round trips vary.
 pub const HEADROOM: f64 = 2.0;
-/// After a throttled poll, the limit does not grow for this long.
+/// After a cut for throttling, the limit does not grow for this long.
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(30);
-/// A throttled poll cuts the limit to this fraction of itself.
+/// A cut for throttling leaves this fraction of the limit.
 const THROTTLE_DECREASE: f64 = 0.75;
+/// The share of recent polls that must have been throttled for a cut: a
+/// moving average over finished polls, each weighing [`SHARE_ALPHA`], so a
+/// handful of throttled polls in a row from nothing is enough, and one
+/// subscription throttled once an interval among many is not.
+pub const THROTTLED_SHARE: f64 = 0.1;
+const SHARE_ALPHA: f64 = 1.0 / 32.0;
+/// At most one cut this often: the polls in flight when ARM started
+/// refusing all report it, for one cause.
+const CUT_EVERY: Duration = Duration::from_secs(1);
 /// Weight of the newest measurement in the moving averages.
 const RATE_ALPHA: f64 = 0.3;
 const HOLD_ALPHA: f64 = 0.1;
@@ -124,8 +136,25 @@ struct State {
     arrivals: u64,
     rate: Option<f64>,
     hold: Option<f64>,
+    /// Throttled polls reported and not yet counted in `throttled_share`
+    /// (a poll reports before its permit comes back).
+    throttled_reports: u64,
+    /// Of the recent polls, the share that was throttled (moving average).
+    throttled_share: f64,
+    /// A throttled poll was reported since the last cut (and its burst):
+    /// without one, a share still decaying after the throttling ended cuts
+    /// no more.
+    throttled_since_cut: bool,
+    /// The last cut for throttling.
     throttled_at: Option<Instant>,
     bound: Bound,
+}
+
+impl State {
+    fn cut_lately(&self, now: Instant) -> bool {
+        self.throttled_at
+            .is_some_and(|t| now.duration_since(t) < CUT_EVERY)
+    }
 }
 
 #[derive(Debug)]
@@ -168,6 +197,9 @@ impl ReadLimit {
                     arrivals: 0,
                     rate: None,
                     hold: None,
+                    throttled_reports: 0,
+                    throttled_share: 0.0,
+                    throttled_since_cut: false,
                     throttled_at: None,
                     bound: Bound::Demand,
                 }),
@@ -217,21 +249,16 @@ impl ReadLimit {
         })
     }
 
-    /// ARM throttled a poll (HTTP 429): fewer reads in flight for a while.
+    /// ARM throttled a poll (HTTP 429), reported while the poll holds its
+    /// permit: counted when the permit comes back, where the limit is cut if
+    /// throttling is broad.
     pub fn throttled(&self) {
         let mut s = self.inner.lock();
-        let now = Instant::now();
-        // One cut per hold: the polls in flight when ARM started refusing
-        // all report it, and one cause should not be counted many times.
-        if s.throttled_at
-            .is_some_and(|t| now.duration_since(t) < ADJUST_EVERY * 4)
-        {
-            return;
+        s.throttled_reports += 1;
+        // Reports within a second of a cut are of the burst it answered.
+        if !s.cut_lately(Instant::now()) {
+            s.throttled_since_cut = true;
         }
-        s.throttled_at = Some(now);
-        let target = ((s.limit as f64 * THROTTLE_DECREASE) as usize).max(MIN_LIMIT);
-        self.inner.set(&mut s, target);
-        s.bound = Bound::Throttled;
     }
 
     /// The limit now and what it rests on.
@@ -309,6 +336,25 @@ impl Inner {
         };
     }
 
+    /// One poll finished: the throttled share follows it, and a broad
+    /// throttling cuts the limit (at most once per [`CUT_EVERY`]).
+    fn finished(&self, s: &mut State, now: Instant) {
+        let throttled = if s.throttled_reports > 0 {
+            s.throttled_reports -= 1;
+            1.0
+        } else {
+            0.0
+        };
+        s.throttled_share += SHARE_ALPHA * (throttled - s.throttled_share);
+        if s.throttled_since_cut && s.throttled_share >= THROTTLED_SHARE && !s.cut_lately(now) {
+            s.throttled_since_cut = false;
+            s.throttled_at = Some(now);
+            let target = ((s.limit as f64 * THROTTLE_DECREASE) as usize).max(MIN_LIMIT);
+            self.set(s, target);
+            s.bound = Bound::Throttled;
+        }
+    }
+
     /// Moves the limit to `target`: adds permits, or forgets free ones and
     /// owes the rest until they come back.
     fn set(&self, s: &mut State, target: usize) {
@@ -358,7 +404,9 @@ impl Drop for ReadPermit {
                 drop(p);
             }
         }
-        self.inner.adjust(&mut s, Instant::now());
+        let now = Instant::now();
+        self.inner.finished(&mut s, now);
+        self.inner.adjust(&mut s, now);
         crate::metrics::arm_read_limit(s.limit, s.in_flight);
     }
 }
@@ -473,17 +521,29 @@ mod tests {
         assert_eq!((l.figure().limit, l.cap()), (64, 1024));
     }
 
+    /// `n` polls finish, `throttled` of them (the first ones) throttled.
+    async fn polls(l: &ReadLimit, n: usize, throttled: usize) {
+        for i in 0..n {
+            let p = l.acquire().await;
+            if i < throttled {
+                l.throttled();
+            }
+            drop(p);
+        }
+    }
+
     #[tokio::test]
-    async fn a_throttled_poll_cuts_the_limit_and_holds_it() {
+    async fn broad_throttling_cuts_the_limit_and_holds_it() {
         let l = ReadLimit::new(512);
         {
             let mut s = l.inner.lock();
             l.inner.set(&mut s, 200);
         }
-        l.throttled();
+        // Four throttled polls in a row: a tenth of the recent ones.
+        polls(&l, 4, 4).await;
         assert_eq!(l.figure().limit, 150);
-        // A second report from the same burst of 429s does not cut again.
-        l.throttled();
+        // More from the same burst of 429s, within a second: no second cut.
+        polls(&l, 4, 4).await;
         assert_eq!(l.figure().limit, 150);
         {
             let mut s = l.inner.lock();
@@ -498,7 +558,30 @@ mod tests {
             assert_eq!(s.bound, Bound::Throttled);
             s.waiting = 0;
             s.in_flight = 0;
+            // A second later, with no new 429: the decaying share cuts no more.
+            s.throttled_at = s.throttled_at.map(|t| t - CUT_EVERY);
         }
+        polls(&l, 2, 0).await;
+        assert_eq!(l.figure().limit, 150);
         assert!(l.figure().explain().contains("throttled"));
+        // Throttling that goes on past the second cuts again.
+        polls(&l, 2, 2).await;
+        assert_eq!(l.figure().limit, 112);
+    }
+
+    #[tokio::test]
+    async fn one_subscription_throttled_among_many_is_no_reason_to_cut() {
+        let l = ReadLimit::new(512);
+        {
+            let mut s = l.inner.lock();
+            l.inner.set(&mut s, 200);
+        }
+        // One throttled poll in every hundred, for a while.
+        for _ in 0..20 {
+            polls(&l, 100, 1).await;
+        }
+        let f = l.figure();
+        assert_eq!(f.limit, 200);
+        assert_ne!(f.bound, Bound::Throttled);
     }
 }

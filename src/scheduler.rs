@@ -359,9 +359,16 @@ pub async fn subscription_task(
     // The first poll at once; then on this subscription's own phase of the
     // interval, so that many subscriptions spread their polls (and ARM's
     // load) over the interval instead of all polling at the same instant.
+    // A phase of zero is the first poll's own slot: the next one is an
+    // interval later, not a second poll at once (which, behind a slow first
+    // poll, would also count as a whole interval late).
     let mut first = true;
     let started = Instant::now();
-    let mut tick = tokio::time::interval_at(started + phase(&id, interval), interval);
+    let next = match phase(&id, interval) {
+        p if p.is_zero() => interval,
+        p => p,
+    };
+    let mut tick = tokio::time::interval_at(started + next, interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut warned_late: Option<Instant> = None;
     loop {
