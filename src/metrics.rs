@@ -126,7 +126,7 @@ fn describe() {
     describe_gauge!(
         name("poll_start_delay_seconds"),
         metrics::Unit::Seconds,
-        "How long after it was due the last poll started (waiting for a slot)."
+        "How long after it was due the last poll started (waiting for the read limit, or behind its own previous poll)."
     );
     describe_counter!(
         name("polls_late_total"),
@@ -135,6 +135,14 @@ fn describe() {
     describe_gauge!(
         name("delivery_concurrency_limit"),
         "POSTs allowed in flight now (adaptive, or the fixed setting)."
+    );
+    describe_gauge!(
+        name("arm_reads_limit"),
+        "Polls (ARM reads) allowed in flight now: sized by demand and round trip, under [azure] concurrency."
+    );
+    describe_gauge!(
+        name("arm_reads_in_flight"),
+        "Polls (ARM reads) in flight now."
     );
     describe_gauge!(
         name("subscription_paused"),

@@ -415,6 +415,16 @@ impl Drop for ReadPermit {
 mod tests {
     use super::*;
 
+    /// The default cap, the limit moved to 200.
+    fn at_200() -> ReadLimit {
+        let l = ReadLimit::new(DEFAULT_CAP);
+        {
+            let mut s = l.inner.lock();
+            l.inner.set(&mut s, 200);
+        }
+        l
+    }
+
     fn available(l: &ReadLimit) -> usize {
         l.inner.semaphore.available_permits()
     }
@@ -506,12 +516,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_cap_applies_at_once_and_keeps_what_was_measured() {
-        let l = ReadLimit::new(512);
-        {
-            let mut s = l.inner.lock();
-            l.inner.set(&mut s, 200);
-            s.hold = Some(0.5);
-        }
+        let l = at_200();
+        l.inner.lock().hold = Some(0.5);
         l.set_cap(64);
         assert_eq!((l.figure().limit, l.cap()), (64, 64));
         assert_eq!(available(&l), 64);
@@ -534,11 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn broad_throttling_cuts_the_limit_and_holds_it() {
-        let l = ReadLimit::new(512);
-        {
-            let mut s = l.inner.lock();
-            l.inner.set(&mut s, 200);
-        }
+        let l = at_200();
         // Four throttled polls in a row: a tenth of the recent ones.
         polls(&l, 4, 4).await;
         assert_eq!(l.figure().limit, 150);
@@ -571,11 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_subscription_throttled_among_many_is_no_reason_to_cut() {
-        let l = ReadLimit::new(512);
-        {
-            let mut s = l.inner.lock();
-            l.inner.set(&mut s, 200);
-        }
+        let l = at_200();
         // One throttled poll in every hundred, for a while.
         for _ in 0..20 {
             polls(&l, 100, 1).await;
