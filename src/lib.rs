@@ -26,7 +26,6 @@ pub mod notify;
 pub mod poll;
 pub mod retry;
 pub mod scheduler;
-pub mod slice_plan;
 pub mod status;
 pub mod store;
 pub mod telemetry;
