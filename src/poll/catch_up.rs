@@ -95,6 +95,8 @@ impl Poller {
             subscription_name = sub.name.as_deref(),
             queries = report.queries,
             pages = report.pages,
+            new = report.new,
+            duplicate = report.duplicate,
             splits = plan.splits(),
             longest_chain,
             watermark = %rfc3339(plan.watermark()),
