@@ -25,6 +25,8 @@
 mod catch_up;
 mod slices;
 
+use slices::Reach;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -344,16 +346,11 @@ impl Poller {
                 q.safe_end = to_ticks(azure_now);
             }
         }
-        // Of every entry on the page, whatever its status: the page's reach.
-        q.oldest = fetched
-            .page
-            .items
-            .iter()
-            .filter_map(|item| match item {
-                Item::Entry(e) => Some(e.event_timestamp),
-                Item::Malformed(_) => None,
-            })
-            .min();
+        // Of every entry on the page, whatever its status.
+        q.reach = Reach::of(fetched.page.items.iter().filter_map(|item| match item {
+            Item::Entry(e) => Some(e.event_timestamp),
+            Item::Malformed(_) => None,
+        }));
         let (entries, malformed) = keep(sub, fetched.page.items, q.end, &mut q.report);
         let next = match &fetched.page.next_link {
             Some(link) => Some(self.client.next_page(link)?),
@@ -386,8 +383,8 @@ struct Query {
     /// How far the watermark may move once the query is done: its end, or
     /// Azure's "now" (from the first page's `Date`) when that is earlier.
     safe_end: Timestamp,
-    /// The oldest `eventTimestamp` on the last page read.
-    oldest: Option<Timestamp>,
+    /// The `eventTimestamp`s the last page read reached.
+    reach: Option<Reach>,
     report: PollReport,
 }
 
@@ -403,7 +400,7 @@ impl Query {
             end,
             next: Some(client.first_page(sub.id.as_str(), start, end)),
             safe_end: end,
-            oldest: None,
+            reach: None,
             report: PollReport {
                 queries: 1,
                 ..PollReport::default()

@@ -113,16 +113,16 @@ impl Poller {
     /// slots, if any (see `SlicePlan::split_dense`). False: `q` is to follow
     /// its `nextLink`.
     fn split(&self, sub: &SubscriptionConfig, plan: &mut SlicePlan, q: &Query) -> bool {
-        let Some(oldest) = q.oldest else {
+        let Some(page) = q.reach else {
             return false;
         };
-        let Some(pieces) = plan.split_dense(q.start, oldest, q.safe_end, self.slices) else {
+        let Some(pieces) = plan.split_dense(q.start, page, q.safe_end, self.slices) else {
             return false;
         };
         tracing::debug!(
             subscription_id = %sub.id,
             from = %rfc3339(q.start),
-            to = %rfc3339(oldest),
+            to = %rfc3339(page.oldest),
             pieces,
             "a full page: the rest of its slice split into parallel slices"
         );

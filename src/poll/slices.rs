@@ -6,8 +6,9 @@
 //! equal slices ([`cut`]); when a slice's page comes back with a `nextLink`
 //! (more entries than a page holds) and fewer slices than the limit are
 //! running or pending, the rest of that slice, from its start to the oldest
-//! `eventTimestamp` on the page, is split over the free slots
-//! ([`SlicePlan::split_dense`]) instead of being read as one chain of pages.
+//! `eventTimestamp` on the page, is split over the free slots (into no more
+//! slices than it would fill pages at the page's density,
+//! [`SlicePlan::split_dense`]) instead of being read as one chain of pages.
 //! Pages are newest first, so what the slice's pages so far hold is
 //! `[oldest, end]`: that part is done, and the new slices cover
 //! `[start, oldest]`, the boundary included (entries stamped `oldest` may sit
@@ -33,6 +34,44 @@ const MIN_SLICE: Duration = Duration::from_secs(60);
 /// A split's new slice is never shorter than this: entries share timestamps
 /// to the 100 ns tick, and slices of nothing would only multiply queries.
 pub const MIN_SPLIT: chrono::Duration = chrono::Duration::seconds(1);
+
+/// The `eventTimestamp`s a page reached, oldest and newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reach {
+    pub oldest: Timestamp,
+    pub newest: Timestamp,
+}
+
+impl Reach {
+    /// The reach of these timestamps; `None` for none.
+    pub fn of(stamps: impl IntoIterator<Item = Timestamp>) -> Option<Reach> {
+        stamps.into_iter().fold(None, |reach, t| {
+            Some(match reach {
+                None => Reach {
+                    oldest: t,
+                    newest: t,
+                },
+                Some(r) => Reach {
+                    oldest: r.oldest.min(t),
+                    newest: r.newest.max(t),
+                },
+            })
+        })
+    }
+
+    /// About how many pages as full as this one `span` holds at its density
+    /// (at least one; unbounded for a page all of one timestamp).
+    fn pages_in(&self, span: chrono::Duration) -> usize {
+        let page = (self.newest - self.oldest)
+            .num_microseconds()
+            .unwrap_or(i64::MAX);
+        let span = span.num_microseconds().unwrap_or(i64::MAX);
+        if page <= 0 {
+            return usize::MAX;
+        }
+        usize::try_from(span.div_euclid(page).saturating_add(1)).unwrap_or(usize::MAX)
+    }
+}
 
 /// One slice's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,20 +157,27 @@ impl SlicePlan {
     }
 
     /// The running slice starting at `start` read a full page (one with a
-    /// `nextLink`) reaching back to `oldest`: when fewer than `limit` slices
-    /// are running or pending, its rest is split over the free slots and
-    /// its own (see [`SlicePlan::split`]). Returns how many new slices were
+    /// `nextLink`) spanning `page`: when fewer than `limit` slices are
+    /// running or pending, its rest is split over the free slots and its
+    /// own (see [`SlicePlan::split`]), but into no more pieces than the rest
+    /// would fill pages at the page's density: a rest of two pages' worth is
+    /// two queries, not a dozen of a few entries each, every one of which
+    /// would cost a read of the budget. Returns how many new slices were
     /// made; `None` when the slice is to go on following its `nextLink`.
     pub fn split_dense(
         &mut self,
         start: Timestamp,
-        oldest: Timestamp,
+        page: Reach,
         safe_end: Timestamp,
         limit: usize,
     ) -> Option<usize> {
         let busy = self.running() + self.pending();
         let free = limit.checked_sub(busy).filter(|f| *f > 0)?;
-        self.split(start, oldest, safe_end, free + 1)
+        let pieces = (free + 1).min(page.pages_in(page.oldest - start));
+        if pieces < 2 {
+            return None;
+        }
+        self.split(start, page.oldest, safe_end, pieces)
     }
 
     /// The running slice starting at `start`, whose pages so far reach back
@@ -339,6 +385,15 @@ mod tests {
         assert_eq!(plan.pending(), 3);
     }
 
+    /// A full page reaching from `oldest` to a minute later.
+    fn page(oldest: &str) -> Reach {
+        let oldest = t(oldest);
+        Reach {
+            oldest,
+            newest: oldest + chrono::Duration::minutes(1),
+        }
+    }
+
     #[test]
     fn a_full_page_splits_over_the_free_slots_only() {
         let start = t("2026-12-01T10:00:00Z");
@@ -347,22 +402,68 @@ mod tests {
         let slices: Vec<_> = std::iter::from_fn(|| plan.take()).collect();
         assert_eq!(slices.len(), 4, "{slices:?}");
         let (last, end) = slices[3];
-        let oldest = t("2026-12-01T10:55:00Z");
+        let full = page("2026-12-01T10:55:00Z");
         // Every slot is taken: the full page's slice follows its nextLink.
-        assert_eq!(plan.split_dense(last, oldest, end, 4), None);
+        assert_eq!(plan.split_dense(last, full, end, 4), None);
         assert_eq!(plan.splits(), 0);
         // Two empty slices finish: two slots free, so the rest goes to
         // three new slices (the two free slots and the splitting one's).
         for (s, e) in &slices[1..3] {
             plan.finish(*s, *e);
         }
-        assert_eq!(plan.split_dense(last, oldest, end, 4), Some(3));
+        assert_eq!(plan.split_dense(last, full, end, 4), Some(3));
         assert_eq!((plan.running(), plan.pending()), (1, 3));
         // Now the limit is reached again.
         let (s, _) = plan.take().unwrap();
-        assert_eq!(plan.split_dense(s, t("2026-12-01T10:46:00Z"), end, 4), None);
+        let again = page("2026-12-01T10:46:00Z");
+        assert_eq!(plan.split_dense(s, again, end, 4), None);
         // A limit below what is already running never splits either.
-        assert_eq!(plan.split_dense(s, t("2026-12-01T10:46:00Z"), end, 1), None);
+        assert_eq!(plan.split_dense(s, again, end, 1), None);
+    }
+
+    #[test]
+    fn a_rest_of_a_few_pages_is_split_into_no_more_slices_than_pages() {
+        let start = t("2026-12-01T10:00:00Z");
+        let until = t("2026-12-01T10:10:00Z");
+        let mut plan = SlicePlan::new(start, vec![(start, until)]);
+        plan.take();
+        // The page spans a minute; the rest, 10:00 to 10:02:30, about two
+        // and a half pages at that density: three slices, though 15 slots
+        // are free.
+        let full = page("2026-12-01T10:02:30Z");
+        assert_eq!(plan.split_dense(start, full, until, 16), Some(3));
+        // A rest under two pages' worth is not worth a split: the slice
+        // follows its nextLink.
+        let mut plan = SlicePlan::new(start, vec![(start, until)]);
+        plan.take();
+        assert_eq!(
+            plan.split_dense(start, page("2026-12-01T10:00:50Z"), until, 16),
+            None
+        );
+        // A page all of one timestamp says nothing of the density.
+        let at = t("2026-12-01T10:05:00Z");
+        let flat = Reach {
+            oldest: at,
+            newest: at,
+        };
+        assert_eq!(plan.split_dense(start, flat, until, 4), Some(4));
+    }
+
+    #[test]
+    fn a_reach_is_the_oldest_and_newest_timestamp() {
+        let (a, b, c) = (
+            t("2026-12-01T10:00:00Z"),
+            t("2026-12-01T10:00:01Z"),
+            t("2026-12-01T10:00:02Z"),
+        );
+        assert_eq!(
+            Reach::of([b, c, a]),
+            Some(Reach {
+                oldest: a,
+                newest: c
+            })
+        );
+        assert_eq!(Reach::of([]), None);
     }
 
     #[test]
@@ -404,7 +505,11 @@ mod tests {
                     continue;
                 }
                 let oldest = burst + gap * i32::try_from(hi - on_page + 1).unwrap();
-                if plan.split_dense(s, oldest, e, 8).is_none() {
+                let reach = Reach {
+                    oldest,
+                    newest: burst + gap * i32::try_from(hi).unwrap(),
+                };
+                if plan.split_dense(s, reach, e, 8).is_none() {
                     running.push((s, e, oldest - gap, read + 1));
                 }
             }
