@@ -25,8 +25,6 @@
 mod catch_up;
 mod slices;
 
-use slices::Reach;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +37,7 @@ use crate::azure::{ActivityLogClient, AzureError, TokenSource};
 use crate::config::{RETENTION, SubscriptionConfig};
 use crate::event::{Entry, Item, Malformed, Timestamp, rfc3339, to_ticks};
 use crate::store::{Advance, Cursor, Recorded, Store, StoreError};
+use slices::Reach;
 
 /// The longest stretch one query covers beyond the look-back.
 pub const CATCH_UP_CHUNK: Duration = Duration::from_secs(3600);

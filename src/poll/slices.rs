@@ -296,6 +296,13 @@ mod tests {
         parse_timestamp(s).unwrap()
     }
 
+    /// A plan of one slice, `[start, until]`, running.
+    fn one_running(start: Timestamp, until: Timestamp) -> SlicePlan {
+        let mut plan = SlicePlan::new(start, vec![(start, until)]);
+        plan.take();
+        plan
+    }
+
     fn covered(plan: &SlicePlan) -> Vec<(Timestamp, Timestamp)> {
         plan.slices.iter().map(|(s, x)| (*s, x.end)).collect()
     }
@@ -341,8 +348,7 @@ mod tests {
     fn a_rest_shorter_than_the_minimum_is_not_split() {
         let start = t("2026-12-01T10:00:00Z");
         let until = t("2026-12-01T10:10:00Z");
-        let mut plan = SlicePlan::new(start, vec![(start, until)]);
-        plan.take();
+        let mut plan = one_running(start, until);
         assert_eq!(
             plan.split(start, t("2026-12-01T10:00:00.5Z"), until, 4),
             None
@@ -374,8 +380,7 @@ mod tests {
     fn splits_into_small_pieces_never_go_below_the_minimum() {
         let start = t("2026-12-01T10:00:00Z");
         let until = t("2026-12-01T10:00:05Z");
-        let mut plan = SlicePlan::new(start, vec![(start, until)]);
-        plan.take();
+        let mut plan = one_running(start, until);
         assert_eq!(
             plan.split(start, t("2026-12-01T10:00:03Z"), until, 100),
             Some(3)
@@ -425,8 +430,7 @@ mod tests {
     fn a_rest_of_a_few_pages_is_split_into_no_more_slices_than_pages() {
         let start = t("2026-12-01T10:00:00Z");
         let until = t("2026-12-01T10:10:00Z");
-        let mut plan = SlicePlan::new(start, vec![(start, until)]);
-        plan.take();
+        let mut plan = one_running(start, until);
         // The page spans a minute; the rest, 10:00 to 10:02:30, about two
         // and a half pages at that density: three slices, though 15 slots
         // are free.
@@ -434,8 +438,7 @@ mod tests {
         assert_eq!(plan.split_dense(start, full, until, 16), Some(3));
         // A rest under two pages' worth is not worth a split: the slice
         // follows its nextLink.
-        let mut plan = SlicePlan::new(start, vec![(start, until)]);
-        plan.take();
+        let mut plan = one_running(start, until);
         assert_eq!(
             plan.split_dense(start, page("2026-12-01T10:00:50Z"), until, 16),
             None
