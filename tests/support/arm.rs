@@ -3,7 +3,8 @@
 //! snapshot taken at the first page, `Date` headers from a possibly skewed
 //! clock, entries visible only from their `visible_at`, a queue of injected
 //! faults (status codes with `Retry-After`, cut connections, malformed
-//! pages), and queries held back to make time slices finish out of order.
+//! pages; to the next calls or spaced out), a round trip's latency, and
+//! queries held back to make time slices finish out of order.
 //! The reads detection makes of the same ARM are in `detection.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -166,6 +167,11 @@ pub struct AzureState {
     /// How many queries `slow_before` has held back so far (the ones still
     /// held included).
     pub held_back: usize,
+    /// Every List answer takes this long (ARM's round trip).
+    pub latency: Option<Duration>,
+    /// Queued faults go to every this-many-th List call rather than to the
+    /// next ones (0 or 1: the next ones).
+    pub fault_spacing: usize,
     snapshots: HashMap<String, Vec<Value>>,
     next_snapshot: usize,
 }
@@ -238,6 +244,10 @@ pub(super) async fn list(
         lock(&st).held_back += 1;
         tokio::time::sleep(d).await;
     }
+    let latency = lock(&st).latency;
+    if let Some(d) = latency {
+        tokio::time::sleep(d).await;
+    }
     let mut s = lock(&st);
     let date = s.now().to_rfc2822().replace("+0000", "GMT");
     let record = ArmRequest {
@@ -277,7 +287,13 @@ pub(super) async fn list(
         );
         return respond(&mut s, record, r);
     }
-    if let Some(fault) = s.faults.pop_front() {
+    let spacing = s.fault_spacing.max(1);
+    let fault = if s.requests.len() % spacing == spacing - 1 {
+        s.faults.pop_front()
+    } else {
+        None
+    };
+    if let Some(fault) = fault {
         let r = match fault {
             Fault::Status(code, retry_after) => {
                 let status =

@@ -131,6 +131,17 @@ impl Fakes {
         lock(&self.azure).slow_before = Some((before, by));
     }
 
+    /// Every List answer takes `by` (ARM's round trip).
+    pub fn set_arm_latency(&self, by: Duration) {
+        lock(&self.azure).latency = Some(by);
+    }
+
+    /// Queued faults go to every `n`-th List call from now on, not to the
+    /// next ones: spread over the queries in flight.
+    pub fn space_faults(&self, n: usize) {
+        lock(&self.azure).fault_spacing = n;
+    }
+
     /// How many queries were held back so far.
     pub fn held_back(&self) -> usize {
         lock(&self.azure).held_back
