@@ -161,6 +161,12 @@ pub struct AzureState {
     pub detection_requests: Vec<String>,
     /// The subscription list: (id, display name, state).
     pub listed: Vec<(String, String, String)>,
+    /// Resource Graph answers 403 to every query.
+    pub graph_refused: bool,
+    /// Resource Graph queries received, and how many of them were first
+    /// pages (one per batch of subscriptions).
+    pub graph_requests: usize,
+    pub graph_batches: usize,
     /// First pages of queries starting before this time answer this much
     /// later: earlier time slices finish last.
     pub slow_before: Option<(DateTime<Utc>, Duration)>,
