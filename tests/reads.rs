@@ -66,10 +66,18 @@ async fn the_read_limit_grows_under_latency_and_backs_off_on_429s(backend: Backe
     h.fakes
         .wait_for_polls(2 * subs.len(), Duration::from_secs(60))
         .await;
+    // Polls may run long on a loaded machine (their own poll overran the
+    // interval); none may start late for want of a permit.
     let log = d.log();
+    let held_by_the_limit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("more than one interval late"))
+        .filter(|l| !l.contains("the previous poll of this subscription ran past its interval"))
+        .collect();
     assert!(
-        !log.contains("more than one interval late"),
-        "polls started late:\n{log}"
+        held_by_the_limit.is_empty(),
+        "polls started late waiting for the read limit:\n{}",
+        held_by_the_limit.join("\n")
     );
     let steady = reads_limit(&addr).await;
     assert!(
