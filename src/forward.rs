@@ -23,8 +23,9 @@
 //!   connections are also back-pressure, which lowers the limit. Delivery as a
 //!   whole backs off only when nothing gets through even at the lowest limit.
 //! - Any answer whose reply is past [`REPLY_LIMIT`] or cut off: not an answer
-//!   at all (a 2xx included); retried as its status says, or as a failure,
-//!   never dead-lettered.
+//!   at all, a 2xx included, and never dead-lettered; retried as its status
+//!   says, else a reply cut off (or timed out) as back-pressure, one past
+//!   the limit as a failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -244,7 +245,8 @@ impl Forwarder {
                 after,
                 kind: match outcome {
                     Delivery::Retry { kind, .. } => kind,
-                    _ => RetryKind::Failed,
+                    _ if e.is_too_large() => RetryKind::Failed,
+                    _ => RetryKind::BackPressure,
                 },
             },
         }

@@ -86,7 +86,7 @@ pub(crate) fn arm_detail(code: &Option<String>, message: &Option<String>) -> Str
 }
 
 /// The most an ARM answer's body may hold: a page is a few MiB at most in
-/// practice (Azure's own cap on a response is 8 MiB).
+/// practice.
 pub const BODY_LIMIT: Limit = Limit::mib(64);
 
 /// The most of an error body that is read for its code and message.
