@@ -8,7 +8,7 @@
 #   bench/run.sh micro                       # criterion: parse and normalize one page
 #   N=1000000 bench/run.sh backends          # the catch-up and idle runs on SQLite, then on a
 #                                            # local PostgreSQL (started here), and their ratio
-#   bench/run.sh latency [catchup|capacity|fairness|schedule]
+#   bench/run.sh latency [catchup|burst|capacity|fairness|schedule]
 #                                            # over a WAN: bench/latency_proxy.py delays ARM and
 #                                            # the endpoint; see bench/wan.py for the settings
 #

@@ -3,13 +3,17 @@
 bench/latency_proxy.py, which adds a one-way delay to ARM, Entra ID and the
 ingestion endpoint. Run by `bench/run.sh latency [SCENARIO]`.
 
-usage: wan.py --out DIR [catchup|capacity|fairness|schedule|all]
+usage: wan.py --out DIR [catchup|burst|capacity|fairness|schedule|all]
 
 Scenarios (each bounded by a timeout; one JSON line each in DIR/wan-*.jsonl,
 and a one-line summary with its target on stderr):
   catchup   N Succeeded entries (LAT_N, 100,000), one subscription, ARM 100 ms
             and endpoint 25 ms one way, `--once --since 1h`; against the ARM
             read budget and the Python SDK's listing through the same proxy.
+  burst     the same, but every entry written within the last 10 minutes (a
+            deployment's burst), for each N in LAT_BURST_NS (20000,100000):
+            the catch-up cuts the hour into slices; the ones holding the burst
+            must split by density, not run as one chain of pages.
   capacity  the same with the endpoint limited to LAT_CAPACITY (64) requests
             in flight, each taking LAT_SERVICE_MS (50 ms): share of capacity, 429s.
   fairness  one subscription catching up LAT_BACKFILL (200,000) while 20 others
@@ -17,7 +21,8 @@ and a one-line summary with its target on stderr):
             subscriptions' delivery lag during the backfill.
   schedule  LAT_SUBS (1,000) empty subscriptions at a 1-minute interval, ARM
             250 ms one way, daemon for LAT_SCHED_SECONDS (185): share of
-            scheduled polls made on time.
+            scheduled polls made on time, the first poll's delay, the
+            poller's CPU and peak RSS, and its log lines a second at INFO.
 
 LAT_SDK=0 skips the SDK's listing; LAT_KEEP=1 keeps each run's directory (the
 poller's log, the proxy's stats). Settings are the poller's defaults: the emulator's poller.toml pins
@@ -123,7 +128,10 @@ class Run:
 
     def poller_env(self):
         env = dict(os.environ)
-        env.update(SSL_CERT_FILE=self.path("ca.pem"), RUST_LOG="info")
+        # A quiet poll's line is at debug (the per-minute summary stands for
+        # it at INFO): the scenarios count every poll, so they ask for them.
+        env.update(SSL_CERT_FILE=self.path("ca.pem"),
+                   RUST_LOG="info,azure_activity_poller::scheduler=debug")
         return env
 
     def poller(self, extra, seconds, sample_every=None, stop_when=None):
@@ -152,6 +160,7 @@ class Run:
                     break
             time.sleep(0.2)
         timed_out = p.poll() is None and not stopped_early
+        usage = proc_usage(p.pid) if p.poll() is None else {}
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
             try:
@@ -160,8 +169,10 @@ class Run:
                 p.kill()
                 p.wait()
         wall = time.monotonic() - start
+        if usage.get("cpu_s") is not None:
+            usage["cpu_share_of_one_core"] = round(usage["cpu_s"] / wall, 4)
         return {"exit": p.returncode, "wall_s": round(wall, 2), "timed_out": timed_out,
-                "stopped_early": stopped_early}, samples
+                "stopped_early": stopped_early, **usage}, samples
 
     def poll_lines(self):
         out = []
@@ -186,6 +197,23 @@ class Run:
             subprocess.run(["rm", "-rf", self.dir])
         else:
             log(f"kept {self.dir}")
+
+
+def proc_usage(pid):
+    """CPU seconds and peak RSS of a running process, from /proc."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        cpu = (int(fields[11]) + int(fields[12])) / ticks
+        hwm = next(int(l.split()[1]) for l in open(f"/proc/{pid}/status") if l.startswith("VmHWM:"))
+        return {"cpu_s": round(cpu, 2), "peak_rss_mib": round(hwm / 1024, 1)}
+    except (OSError, StopIteration, IndexError, ValueError):
+        return {}
+
+
+def info_lines(run):
+    """Lines at INFO or above: what an operator's journal receives."""
+    return [l for l in run.poll_lines() if l.get("level") not in ("DEBUG", "TRACE")]
 
 
 def delivered(report):
@@ -227,10 +255,10 @@ def sdk_listing(run, entries, seconds):
         return {"error": str(e)[:200]}
 
 
-def catchup_run(name, capacity=None):
-    n = env_int("LAT_N", 100000)
+def catchup_run(name, capacity=None, n=None, span="50m"):
+    n = n or env_int("LAT_N", 100000)
     arm_ms, ingest_ms = env_float("LAT_ARM_MS", 100), env_float("LAT_INGEST_MS", 25)
-    args = ["--subscriptions", "1", "--rate", "0", "--backlog", str(n), "--backlog-span", "50m",
+    args = ["--subscriptions", "1", "--rate", "0", "--backlog", str(n), "--backlog-span", span,
             "--backlog-succeeded-only", "--page-size", str(PAGE_SIZE), "--arm-tls", "--token-bucket",
             "--interval", "1m", "--window", "15m"]
     service_ms = env_float("LAT_SERVICE_MS", 50)
@@ -253,6 +281,7 @@ def catchup_run(name, capacity=None):
             "entries_per_s": round(got / poller["wall_s"], 1),
             "steady_entries_per_s": round(steady, 1) if steady else None,
             "poll_phase_s": round(polls[0]["took_ms"] / 1000, 1) if polls else None,
+            "backlog_span": span,
             "endpoint": final["endpoint"],
             "arm_requests": sum(s["requests"] for s in final["subscriptions"]),
             "proxy": proxy,
@@ -291,6 +320,24 @@ def catchup(out):
                   "x_sdk": round(sdk / secs, 2) if secs and sdk else None},
             f"catch-up of {row['entries']:,}: {secs}s{est}; ARM budget limit {row['arm_budget_s']}s; SDK listing {sdk}s"
             f" | target: within 2x the budget (<= {2 * row['arm_budget_s']:g}s) and at least 5x the SDK (<= {round(sdk / 5, 1) if sdk else '?'}s)")
+
+
+def burst(out):
+    for n in [int(x) for x in os.environ.get("LAT_BURST_NS", "20000,100000").split(",")]:
+        row = catchup_run("burst", n=n, span="10m")
+        write(out, "wan-burst", row)
+        secs = row.get("seconds") or row.get("seconds_extrapolated")
+        sdk = row["sdk"].get("seconds")
+        listing = row["poll_phase_s"]
+        summary(out, {"summary": "wan-burst", "entries": n, "seconds": secs, "listing_s": listing,
+                      "arm_budget_s": row["arm_budget_s"], "sdk_s": sdk,
+                      "x_sdk": round(sdk / secs, 2) if secs and sdk else None,
+                      "listing_x_budget": round(listing / row["arm_budget_s"], 2) if listing and row["arm_budget_s"] else None,
+                      "peak_rss_mib": row["poller"].get("peak_rss_mib")},
+                f"burst of {n:,} within 10 min, --since 1h: {secs}s end to end, listing {listing}s;"
+                f" ARM budget limit {row['arm_budget_s']}s; SDK listing {sdk}s"
+                f" | target: at least 5x the SDK (<= {round(sdk / 5, 1) if sdk else '?'}s) and the listing within 2x the budget"
+                f" (<= {2 * row['arm_budget_s']:g}s)")
 
 
 def capacity(out):
@@ -405,6 +452,7 @@ def schedule(out):
         slots_f, made_f = on_time(first_poll) if first_poll else (0, 0)
         list_calls = sum(s["requests"] for s in final["subscriptions"])
         polls = sum(len(v) for v in starts.values())
+        info = len(info_lines(run))
         row = {"scenario": "schedule", "subscriptions": n, "interval_s": interval, "arm_one_way_ms": run.arm_ms,
                "run": poller, "polls": polls, "polls_failed": failed, "subscriptions_polled": len(starts),
                "list_calls": list_calls,
@@ -413,15 +461,20 @@ def schedule(out):
                "share_on_time_from_process_start": round(made_p / slots_p, 4) if slots_p else None,
                "slots_from_first_poll": slots_f, "on_time_from_first_poll": made_f,
                "share_on_time_from_first_poll": round(made_f / slots_f, 4) if slots_f else None,
+               "info_lines": info, "info_lines_per_s": round(info / poller["wall_s"], 2),
                "proxy": proxy}
         write(out, "wan-schedule", row)
         summary(out, {"summary": "wan-schedule", "share_on_time": row["share_on_time_from_process_start"],
                       "share_on_time_from_first_poll": row["share_on_time_from_first_poll"],
-                      "polls": polls, "list_calls": list_calls, "first_poll_after_s": row["first_poll_after_s"]},
+                      "polls": polls, "list_calls": list_calls, "first_poll_after_s": row["first_poll_after_s"],
+                      "cpu_share_of_one_core": poller.get("cpu_share_of_one_core"),
+                      "peak_rss_mib": poller.get("peak_rss_mib"), "info_lines_per_s": row["info_lines_per_s"]},
                 f"{n:,} subscriptions, 1-minute interval, ARM {run.arm_ms:g} ms one way, {poller['wall_s']}s:"
                 f" {made_p:,} of {slots_p:,} scheduled polls on time ({100 * (row['share_on_time_from_process_start'] or 0):.1f}%;"
                 f" {100 * (row['share_on_time_from_first_poll'] or 0):.1f}% counted from the first poll, {row['first_poll_after_s']}s after start);"
-                f" {polls:,} polls, {list_calls:,} List calls | target: >= 99% on time")
+                f" {polls:,} polls, {list_calls:,} List calls; CPU {100 * (poller.get('cpu_share_of_one_core') or 0):.1f}% of a core,"
+                f" peak RSS {poller.get('peak_rss_mib')} MiB, {row['info_lines_per_s']} INFO lines/s"
+                f" | target: >= 99% on time, first poll <= 30s, CPU <= 10%, RSS <= 48 MiB, < 1 line/s")
     finally:
         run.close()
 
@@ -450,14 +503,14 @@ def main():
     if len(args) < 2 or args[0] != "--out":
         sys.exit(__doc__)
     out, what = args[1], (args[2] if len(args) > 2 else "all")
-    todo = {"catchup": catchup, "capacity": capacity, "fairness": fairness, "schedule": schedule}
+    todo = {"catchup": catchup, "burst": burst, "capacity": capacity, "fairness": fairness, "schedule": schedule}
     if what == "all":
         for f in todo.values():
             f(out)
     elif what in todo:
         todo[what](out)
     else:
-        sys.exit(f"unknown scenario {what!r}: catchup, capacity, fairness, schedule or all")
+        sys.exit(f"unknown scenario {what!r}: catchup, burst, capacity, fairness, schedule or all")
 
 
 main()

@@ -15,7 +15,9 @@ use crate::config::{Config, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::forward::Forwarder;
 use crate::poll::Poller;
+use crate::read_limit::ReadLimit;
 use crate::store::{Store, StoreError};
+use crate::summary::Summary;
 
 /// Why the poller cannot start. Each maps to a sysexits code in `main`.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +78,11 @@ pub struct App {
     pub pauses: Arc<crate::detect::Pauses>,
     /// ARM's read budget per subscription and principal.
     pub budget: Arc<ReadBudget>,
+    /// How many polls may be in flight (kept across reloads, which may change
+    /// its cap).
+    pub reads: ReadLimit,
+    /// What the daemon's polls did since the last summary line.
+    pub summary: Arc<Summary>,
 }
 
 /// What a reload keeps of the running process.
@@ -88,6 +95,8 @@ struct Kept {
     delivered: crate::forward::Delivered,
     pauses: Arc<crate::detect::Pauses>,
     budget: Arc<ReadBudget>,
+    reads: ReadLimit,
+    summary: Arc<Summary>,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -181,6 +190,7 @@ impl App {
         let store = Store::open(&config.state, &instance).await?;
         let http = http_client()?;
         let budget = read_budget(&config);
+        let reads = ReadLimit::new(config.azure.concurrency);
         Self::assemble(
             config,
             Kept {
@@ -192,14 +202,17 @@ impl App {
                 delivered: crate::forward::Delivered::default(),
                 pauses: Arc::new(crate::detect::Pauses::default()),
                 budget,
+                reads,
+                summary: Arc::default(),
             },
         )
     }
 
     /// The same process with a new configuration (SIGHUP): the state store,
-    /// HTTP client, wake-ups, health, pauses and ARM's read budget are kept
-    /// (the budget is made anew if its settings changed); everything else is
-    /// rebuilt.
+    /// HTTP client, wake-ups, health, pauses, ARM's read budget, the limit of
+    /// reads in flight and the summary's counts are kept (the budget is made
+    /// anew if its settings changed; the limit's cap changes when the daemon
+    /// applies the new configuration); everything else is rebuilt.
     pub fn rebuild(&self, config: Config) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
         let same_budget = config.azure.reads_burst == self.config.azure.reads_burst
@@ -220,6 +233,8 @@ impl App {
                 delivered: self.delivered.clone(),
                 pauses: self.pauses.clone(),
                 budget,
+                reads: self.reads.clone(),
+                summary: self.summary.clone(),
             },
         )
     }
@@ -234,6 +249,8 @@ impl App {
             delivered,
             pauses,
             budget,
+            reads,
+            summary,
         } = kept;
         let used: std::collections::BTreeSet<&str> = config
             .subscriptions
@@ -289,6 +306,8 @@ impl App {
             checks,
             pauses,
             budget,
+            reads,
+            summary,
         })
     }
 

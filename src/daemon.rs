@@ -1,5 +1,7 @@
-//! The daemon's supervisor: starts a task per subscription and the forwarder,
-//! serves metrics and health, talks to systemd, and reacts to signals.
+//! The daemon's supervisor: starts a task per subscription, the forwarder and
+//! the summary (one INFO line a minute for the quiet polls, and the read
+//! limit published for `status`), serves metrics and health, talks to
+//! systemd, and reacts to signals.
 //!
 //! - SIGTERM/SIGINT: every task is told to stop (a `watch` channel, as in
 //!   mini-redis); polls in flight get the grace period, then state is committed
@@ -8,7 +10,8 @@
 //!   on event handlers), the error is logged and the running configuration
 //!   stays. Otherwise added subscriptions start, removed ones stop, changed ones
 //!   (interval, window, statuses, credential, or any `[azure]` setting)
-//!   restart, and a changed `[guardrails]` restarts the forwarder. The state
+//!   restart, and a changed `[guardrails]` restarts the forwarder. A changed
+//!   `[azure] concurrency` moves the cap of the shared read limit. The state
 //!   path and the telemetry address need a restart; a change is logged.
 //! - The watchdog (`WatchdogSec=`) is pinged from this loop, only while the
 //!   forwarder runs and no subscription task is stuck in a poll without
@@ -24,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -60,6 +63,20 @@ struct Forwarding {
     task: JoinHandle<Result<(), StoreError>>,
 }
 
+/// The summary task (`summary.rs`): it writes the last period's line and
+/// publishes the read limit once more when told to stop.
+struct Summarizing {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+fn start_summary(app: &App) -> Summarizing {
+    let (stop, rx) = watch::channel(false);
+    let (summary, reads, store) = (app.summary.clone(), app.reads.clone(), app.store.clone());
+    let task = tokio::spawn(async move { summary.run(rx, reads, store).await });
+    Summarizing { stop, task }
+}
+
 fn start_forwarder(app: &Arc<App>) -> Forwarding {
     let (stop, rx) = watch::channel(false);
     let a = app.clone();
@@ -70,7 +87,6 @@ fn start_forwarder(app: &Arc<App>) -> Forwarding {
 struct Supervisor {
     app: Arc<App>,
     since: Option<Timestamp>,
-    permits: Arc<Semaphore>,
     running: BTreeMap<String, Running>,
     retiring: JoinSet<()>,
     /// The live event handler checks (`detect/watch.rs`), restarted on reload.
@@ -91,7 +107,6 @@ impl Supervisor {
             self.app.clone(),
             sub.clone(),
             self.since,
-            self.permits.clone(),
             rx,
             beat.clone(),
             previous,
@@ -191,8 +206,10 @@ impl Supervisor {
         let (oc, nc) = (&old.config, &new.config);
         warn_restart_only(oc, nc);
         let azure_changed = oc.azure != nc.azure;
-        if azure_changed {
-            self.permits = Arc::new(Semaphore::new(nc.azure.concurrency));
+        if oc.azure.concurrency != nc.azure.concurrency {
+            // The limit is shared by every task, old and new: its cap moves,
+            // what it measured stays.
+            new.reads.set_cap(nc.azure.concurrency);
         }
         let wanted: BTreeMap<String, SubscriptionConfig> = nc
             .subscriptions
@@ -385,6 +402,7 @@ pub async fn run(
     sup.follow_leases();
     sup.restart_detection(false);
     let mut forwarding = start_forwarder(&app);
+    let summarizing = start_summary(&app);
     notify::ready(&sup.status_line());
     let failed = sup
         .supervise(&path, &keeper, &mut forwarding, signals)
@@ -406,6 +424,16 @@ pub async fn run(
         Some(e) => Err(e),
         None => wait_for_forwarder(forwarding, deadline).await,
     };
+    // After the polls, so that the last line counts them all.
+    let Summarizing { stop, mut task } = summarizing;
+    let _ = stop.send(true);
+    if tokio::time::timeout_at(deadline + Duration::from_secs(1), &mut task)
+        .await
+        .is_err()
+    {
+        task.abort();
+        tracing::warn!("grace period over: the last summary is not written");
+    }
     // Nothing polls or delivers any more: give the leases back, so that
     // another instance takes over now rather than when they expire.
     keeper.stop().await;
@@ -459,7 +487,6 @@ async fn wait_for_forwarder(forwarding: Forwarding, deadline: Instant) -> Result
 impl Supervisor {
     fn new(app: Arc<App>, since: Option<Timestamp>) -> Supervisor {
         Supervisor {
-            permits: Arc::new(Semaphore::new(app.config.azure.concurrency)),
             held: app.store.held(),
             app,
             since,

@@ -25,10 +25,13 @@ pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod poll;
+pub mod read_limit;
 pub mod retry;
 pub mod scheduler;
+pub mod slice_plan;
 pub mod status;
 pub mod store;
+pub mod summary;
 pub mod telemetry;
 
 /// `text` followed by the causes of an error (its `source()` chain, from

@@ -19,6 +19,7 @@
 //! - `poll_start_delay_seconds{subscription}`      how late the last poll started
 //! - `polls_late_total{subscription}`              polls started over an interval late
 //! - `delivery_concurrency_limit`                  POSTs allowed in flight now
+//! - `arm_reads_limit`, `arm_reads_in_flight`      polls allowed in flight now, and polls in flight
 //! - `subscription_paused{subscription}`           1 while Guardrails feeds it
 //! - `detection_checks_total{result}`              live, clear, unknown
 //! - `detection_failures_total{subscription}`      checks that could not be made
@@ -125,7 +126,7 @@ fn describe() {
     describe_gauge!(
         name("poll_start_delay_seconds"),
         metrics::Unit::Seconds,
-        "How long after it was due the last poll started (waiting for a slot)."
+        "How long after it was due the last poll started (waiting for the read limit, or behind its own previous poll)."
     );
     describe_counter!(
         name("polls_late_total"),
@@ -134,6 +135,14 @@ fn describe() {
     describe_gauge!(
         name("delivery_concurrency_limit"),
         "POSTs allowed in flight now (adaptive, or the fixed setting)."
+    );
+    describe_gauge!(
+        name("arm_reads_limit"),
+        "Polls (ARM reads) allowed in flight now: sized by demand and round trip, under [azure] concurrency."
+    );
+    describe_gauge!(
+        name("arm_reads_in_flight"),
+        "Polls (ARM reads) in flight now."
     );
     describe_gauge!(
         name("subscription_paused"),
@@ -226,6 +235,11 @@ pub fn poll_late(subscription: &str) {
 
 pub fn concurrency_limit(limit: usize) {
     gauge!(name("delivery_concurrency_limit")).set(limit as f64);
+}
+
+pub fn arm_read_limit(limit: usize, in_flight: usize) {
+    gauge!(name("arm_reads_limit")).set(limit as f64);
+    gauge!(name("arm_reads_in_flight")).set(in_flight as f64);
 }
 
 pub fn paused(subscription: &str, paused: bool) {

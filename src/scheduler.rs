@@ -1,7 +1,14 @@
 //! When polls happen: every subscription on its own interval (the daemon), or
-//! each once up to now (`--once`). Polls run concurrently, at most
-//! `[azure] concurrency` at a time; a failing subscription is logged and retried
-//! on its next interval without holding up the others.
+//! each once up to now (`--once`). Polls run concurrently, as many at a time
+//! as the read limit allows (`read_limit.rs`: sized by the polls due and
+//! their round trip, under `[azure] concurrency`); a failing subscription is
+//! logged and retried on its next interval without holding up the others.
+//!
+//! Each poll writes one line. In the daemon a poll that found nothing new,
+//! delivered nothing, was neither late nor throttled and did not fail writes
+//! it at debug, and the minute's summary (`summary.rs`) counts it: at 10,000
+//! subscriptions a line per poll would be 167 a second, past journald's rate
+//! limit. `--once` writes every line at INFO: a person reads them.
 //!
 //! A subscription task stops when its `watch` channel says so (see `daemon.rs`
 //! for who says it): at its next wait, or, past the grace period, by being
@@ -12,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -22,6 +29,7 @@ use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
 use crate::poll::{Heartbeat, PollError, PollReport};
 use crate::store::{Share, StoreError};
+use crate::summary::PollFacts;
 
 /// Where in each interval a subscription polls: a stable spread from its id,
 /// on a grid of whole seconds, so that the subscriptions sharing a second
@@ -58,13 +66,24 @@ impl OnceSummary {
     }
 }
 
+/// How a poll's line is written.
+#[derive(Debug, Clone, Copy)]
+enum Reporting {
+    /// `--once`: at INFO, every one.
+    Once,
+    /// The daemon: counted in the summary; at debug when there is nothing
+    /// to read in it. `late`: it started more than an interval late.
+    Daemon { late: bool },
+}
+
 /// Polls one subscription and writes its log line; the result is also noted in
-/// the state database for `status`.
+/// the state database for `status`, and a throttled poll tells the read limit.
 async fn poll_and_log(
     app: &App,
     sub: &SubscriptionConfig,
     since: Option<Timestamp>,
     beat: &Heartbeat,
+    reporting: Reporting,
 ) -> Result<PollReport, PollError> {
     let started = Instant::now();
     let outcome = match app.tokens_for(sub) {
@@ -75,14 +94,29 @@ async fn poll_and_log(
         )))),
     };
     let now = Utc::now();
+    let throttled = match &outcome {
+        Ok(r) => !r.throttled.is_zero(),
+        Err(PollError::Azure(e)) => e.is_throttled(),
+        Err(_) => false,
+    };
+    if throttled {
+        app.reads.throttled();
+    }
     let note = match &outcome {
         Ok(r) => {
-            log_complete(app, sub, r, started);
+            log_complete(app, sub, r, started, reporting);
             "ok".to_string()
         }
         Err(e) => {
             tracing::error!(subscription_id = %sub.id,
                 subscription_name = sub.name.as_deref(), error = %e, "poll failed; retrying on the next interval");
+            if let Reporting::Daemon { .. } = reporting {
+                app.summary.poll(&PollFacts {
+                    subscription: sub.id.as_str(),
+                    ok: false,
+                    ..PollFacts::default()
+                });
+            }
             format!("error: {e}")
         }
     };
@@ -105,30 +139,66 @@ async fn poll_and_log(
 }
 
 /// The "poll complete" line (with what was delivered since the last one),
-/// and a warning when this host's clock is off Azure's.
-fn log_complete(app: &App, sub: &SubscriptionConfig, r: &PollReport, started: Instant) {
+/// at debug for a quiet poll of the daemon, and a warning when this host's
+/// clock is off Azure's.
+fn log_complete(
+    app: &App,
+    sub: &SubscriptionConfig,
+    r: &PollReport,
+    started: Instant,
+    reporting: Reporting,
+) {
     let delivered = app.forwarder.delivered.take(sub.id.as_str());
-    tracing::info!(
-        subscription_id = %sub.id,
-        subscription_name = sub.name.as_deref(),
-        window_start = r.window_start.map(rfc3339).unwrap_or_default(),
-        window_end = r.window_end.map(rfc3339).unwrap_or_default(),
-        queries = r.queries,
-        pages = r.pages,
-        requests = r.requests,
-        bytes = r.bytes,
-        fetched = r.fetched,
-        kept = r.kept,
-        skipped = r.skipped_status,
-        new = r.new,
-        duplicate = r.duplicate,
-        quarantined = r.quarantined,
+    let lag = r.lag(app.poller.now());
+    let facts = PollFacts {
+        subscription: sub.id.as_str(),
+        ok: true,
+        fetched: r.fetched,
+        new: r.new,
+        quarantined: r.quarantined,
         delivered,
-        lag_s = r.lag(app.poller.now()).map(|d| d.as_secs()).unwrap_or_default(),
-        throttled_s = r.throttled.as_secs_f64(),
-        took_ms = started.elapsed().as_millis() as u64,
-        "poll complete"
-    );
+        throttled: r.throttled,
+        lag,
+    };
+    let quiet = match reporting {
+        Reporting::Once => false,
+        Reporting::Daemon { late } => {
+            app.summary.poll(&facts);
+            facts.quiet() && !late
+        }
+    };
+    // One line, two levels: `tracing` takes a level known where the event is.
+    macro_rules! poll_complete {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                subscription_id = %sub.id,
+                subscription_name = sub.name.as_deref(),
+                window_start = r.window_start.map(rfc3339).unwrap_or_default(),
+                window_end = r.window_end.map(rfc3339).unwrap_or_default(),
+                queries = r.queries,
+                pages = r.pages,
+                requests = r.requests,
+                bytes = r.bytes,
+                fetched = r.fetched,
+                kept = r.kept,
+                skipped = r.skipped_status,
+                new = r.new,
+                duplicate = r.duplicate,
+                quarantined = r.quarantined,
+                delivered,
+                lag_s = lag.map(|d| d.as_secs()).unwrap_or_default(),
+                throttled_s = r.throttled.as_secs_f64(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "poll complete"
+            )
+        };
+    }
+    if quiet {
+        poll_complete!(tracing::Level::DEBUG);
+    } else {
+        poll_complete!(tracing::Level::INFO);
+    }
     if let Some(skew) = r.skew
         && skew.num_seconds().abs() > 5
     {
@@ -213,14 +283,13 @@ pub async fn run_once(
     OnceSummary { polls, delivery }
 }
 
-/// Polls every subscription of `taken` (the leases `--once` holds), at most
-/// `[azure] concurrency` at a time; the others fail, saying why.
+/// Polls every subscription of `taken` (the leases `--once` holds), as many
+/// at a time as the read limit allows; the others fail, saying why.
 async fn poll_held(
     app: &Arc<App>,
     since: Option<Timestamp>,
     taken: &Result<std::collections::BTreeSet<String>, String>,
 ) -> Vec<OnceResult> {
-    let permits = Arc::new(Semaphore::new(app.config.azure.concurrency));
     let mut tasks = JoinSet::new();
     let mut polls = Vec::new();
     for (i, sub) in app.config.subscriptions.iter().enumerate() {
@@ -242,11 +311,11 @@ async fn poll_held(
             continue;
         }
         let app = app.clone();
-        let permits = permits.clone();
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
+            let _permit = app.reads.acquire().await;
             let sub = &app.config.subscriptions[i];
-            let outcome = poll_and_log(&app, sub, since, &Heartbeat::default()).await;
+            let outcome =
+                poll_and_log(&app, sub, since, &Heartbeat::default(), Reporting::Once).await;
             OnceResult {
                 subscription: sub.label(),
                 outcome,
@@ -276,7 +345,6 @@ pub async fn subscription_task(
     app: Arc<App>,
     sub: SubscriptionConfig,
     since: Option<Timestamp>,
-    permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
     beat: Arc<Heartbeat>,
     previous: Option<tokio::task::JoinHandle<()>>,
@@ -291,9 +359,16 @@ pub async fn subscription_task(
     // The first poll at once; then on this subscription's own phase of the
     // interval, so that many subscriptions spread their polls (and ARM's
     // load) over the interval instead of all polling at the same instant.
+    // A phase of zero is the first poll's own slot: the next one is an
+    // interval later, not a second poll at once (which, behind a slow first
+    // poll, would also count as a whole interval late).
     let mut first = true;
     let started = Instant::now();
-    let mut tick = tokio::time::interval_at(started + phase(&id, interval), interval);
+    let next = match phase(&id, interval) {
+        p if p.is_zero() => interval,
+        p => p,
+    };
+    let mut tick = tokio::time::interval_at(started + next, interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut warned_late: Option<Instant> = None;
     loop {
@@ -320,46 +395,66 @@ pub async fn subscription_task(
         if is_paused(&paused) {
             continue;
         }
+        let asked = Instant::now();
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p,
+            p = app.reads.acquire() => p,
             _ = stop.changed() => break,
         };
-        let Ok(_permit) = permit else {
+        let Some(_permit) = permit else {
             break;
         };
-        if let Some(due) = due {
-            note_start_delay(&sub, due, interval, &mut warned_late);
-        }
+        let late = due.is_some_and(|due| {
+            note_start_delay(&app, &sub, due, asked.elapsed(), &mut warned_late)
+        });
         beat.set_busy(true);
-        poll_unless_paused(&app, &sub, since, &beat, &mut paused).await;
+        let reporting = Reporting::Daemon { late };
+        poll_unless_paused(&app, &sub, since, &beat, &mut paused, reporting).await;
     }
     beat.set_busy(false);
 }
 
-/// How late a poll due at `due` starts; a warning (at most every
-/// [`LATE_WARNING_EVERY`]) when it is later than a whole interval.
+/// How late a poll due at `due` starts (after waiting `waited` for the read
+/// limit); a warning (at most every [`LATE_WARNING_EVERY`]) that says what
+/// held it when it is later than a whole interval. Whether it was.
 fn note_start_delay(
+    app: &App,
     sub: &SubscriptionConfig,
     due: Instant,
-    interval: Duration,
+    waited: Duration,
     warned_late: &mut Option<Instant>,
-) {
+) -> bool {
     let id = sub.id.as_str();
+    let interval = sub.schedule.interval();
     let late = due.elapsed();
     crate::metrics::poll_start_delay(id, late.as_secs_f64());
-    if late > interval {
-        crate::metrics::poll_late(id);
-        if warned_late.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
-            *warned_late = Some(Instant::now());
-            tracing::warn!(
-                subscription_id = %sub.id,
-                subscription_name = sub.name.as_deref(),
-                late_s = late.as_secs_f64(),
-                interval_s = interval.as_secs_f64(),
-                "a poll started more than one interval late: [azure] concurrency polls in flight are not enough for this many subscriptions at this latency; raise it"
-            );
-        }
+    if late <= interval {
+        return false;
     }
+    crate::metrics::poll_late(id);
+    app.summary.late();
+    if warned_late.is_none_or(|w| w.elapsed() > LATE_WARNING_EVERY) {
+        *warned_late = Some(Instant::now());
+        let figure = app.reads.figure();
+        // Most of the delay spent waiting for a permit: the read limit held
+        // it. Otherwise its own previous poll ran past the tick.
+        let limited_by = if waited * 2 >= late {
+            figure.explain()
+        } else {
+            "the previous poll of this subscription ran past its interval (a catch-up, or Azure answering slowly)".to_string()
+        };
+        tracing::warn!(
+            subscription_id = %sub.id,
+            subscription_name = sub.name.as_deref(),
+            late_s = late.as_secs_f64(),
+            interval_s = interval.as_secs_f64(),
+            waited_s = waited.as_secs_f64(),
+            reads_limit = figure.limit,
+            reads_cap = figure.cap,
+            limited_by = %limited_by,
+            "a poll started more than one interval late"
+        );
+    }
+    true
 }
 
 /// One poll, abandoned if the subscription is paused while it runs.
@@ -369,8 +464,9 @@ async fn poll_unless_paused(
     since: Option<Timestamp>,
     beat: &Heartbeat,
     paused: &mut watch::Receiver<crate::detect::Paused>,
+    reporting: Reporting,
 ) {
-    let poll = poll_and_log(app, sub, since, beat);
+    let poll = poll_and_log(app, sub, since, beat, reporting);
     tokio::pin!(poll);
     loop {
         tokio::select! {

@@ -2,7 +2,9 @@
 //! next to running daemons. SQLite's WAL lets them read while the daemon
 //! writes; PostgreSQL is shared anyway. They never create or migrate a
 //! database. On PostgreSQL, `status` also shows which instance holds each
-//! subscription's lease, and the instances with their host and pid.
+//! subscription's lease, and the instances with their host and pid. It shows
+//! the limit of ARM reads in flight each daemon last published (their own
+//! measurement, which no other process can see).
 
 use std::path::Path;
 
@@ -65,6 +67,24 @@ pub struct Status {
     pub subscriptions: Vec<SubscriptionStatus>,
     /// Empty on SQLite.
     pub instances: Vec<InstanceStatus>,
+    /// Empty when unknown: no daemon of this build has run on the state yet.
+    pub reads: Vec<ReadLimitStatus>,
+}
+
+/// The limit of ARM reads (polls) in flight, as a daemon last published it.
+#[derive(Debug, Serialize)]
+pub struct ReadLimitStatus {
+    /// The instance (PostgreSQL only).
+    pub instance: Option<String>,
+    pub limit: i64,
+    pub cap: i64,
+    pub in_flight: i64,
+    pub waiting: i64,
+    pub polls_per_second: f64,
+    pub poll_seconds: f64,
+    /// What sets the limit: `demand`, `cap` or `throttled`.
+    pub bound: String,
+    pub noted: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,9 +143,26 @@ pub async fn collect(config_path: &Path) -> Result<Status, StatusError> {
             live: i.live,
         })
         .collect();
+    let reads = store
+        .read_limits()
+        .await?
+        .into_iter()
+        .map(|n| ReadLimitStatus {
+            instance: n.instance,
+            limit: n.limit,
+            cap: n.cap,
+            in_flight: n.in_flight,
+            waiting: n.waiting,
+            polls_per_second: n.arrivals_per_second,
+            poll_seconds: n.hold_seconds,
+            bound: n.bound,
+            noted: rfc3339(n.noted_at),
+        })
+        .collect();
     Ok(Status {
         subscriptions: out,
         instances,
+        reads,
     })
 }
 
@@ -228,6 +265,7 @@ pub fn render_table(status: &Status) -> String {
         out.push('\n');
         out.push_str(&notes);
     }
+    out.push_str(&render_reads(&status.reads));
     if !status.instances.is_empty() {
         out.push_str(&format!(
             "\n{:<34} {:<24} {:>8} {:<21} {:>5} {}\n",
@@ -260,6 +298,41 @@ pub fn render_table(status: &Status) -> String {
                 r.lease_expires.as_deref().unwrap_or("-")
             ));
         }
+    }
+    out
+}
+
+/// The limit of polls in flight: what it is, its cap, and what sets it.
+fn render_reads(reads: &[ReadLimitStatus]) -> String {
+    if reads.is_empty() {
+        return "\nARM reads in flight: unknown (no daemon of this version has published its limit yet)\n"
+            .into();
+    }
+    let mut out = format!(
+        "\n{:<34} {:>9} {:>6} {:>5} {:>7}  {:<9} {:>7} {:>7}  {}\n",
+        "READS (POLLS IN FLIGHT)",
+        "IN FLIGHT",
+        "LIMIT",
+        "CAP",
+        "WAITING",
+        "SET BY",
+        "POLLS/S",
+        "TAKE S",
+        "NOTED"
+    );
+    for r in reads {
+        out.push_str(&format!(
+            "{:<34} {:>9} {:>6} {:>5} {:>7}  {:<9} {:>7.1} {:>7.2}  {}\n",
+            r.instance.as_deref().unwrap_or("this daemon"),
+            r.in_flight,
+            r.limit,
+            r.cap,
+            r.waiting,
+            r.bound,
+            r.polls_per_second,
+            r.poll_seconds,
+            r.noted
+        ));
     }
     out
 }

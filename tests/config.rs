@@ -314,7 +314,7 @@ fn an_unknown_subscription_key_is_reported() {
 
 #[test]
 fn a_wrong_type_is_reported_at_the_value() {
-    check(&add_after("cloud =", "concurrency = \"eight\""))
+    check(&add_after("cloud =", "max_retries = \"eight\""))
         .assert_only_problem_at("\"eight\"", &["invalid type", "eight", "i64"]);
 }
 
@@ -683,6 +683,29 @@ fn delivery_concurrency_is_adaptive_or_a_number() {
     check(&g("max_concurrency = 0")).assert_only_problem_at(
         "0\n",
         &["[guardrails] max_concurrency must be between 1 and"],
+    );
+}
+
+#[test]
+fn reads_in_flight_are_auto_or_a_cap() {
+    let a = |line: &str| add_after("cloud =", line);
+    check(&a("concurrency = \"auto\"")).assert_valid();
+    check(&a("concurrency = 2000")).assert_valid();
+    check(&a("concurrency = \"eight\"")).assert_only_problem_at(
+        "\"eight\"",
+        &["[azure] concurrency must be \"auto\" or a number of polls in flight, got \"eight\""],
+    );
+    check(&a("concurrency = 1.5")).assert_only_problem_at(
+        "1.5",
+        &["[azure] concurrency must be \"auto\" or a number of polls in flight, got 1.5"],
+    );
+    check(&a("concurrency = 0")).assert_only_problem_at(
+        "0\n",
+        &["[azure] concurrency must be between 1 and 4096, got 0"],
+    );
+    check(&a("concurrency = 5000")).assert_only_problem_at(
+        "5000",
+        &["[azure] concurrency must be between 1 and 4096, got 5000"],
     );
 }
 

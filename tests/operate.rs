@@ -6,11 +6,10 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::Utc;
-use support::admin::{admin_addr, get, wait_until_ready};
+use support::admin::{admin_addr, get, metric, parse_metrics, wait_until_ready};
 use support::*;
 
 fn recent(sub: &str, prefix: &str, n: usize) -> Vec<FakeEntry> {
@@ -20,29 +19,6 @@ fn recent(sub: &str, prefix: &str, n: usize) -> Vec<FakeEntry> {
             entry(sub, &format!("{prefix}-{i}"), ts, "Succeeded")
         })
         .collect()
-}
-
-/// Prometheus text: `name{labels}` -> value.
-fn parse_metrics(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn metric(m: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    m.iter()
-        .find(|(k, _)| {
-            let full = format!("azure_activity_poller_{name}");
-            (k.as_str() == full || k.starts_with(&format!("{full}{{")))
-                && labels
-                    .iter()
-                    .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
-        })
-        .map(|(_, v)| *v)
 }
 
 // What operators use next to a running daemon works the same on either state.

@@ -50,7 +50,12 @@ pub enum AzureError {
         message: Option<String>,
     },
     #[error("Azure is unavailable after {attempts} attempts: {last}")]
-    Exhausted { attempts: usize, last: String },
+    Exhausted {
+        attempts: usize,
+        last: String,
+        /// The last answer was a 429: Azure was throttling, not down.
+        throttled: bool,
+    },
     #[error("Azure returned a malformed page: {0}")]
     MalformedPage(#[from] PageError),
     #[error("Azure's answer was refused: {0}")]
@@ -71,6 +76,17 @@ impl AzureError {
                 | AzureError::MalformedPage(_)
                 | AzureError::Oversized(_)
                 | AzureError::Credential(CredentialError::Timeout { .. })
+        )
+    }
+
+    /// Azure was still throttling (HTTP 429) when the retries ran out.
+    pub fn is_throttled(&self) -> bool {
+        matches!(
+            self,
+            AzureError::Exhausted {
+                throttled: true,
+                ..
+            }
         )
     }
 }
@@ -157,6 +173,7 @@ impl Arm {
                 .send()
                 .await;
             crate::metrics::azure_request(sent.as_ref().ok().map(|r| r.status().as_u16()));
+            let mut was_throttled = false;
             let (wait, last) = match sent {
                 Err(e) => (None, describe(&e)),
                 Ok(resp) => {
@@ -206,6 +223,7 @@ impl Arm {
                             user_quota_remaining = header("x-ms-user-quota-remaining"),
                             "Azure is throttling (HTTP 429)"
                         );
+                        was_throttled = true;
                         if let Some(w) = wait {
                             throttled += w;
                             crate::metrics::throttle_wait(w.as_secs_f64());
@@ -233,7 +251,11 @@ impl Arm {
                 }
             };
             let Some(backoff) = delays.next() else {
-                return Err(AzureError::Exhausted { attempts, last });
+                return Err(AzureError::Exhausted {
+                    attempts,
+                    last,
+                    throttled: was_throttled,
+                });
             };
             let delay = wait.unwrap_or(backoff);
             tracing::debug!(attempt = attempts, delay_ms = delay.as_millis() as u64, error = %last, "retrying Azure request");

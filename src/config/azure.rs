@@ -1,5 +1,5 @@
 //! `[azure]`: the cloud and its endpoints, and how hard the poller may press
-//! Azure Resource Manager (subscriptions at once, timeouts, retries, the read
+//! Azure Resource Manager (the cap of reads in flight, timeouts, retries, the read
 //! budget, catch-up slices).
 
 use std::time::Duration;
@@ -11,6 +11,10 @@ use url::Url;
 use super::check::Checker;
 use crate::retry::Backoff;
 
+/// The largest cap `[azure] concurrency` takes: each read in flight holds a
+/// connection (or stream) and a page's buffers.
+const MAX_CONCURRENCY: i64 = 4096;
+
 /// `[azure]` as written.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -18,7 +22,7 @@ pub(super) struct Azure {
     pub(super) cloud: Option<Spanned<Cloud>>,
     pub(super) resource_manager_url: Option<Spanned<String>>,
     pub(super) authority_host: Option<Spanned<String>>,
-    pub(super) concurrency: Option<Spanned<i64>>,
+    pub(super) concurrency: Option<Spanned<toml::Value>>,
     pub(super) request_timeout: Option<Spanned<String>>,
     pub(super) max_retries: Option<Spanned<i64>>,
     pub(super) retry_base: Option<Spanned<String>>,
@@ -63,7 +67,9 @@ pub struct AzureConfig {
     pub cloud: Cloud,
     pub resource_manager_url: Url,
     pub authority_host: Url,
-    /// Subscriptions polled at the same time.
+    /// The cap of polls (ARM reads) in flight; how many there are below it
+    /// follows the observed round trip and demand (`read_limit.rs`).
+    /// `"auto"` is [`crate::read_limit::DEFAULT_CAP`].
     pub concurrency: usize,
     /// Limit for one HTTP request to Azure.
     pub request_timeout: Duration,
@@ -107,7 +113,18 @@ pub(super) fn validate(az: &Azure, ck: &mut Checker<'_>) -> Option<AzureConfig> 
         defaults.map(|d| d.0),
     );
     let authority_host = endpoint(&az.authority_host, "authority_host", defaults.map(|d| d.1));
-    let concurrency = ck.positive_or(&az.concurrency, "[azure] concurrency", 1024, 32);
+    let concurrency = match az.concurrency.as_ref() {
+        None => Some(crate::read_limit::DEFAULT_CAP),
+        Some(c) => ck
+            .word_or_count(
+                c,
+                "[azure] concurrency",
+                "auto",
+                "polls in flight",
+                MAX_CONCURRENCY,
+            )
+            .map(|cap| cap.unwrap_or(crate::read_limit::DEFAULT_CAP)),
+    };
     let request_timeout = ck.duration_or(
         &az.request_timeout,
         "[azure] request_timeout",

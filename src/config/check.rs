@@ -121,6 +121,33 @@ impl<'a> Checker<'a> {
             .map_or(Some(default), |v| self.positive(v, key, max))
     }
 
+    /// A key that takes either a word or a count from 1 to `max`
+    /// (`concurrency = "auto"` or `= 64`): `Some(None)` for the word,
+    /// `Some(Some(n))` for a count, `None` (and a problem) for anything else.
+    /// `counts` says what the number counts, for the message.
+    pub(super) fn word_or_count(
+        &mut self,
+        value: &Spanned<toml::Value>,
+        key: &str,
+        word: &str,
+        counts: &str,
+        max: i64,
+    ) -> Option<Option<usize>> {
+        match value.get_ref() {
+            toml::Value::String(s) if s == word => Some(None),
+            toml::Value::Integer(n) => self
+                .positive(&Spanned::new(value.span(), *n), key, max)
+                .map(Some),
+            other => {
+                self.at(
+                    value.span(),
+                    format!("{key} must be \"{word}\" or a number of {counts}, got {other}"),
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn url(&mut self, value: &Spanned<String>, key: &str) -> Option<Url> {
         match Url::parse(value.get_ref()) {
             Ok(u) if u.scheme() == "https" || (u.scheme() == "http" && is_loopback(&u)) => Some(u),

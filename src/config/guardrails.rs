@@ -190,28 +190,18 @@ fn delivery_concurrency(g: &Guardrails, ck: &mut Checker<'_>) -> Option<Delivery
         4096,
         256,
     );
-    let Some(c) = g.concurrency.as_ref() else {
-        return max_concurrency.map(|max| DeliveryConcurrency::Adaptive { max });
+    let fixed = match g.concurrency.as_ref() {
+        None => None,
+        Some(c) => ck.word_or_count(
+            c,
+            "[guardrails] concurrency",
+            "adaptive",
+            "POSTs in flight",
+            4096,
+        )?,
     };
-    match c.get_ref() {
-        toml::Value::String(s) if s == "adaptive" => {
-            max_concurrency.map(|max| DeliveryConcurrency::Adaptive { max })
-        }
-        toml::Value::Integer(n) => ck
-            .positive(
-                &Spanned::new(c.span(), *n),
-                "[guardrails] concurrency",
-                4096,
-            )
-            .map(DeliveryConcurrency::Fixed),
-        other => {
-            ck.at(
-                c.span(),
-                format!(
-                    "[guardrails] concurrency must be \"adaptive\" or a number of POSTs in flight, got {other}"
-                ),
-            );
-            None
-        }
+    match fixed {
+        Some(n) => Some(DeliveryConcurrency::Fixed(n)),
+        None => max_concurrency.map(|max| DeliveryConcurrency::Adaptive { max }),
     }
 }

@@ -197,6 +197,25 @@ pub struct DetectionNote {
     pub checked_at: Timestamp,
 }
 
+/// The limit of ARM reads in flight as a running daemon last published it
+/// (`read_limit.rs`), for `status`: that process is the only one that knows
+/// it, and `status` is another process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadLimitNote {
+    /// The instance that wrote it (shared state); `None` on SQLite, which
+    /// one daemon uses.
+    pub instance: Option<String>,
+    pub limit: i64,
+    pub cap: i64,
+    pub in_flight: i64,
+    pub waiting: i64,
+    pub arrivals_per_second: f64,
+    pub hold_seconds: f64,
+    /// What sets the limit: `demand`, `cap` or `throttled`.
+    pub bound: String,
+    pub noted_at: Timestamp,
+}
+
 /// A subscription's lease as the database holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LeaseNote {
@@ -433,6 +452,25 @@ impl Store {
                 blocking(s, move |s| s.note_detection(&id, at, state, &detail)).await
             }
             Backend::Postgres(p) => p.note_detection(subscription_id, at, state, &detail).await,
+        }
+    }
+
+    /// Publishes this daemon's limit of ARM reads in flight, for `status`
+    /// (on shared state, this instance's row).
+    pub async fn note_read_limit(&self, note: ReadLimitNote) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.note_read_limit(&note)).await,
+            Backend::Postgres(p) => p.note_read_limit(&note).await,
+        }
+    }
+
+    /// The limits of ARM reads in flight the daemons published; none when
+    /// no daemon has yet, or the state was written by a build that did not
+    /// publish them (nothing is created here: `status` reads as it is).
+    pub async fn read_limits(&self) -> Result<Vec<ReadLimitNote>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.read_limits()).await,
+            Backend::Postgres(p) => p.read_limits().await,
         }
     }
 

@@ -30,7 +30,7 @@ use tokio_rustls::rustls;
 
 use super::{
     Advance, Cursor, DeadLetter, DetectionNote, Held, Instance, InstanceRow, LeaseNote,
-    LeaseReport, OutboxEvent, Recorded, Share, StoreError, SubscriptionState,
+    LeaseReport, OutboxEvent, ReadLimitNote, Recorded, Share, StoreError, SubscriptionState,
 };
 use crate::config::{DatabaseTls, DatabaseUrl};
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
@@ -115,6 +115,17 @@ CREATE TABLE IF NOT EXISTS lease (
     subscription_id TEXT PRIMARY KEY,
     holder          TEXT NOT NULL,
     expires_at      TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_limit (
+    instance            TEXT PRIMARY KEY,
+    limit_now           BIGINT NOT NULL,
+    cap                 BIGINT NOT NULL,
+    in_flight           BIGINT NOT NULL,
+    waiting             BIGINT NOT NULL,
+    arrivals_per_second DOUBLE PRECISION NOT NULL,
+    hold_seconds        DOUBLE PRECISION NOT NULL,
+    bound               TEXT NOT NULL,
+    noted_at_ns         BIGINT NOT NULL
 );
 ";
 
@@ -591,6 +602,71 @@ impl PgStore {
         .map(drop)
     }
 
+    /// This instance's row.
+    pub async fn note_read_limit(&self, n: &ReadLimitNote) -> Result<(), StoreError> {
+        self.execute(
+            "noting the read limit",
+            "INSERT INTO read_limit (instance, limit_now, cap, in_flight, waiting,
+                    arrivals_per_second, hold_seconds, bound, noted_at_ns)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (instance) DO UPDATE
+             SET limit_now = excluded.limit_now, cap = excluded.cap,
+                 in_flight = excluded.in_flight, waiting = excluded.waiting,
+                 arrivals_per_second = excluded.arrivals_per_second,
+                 hold_seconds = excluded.hold_seconds, bound = excluded.bound,
+                 noted_at_ns = excluded.noted_at_ns",
+            &[
+                &self.me.id,
+                &n.limit,
+                &n.cap,
+                &n.in_flight,
+                &n.waiting,
+                &n.arrivals_per_second,
+                &n.hold_seconds,
+                &n.bound,
+                &to_nanos(n.noted_at),
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The rows of the instances still in `instance`; none on a database an
+    /// older build set up (read only if the table is there).
+    pub async fn read_limits(&self) -> Result<Vec<ReadLimitNote>, StoreError> {
+        const CONTEXT: &str = "reading the read limits";
+        let exists = self
+            .query(CONTEXT, "SELECT to_regclass('read_limit') IS NOT NULL", &[])
+            .await?;
+        if !exists.first().is_some_and(|r| r.get::<_, bool>(0)) {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .query(
+                CONTEXT,
+                "SELECT r.instance, r.limit_now, r.cap, r.in_flight, r.waiting,
+                        r.arrivals_per_second, r.hold_seconds, r.bound, r.noted_at_ns
+                 FROM read_limit r JOIN instance i ON i.id = r.instance
+                 ORDER BY i.started_at, i.id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| ReadLimitNote {
+                instance: Some(r.get(0)),
+                limit: r.get(1),
+                cap: r.get(2),
+                in_flight: r.get(3),
+                waiting: r.get(4),
+                arrivals_per_second: r.get(5),
+                hold_seconds: r.get(6),
+                bound: r.get(7),
+                noted_at: from_nanos(r.get(8)),
+            })
+            .collect())
+    }
+
     pub async fn next_batch(
         &self,
         limit: usize,
@@ -882,9 +958,13 @@ impl PgStore {
             h.clone_from(&mine);
             changed
         });
+        // Instances gone for a day are forgotten, with their read limits.
         let _ = c
             .execute(
-                "DELETE FROM instance WHERE expires_at < now() - interval '1 day'",
+                "WITH gone AS (
+                     DELETE FROM instance WHERE expires_at < now() - interval '1 day'
+                     RETURNING id)
+                 DELETE FROM read_limit WHERE instance IN (SELECT id FROM gone)",
                 &[],
             )
             .await;
@@ -1042,6 +1122,9 @@ impl PgStore {
             .await
             .ctx("giving up leases")?;
         c.execute("DELETE FROM instance WHERE id = $1", &[&self.me.id])
+            .await
+            .ctx("giving up leases")?;
+        c.execute("DELETE FROM read_limit WHERE instance = $1", &[&self.me.id])
             .await
             .ctx("giving up leases")?;
         Ok(())

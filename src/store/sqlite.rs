@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
-    Advance, Cursor, DeadLetter, DetectionNote, OutboxEvent, Recorded, SCHEMA_VERSION, StoreError,
-    SubscriptionState,
+    Advance, Cursor, DeadLetter, DetectionNote, OutboxEvent, ReadLimitNote, Recorded,
+    SCHEMA_VERSION, StoreError, SubscriptionState,
 };
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
 
@@ -77,6 +77,17 @@ CREATE TABLE IF NOT EXISTS detection (
     state           TEXT NOT NULL,
     detail          TEXT NOT NULL,
     checked_at_ns   INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS read_limit (
+    id                  INTEGER PRIMARY KEY CHECK (id = 1),
+    limit_now           INTEGER NOT NULL,
+    cap                 INTEGER NOT NULL,
+    in_flight           INTEGER NOT NULL,
+    waiting             INTEGER NOT NULL,
+    arrivals_per_second REAL NOT NULL,
+    hold_seconds        REAL NOT NULL,
+    bound               TEXT NOT NULL,
+    noted_at_ns         INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS dead_letter (
     seq             INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -494,6 +505,70 @@ impl SqliteStore {
     }
 
     /// Every subscription the database knows, with its counts.
+    /// One row: SQLite has one daemon.
+    pub fn note_read_limit(&self, n: &ReadLimitNote) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO read_limit (id, limit_now, cap, in_flight, waiting,
+                        arrivals_per_second, hold_seconds, bound, noted_at_ns)
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    n.limit,
+                    n.cap,
+                    n.in_flight,
+                    n.waiting,
+                    n.arrivals_per_second,
+                    n.hold_seconds,
+                    n.bound,
+                    to_nanos(n.noted_at)
+                ],
+            )
+            .ctx("noting the read limit")?;
+            Ok(())
+        })
+    }
+
+    /// The published read limit; none before a daemon of this build ran
+    /// (the table is only read if it is there, so `status` creates nothing).
+    pub fn read_limits(&self) -> Result<Vec<ReadLimitNote>, StoreError> {
+        const CONTEXT: &str = "reading the read limit";
+        self.with(|c| {
+            let exists: bool = c
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'read_limit')",
+                    [],
+                    |r| r.get(0),
+                )
+                .ctx(CONTEXT)?;
+            if !exists {
+                return Ok(Vec::new());
+            }
+            let mut stmt = c
+                .prepare(
+                    "SELECT limit_now, cap, in_flight, waiting, arrivals_per_second, hold_seconds,
+                            bound, noted_at_ns
+                     FROM read_limit",
+                )
+                .ctx(CONTEXT)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(ReadLimitNote {
+                        instance: None,
+                        limit: r.get(0)?,
+                        cap: r.get(1)?,
+                        in_flight: r.get(2)?,
+                        waiting: r.get(3)?,
+                        arrivals_per_second: r.get(4)?,
+                        hold_seconds: r.get(5)?,
+                        bound: r.get(6)?,
+                        noted_at: from_nanos(r.get(7)?),
+                    })
+                })
+                .ctx(CONTEXT)?;
+            rows.collect::<Result<Vec<_>, _>>().ctx(CONTEXT)
+        })
+    }
+
     pub fn states(&self) -> Result<Vec<SubscriptionState>, StoreError> {
         self.with(|c| {
             let mut stmt = c
@@ -831,6 +906,48 @@ mod tests {
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION - 1);
     }
+    #[test]
+    fn the_read_limit_is_one_row_and_unknown_on_an_older_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        // A state an older build wrote: no read_limit table. `status` reads
+        // it as unknown and creates nothing.
+        SqliteStore::open(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE read_limit")
+            .unwrap();
+        let old = SqliteStore::open_existing(&path).unwrap();
+        assert_eq!(old.read_limits().unwrap(), Vec::new());
+        let tables: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'read_limit'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tables, 0);
+
+        let store = SqliteStore::open(&path).unwrap();
+        let mut note = ReadLimitNote {
+            instance: None,
+            limit: 32,
+            cap: 512,
+            in_flight: 3,
+            waiting: 0,
+            arrivals_per_second: 1.5,
+            hold_seconds: 0.25,
+            bound: "demand".into(),
+            noted_at: from_nanos(1_000),
+        };
+        store.note_read_limit(&note).unwrap();
+        note.limit = 64;
+        note.bound = "cap".into();
+        store.note_read_limit(&note).unwrap();
+        assert_eq!(old.read_limits().unwrap(), vec![note]);
+    }
+
     #[test]
     fn ack_and_reject_empty_the_outbox() {
         let dir = tempfile::tempdir().unwrap();

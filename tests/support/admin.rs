@@ -1,6 +1,8 @@
 //! The daemon's admin server (`[telemetry] listen`) as a test reads it: the
-//! address it logged, and `GET`s of `/metrics`, `/healthz` and `/readyz`.
+//! address it logged, `GET`s of `/metrics`, `/healthz` and `/readyz`, and the
+//! metrics parsed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::{Daemon, eventually, eventually_async};
@@ -46,4 +48,29 @@ pub async fn wait_until_ready(addr: &str, limit: Duration, what: &str) {
         get(addr, "/readyz").await.0 == 200
     })
     .await;
+}
+
+/// Prometheus text: `name{labels}` -> value.
+pub fn parse_metrics(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of the poller's metric `name` (its prefix left out) with
+/// these labels, if it is there.
+pub fn metric(m: &HashMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    m.iter()
+        .find(|(k, _)| {
+            let full = format!("azure_activity_poller_{name}");
+            (k.as_str() == full || k.starts_with(&format!("{full}{{")))
+                && labels
+                    .iter()
+                    .all(|(l, v)| k.contains(&format!("{l}=\"{v}\"")))
+        })
+        .map(|(_, v)| *v)
 }
