@@ -1,7 +1,16 @@
 //! The Guardrails GraphQL API (`{workspace}/api/latest/graphql`), read with an
 //! API key (HTTP Basic: access key and secret key): the policy values that say
-//! whether Guardrails' own event handlers or event poller feed a subscription,
-//! and the list of Azure subscriptions a workspace knows, for `import`.
+//! whether Guardrails' own event handlers or event poller feed a subscription
+//! (for the whole workspace in one paged query per policy, or for one
+//! subscription), and the list of Azure subscriptions a workspace knows, for
+//! `import`.
+//!
+//! Every filter says its hierarchy scope in full (`resource:` with
+//! `level:self,descendant`, and `policyTypeLevel:self` or
+//! `resourceTypeLevel:self` beside a type): nothing relies on a default the
+//! server could change, and Event Poller's own sub-policies (Interval,
+//! Window) are not read as Event Poller values. Pages hold [`PAGE_LIMIT`]
+//! items (Guardrails' default is 20).
 //!
 //! Only reads. The keys travel in the `Authorization` header, which never
 //! reaches a log or an error: errors carry the HTTP status, the transport
@@ -24,12 +33,36 @@ pub const EVENT_POLLER_INTERVAL_POLICY: &str =
 pub const EVENT_POLLER_WINDOW_POLICY: &str = "tmod:@turbot/azure#/policy/types/eventPollerWindow";
 pub const SUBSCRIPTION_TYPE: &str = "tmod:@turbot/azure#/resource/types/subscription";
 
+/// The prefix of a subscription's AKA, and of the AKAs of resources below it.
+pub const SUBSCRIPTION_AKA_PREFIX: &str = "azure:///subscriptions/";
+/// The root of a workspace's resource hierarchy (its AKA): every resource
+/// is below it.
+pub const WORKSPACE_ROOT: &str = "tmod:@turbot/turbot#/";
+/// Items a page of a list query holds (`limit:`).
+pub const PAGE_LIMIT: usize = 5000;
+
 /// A subscription's resource id (AKA) in Guardrails.
 pub fn subscription_aka(id: &str) -> String {
-    format!("azure:///subscriptions/{id}")
+    format!("{SUBSCRIPTION_AKA_PREFIX}{id}")
 }
 
-#[derive(Debug, thiserror::Error)]
+/// The filter for the values of `policy_type` itself (not its sub-policies)
+/// on `resource` (an AKA) and every resource below it.
+pub fn policy_values_filter(policy_type: &str, resource: &str) -> String {
+    format!(
+        "policyTypeId:'{policy_type}' policyTypeLevel:self resource:'{resource}' level:self,descendant limit:{PAGE_LIMIT}"
+    )
+}
+
+/// The filter for the workspace's Azure subscriptions (not the resources
+/// below them, whose types descend from the subscription's).
+pub fn subscriptions_filter() -> String {
+    format!(
+        "resourceTypeId:'{SUBSCRIPTION_TYPE}' resourceTypeLevel:self resource:'{WORKSPACE_ROOT}' level:self,descendant limit:{PAGE_LIMIT}"
+    )
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error(
         "the Guardrails API refused the API key (HTTP {0}): check [guardrails.api] access_key and secret_key"
@@ -63,6 +96,25 @@ pub struct PolicyValue {
     pub resource: Option<String>,
 }
 
+/// Where a policy value applies, as the workspace-wide answer says it:
+/// enough to tell which subscription it belongs to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The resource's Guardrails id.
+    pub id: Option<String>,
+    /// Its AKAs (a subscription's: `azure:///subscriptions/<id>`).
+    pub akas: Vec<String>,
+    /// Its ancestors' Guardrails ids, from the root down.
+    pub path: Vec<String>,
+}
+
+/// A policy value and the resource it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedValue {
+    pub value: PolicyValue,
+    pub placement: Placement,
+}
+
 /// An Azure subscription as a Guardrails workspace knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownSubscription {
@@ -91,7 +143,7 @@ impl std::fmt::Debug for GuardrailsApi {
 
 const POLICY_VALUES: &str = "query PolicyValues($filter: [String!], $next: String) {
   policyValues(filter: $filter, paging: $next) {
-    items { value state resource { trunk { title } } turbot { resourceId policyTypeId } }
+    items { value state resource { trunk { title } turbot { id akas path } } turbot { resourceId policyTypeId } }
     paging { next }
   }
 }";
@@ -182,21 +234,30 @@ impl GuardrailsApi {
         policy_type: &str,
         subscription_id: &str,
     ) -> Result<Vec<PolicyValue>, ApiError> {
-        let filter = format!(
-            "policyTypeId:'{policy_type}' resource:'{}'",
-            subscription_aka(subscription_id)
-        );
+        let filter = policy_values_filter(policy_type, &subscription_aka(subscription_id));
         let values: Vec<RawPolicyValue> = self
             .all_pages(POLICY_VALUES, &filter, "policyValues")
             .await?;
-        Ok(values
-            .into_iter()
-            .map(|v| PolicyValue {
-                value: v.value.as_ref().and_then(value_text),
-                state: v.state,
-                resource: v.resource.and_then(|r| r.trunk).and_then(|t| t.title),
-            })
-            .collect())
+        Ok(values.into_iter().map(|v| v.placed().value).collect())
+    }
+
+    /// Every value of `policy_type` in the whole workspace, each with where
+    /// it applies, handed to `each` a page at a time (so that a large
+    /// workspace's answer is never held whole): one paged query, however
+    /// many subscriptions there are.
+    pub async fn workspace_policy_values(
+        &self,
+        policy_type: &str,
+        mut each: impl FnMut(PlacedValue),
+    ) -> Result<(), ApiError> {
+        let filter = policy_values_filter(policy_type, WORKSPACE_ROOT);
+        self.each_page(
+            POLICY_VALUES,
+            &filter,
+            "policyValues",
+            |items: Vec<RawPolicyValue>| items.into_iter().for_each(|v| each(v.placed())),
+        )
+        .await
     }
 
     /// The effective value of one policy on one resource.
@@ -217,9 +278,9 @@ impl GuardrailsApi {
 
     /// The Azure subscriptions the workspace knows.
     pub async fn subscriptions(&self) -> Result<Vec<KnownSubscription>, ApiError> {
-        let filter = format!("resourceTypeId:'{SUBSCRIPTION_TYPE}'");
-        let resources: Vec<RawResource> =
-            self.all_pages(SUBSCRIPTIONS, &filter, "resources").await?;
+        let resources: Vec<RawResource> = self
+            .all_pages(SUBSCRIPTIONS, &subscriptions_filter(), "resources")
+            .await?;
         Ok(resources.into_iter().map(known_subscription).collect())
     }
 
@@ -232,19 +293,33 @@ impl GuardrailsApi {
         name: &str,
     ) -> Result<Vec<T>, ApiError> {
         let mut out = Vec::new();
+        self.each_page(query, filter, name, |items| out.extend(items))
+            .await?;
+        Ok(out)
+    }
+
+    /// Hands each page's items of a paged query's field `name` to `each`,
+    /// following `paging.next` (at most [`MAX_PAGES`] pages).
+    async fn each_page<T: for<'de> Deserialize<'de>>(
+        &self,
+        query: &str,
+        filter: &str,
+        name: &str,
+        mut each: impl FnMut(Vec<T>),
+    ) -> Result<(), ApiError> {
         let mut next: Option<String> = None;
         for _ in 0..MAX_PAGES {
             let data = self
                 .query(query, json!({ "filter": [filter], "next": next }))
                 .await?;
             let page: Paged<T> = field(&data, name)?;
-            out.extend(page.items);
+            each(page.items);
             next = page.paging.and_then(|p| p.next).filter(|n| !n.is_empty());
             if next.is_none() {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -303,9 +378,52 @@ struct RawPolicyValue {
     resource: Option<RawResourceRef>,
 }
 
+impl RawPolicyValue {
+    fn placed(self) -> PlacedValue {
+        let (trunk, turbot) = match self.resource {
+            Some(r) => (r.trunk, r.turbot),
+            None => (None, None),
+        };
+        let turbot = turbot.unwrap_or_default();
+        PlacedValue {
+            value: PolicyValue {
+                value: self.value.as_ref().and_then(value_text),
+                state: self.state,
+                resource: trunk.and_then(|t| t.title),
+            },
+            placement: Placement {
+                id: turbot.id.as_ref().and_then(value_text),
+                akas: turbot.akas.unwrap_or_default(),
+                path: turbot.path.as_ref().map(path_ids).unwrap_or_default(),
+            },
+        }
+    }
+}
+
+/// A resource's `turbot.path`: its ancestors' ids, `"1.2.3"` (or a list).
+fn path_ids(path: &Value) -> Vec<String> {
+    match path {
+        Value::String(s) => s
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Value::Array(items) => items.iter().filter_map(value_text).collect(),
+        other => value_text(other).into_iter().collect(),
+    }
+}
+
 #[derive(Deserialize)]
 struct RawResourceRef {
     trunk: Option<Trunk>,
+    turbot: Option<RawPlacement>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawPlacement {
+    id: Option<Value>,
+    akas: Option<Vec<String>>,
+    path: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -376,5 +494,45 @@ mod tests {
             parse_result(b"<html>"),
             Err(ApiError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn every_filter_says_its_scope() {
+        let sub = policy_values_filter(EVENT_POLLER_POLICY, &subscription_aka("abc"));
+        assert_eq!(
+            sub,
+            "policyTypeId:'tmod:@turbot/azure#/policy/types/eventPoller' policyTypeLevel:self resource:'azure:///subscriptions/abc' level:self,descendant limit:5000"
+        );
+        let everywhere = policy_values_filter(EVENT_HANDLERS_POLICY, WORKSPACE_ROOT);
+        assert!(everywhere.contains("resource:'tmod:@turbot/turbot#/' level:self,descendant"));
+        let subs = subscriptions_filter();
+        assert!(subs.contains("resourceTypeLevel:self") && subs.contains("level:self,descendant"));
+    }
+
+    #[test]
+    fn a_value_says_where_it_applies() {
+        let raw: RawPolicyValue = serde_json::from_value(json!({
+            "value": "Skip", "state": "ok",
+            "resource": {"trunk": {"title": "Turbot > Prod > East US"},
+                         "turbot": {"id": "300", "akas": null, "path": "1.200.300"}}
+        }))
+        .expect("a policy value");
+        let placed = raw.placed();
+        assert_eq!(placed.value.value.as_deref(), Some("Skip"));
+        assert_eq!(placed.placement.id.as_deref(), Some("300"));
+        assert!(placed.placement.akas.is_empty());
+        assert_eq!(placed.placement.path, ["1", "200", "300"]);
+        // A numeric id, a path as a list, no resource at all.
+        let raw: RawPolicyValue = serde_json::from_value(json!({
+            "value": true, "resource": {"turbot": {"id": 7, "akas": ["a"], "path": [1, "7"]}}
+        }))
+        .expect("a policy value");
+        let placed = raw.placed();
+        assert_eq!(placed.value.value.as_deref(), Some("true"));
+        assert_eq!(placed.placement.id.as_deref(), Some("7"));
+        assert_eq!(placed.placement.path, ["1", "7"]);
+        let raw: RawPolicyValue =
+            serde_json::from_value(json!({"value": null})).expect("a policy value");
+        assert_eq!(raw.placed().placement, Placement::default());
     }
 }

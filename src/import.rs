@@ -4,7 +4,6 @@
 //! subscriptions the credential can read). A subscription that cannot be
 //! polled is printed commented out, with why; the output parses as TOML.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +11,7 @@ use serde::Deserialize;
 
 use crate::azure::{ActivityLogClient, AzureError, CredentialError, ReadBudget, TokenSource};
 use crate::config::{Config, SubscriptionId};
-use crate::detect::{Detector, Verdict};
+use crate::detect::{Asked, Detector, Verdict};
 use crate::guardrails_api::{
     ApiError, EVENT_HANDLERS_POLICY, EVENT_POLLER_INTERVAL_POLICY, EVENT_POLLER_POLICY,
     EVENT_POLLER_WINDOW_POLICY, GuardrailsApi, subscription_aka,
@@ -258,25 +257,38 @@ pub async fn from_azure(config: &Config, credential: Option<&str>) -> Result<Str
             None => break,
         }
     }
-    let detector = Detector::new(config, http, budget);
-    let token_map: BTreeMap<String, Arc<TokenSource>> = [(name.clone(), tokens.clone())].into();
     let configured: Vec<&str> = config.subscriptions.iter().map(|s| s.id.as_str()).collect();
+    let found: Vec<(SubscriptionId, AzureSubscription)> = found
+        .into_iter()
+        .filter_map(|s| SubscriptionId::parse(&s.subscription_id).map(|id| (id, s)))
+        .collect();
+    // Every subscription that Azure does not already rule out, checked at once.
+    let ruled_out = |s: &AzureSubscription| match s.state.as_deref().unwrap_or("Enabled") {
+        "Enabled" | "Warned" | "PastDue" => None,
+        other => Some(format!("Azure reports it {other}")),
+    };
+    let asked: Vec<Asked> = found
+        .iter()
+        .filter(|(_, s)| ruled_out(s).is_none())
+        .map(|(id, _)| Asked {
+            id: id.as_str(),
+            tokens: Some(&tokens),
+        })
+        .collect();
+    let mut detections = Detector::new(config, http, budget)
+        .detect_many(&asked)
+        .await
+        .into_iter();
     let mut sections = Vec::new();
-    for s in found {
-        let Some(id) = SubscriptionId::parse(&s.subscription_id) else {
-            continue;
-        };
+    for (id, s) in &found {
         let mut notes = Vec::new();
         if configured.contains(&id.as_str()) {
             notes.push("already in this configuration".to_string());
         }
-        let state = s.state.unwrap_or_else(|| "Enabled".into());
-        let mut blocked = match state.as_str() {
-            "Enabled" | "Warned" | "PastDue" => None,
-            other => Some(format!("Azure reports it {other}")),
-        };
-        if blocked.is_none() {
-            let d = detector.detect(id.as_str(), token_map.get(&name)).await;
+        let mut blocked = ruled_out(s);
+        if blocked.is_none()
+            && let Some(d) = detections.next()
+        {
             match d.verdict() {
                 Verdict::Live(found) => blocked = Some(found.join("; ")),
                 Verdict::Unknown(errors) => {
@@ -287,7 +299,7 @@ pub async fn from_azure(config: &Config, credential: Option<&str>) -> Result<Str
         }
         sections.push(Section {
             id: id.to_string(),
-            name: s.display_name,
+            name: s.display_name.clone(),
             credential: Some(name.clone()),
             interval: None,
             window: None,

@@ -28,7 +28,6 @@ pub mod poll;
 pub mod read_limit;
 pub mod retry;
 pub mod scheduler;
-pub mod slice_plan;
 pub mod status;
 pub mod store;
 pub mod summary;

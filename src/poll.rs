@@ -8,37 +8,39 @@
 //! is not durably recorded.
 //!
 //! A watermark far behind (a first run with `--since`, an outage, a restart
-//! after a day) is caught up in **time slices queried in parallel**: the
-//! range is cut into slices of at most [`CATCH_UP_CHUNK`], up to `[azure]
-//! catch_up_slices` of them in flight, each drained to its last page (its
-//! pages recorded as they come), and the watermark moves only over the
-//! contiguous prefix of finished slices. A slice that finishes before an
-//! earlier one waits for it; a crash loses nothing, because everything past
-//! the watermark is queried again and its seen ids stop duplicates. ARM's
-//! read budget (`azure/budget.rs`) paces the slices together.
+//! after a day) is caught up in **time slices queried in parallel**
+//! (`catch_up.rs`, planned by `slices.rs`): up to `[azure] catch_up_slices`
+//! queries in flight, each page recorded as it comes, a slice whose page
+//! comes back full split over the free slots, and the watermark moved only
+//! over the contiguous prefix of finished slices. A crash loses nothing,
+//! because everything past the watermark is queried again and its seen ids
+//! stop duplicates. ARM's read budget (`azure/budget.rs`) paces the slices
+//! together.
 //!
 //! Clock skew: the query's end is this host's "now", but the watermark moves only
 //! as far as Azure's own clock (the `Date` header, less its one-second
 //! resolution), so a host clock running ahead cannot skip entries Azure has yet
 //! to stamp.
 
+mod catch_up;
+mod slices;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::Notify;
+use url::Url;
 
 use crate::azure::activity_log::Fetched;
 use crate::azure::{ActivityLogClient, AzureError, TokenSource};
 use crate::config::{RETENTION, SubscriptionConfig};
 use crate::event::{Entry, Item, Malformed, Timestamp, rfc3339, to_ticks};
 use crate::store::{Advance, Cursor, Recorded, Store, StoreError};
+use slices::Reach;
 
 /// The longest stretch one query covers beyond the look-back.
 pub const CATCH_UP_CHUNK: Duration = Duration::from_secs(3600);
-
-/// The shortest slice worth its own query in a parallel catch-up.
-const MIN_SLICE: Duration = Duration::from_secs(60);
 
 /// Skews within this are the `Date` header's own imprecision, not a clock problem.
 const SKEW_TOLERANCE: chrono::Duration = chrono::Duration::seconds(2);
@@ -80,6 +82,8 @@ pub struct PollReport {
     pub duplicate: usize,
     pub quarantined: usize,
     pub throttled: Duration,
+    /// Times a catch-up slice whose page came back full was split.
+    pub splits: usize,
     pub watermark: Option<Timestamp>,
     /// Azure's clock minus ours, when a `Date` header told.
     pub skew: Option<chrono::Duration>,
@@ -202,7 +206,7 @@ impl Poller {
                 continue;
             }
             report.window_end = Some(end);
-            let (watermark, piece) = self.query(sub, tokens, start, end, true, beat).await?;
+            let (watermark, piece) = self.query(sub, tokens, start, end, beat).await?;
             report.absorb(piece);
             cursor.watermark = cursor.watermark.max(watermark);
             cursor.pruned_before = cursor.pruned_before.max(watermark - window);
@@ -296,133 +300,115 @@ impl Poller {
         (to_ticks(start), to_ticks(end.max(start)))
     }
 
-    /// Catches `[start, until]` up in parallel slices; returns the watermark
-    /// committed (the end of the contiguous prefix of finished slices).
-    async fn catch_up(
-        &self,
-        sub: &SubscriptionConfig,
-        tokens: &Arc<TokenSource>,
-        start: Timestamp,
-        until: Timestamp,
-        report: &mut PollReport,
-        beat: &Heartbeat,
-    ) -> Result<Timestamp, PollError> {
-        use futures::StreamExt;
-        let window = window_of(sub);
-        let slices = slice(start, until, self.slices);
-        let id = sub.id.as_str().to_string();
-        tracing::info!(
-            subscription_id = %sub.id,
-            subscription_name = sub.name.as_deref(),
-            from = %rfc3339(start),
-            to = %rfc3339(until),
-            slices = slices.len(),
-            in_parallel = self.slices,
-            "catching up in parallel time slices"
-        );
-        let mut running = futures::stream::FuturesUnordered::new();
-        let mut next = 0;
-        let mut prefix = Prefix::new(&slices);
-        let mut watermark = start;
-        let mut failed: Option<PollError> = None;
-        loop {
-            while failed.is_none() && running.len() < self.slices && next < slices.len() {
-                let (s, e) = slices[next];
-                let i = next;
-                next += 1;
-                running.push(async move { (i, self.query(sub, tokens, s, e, false, beat).await) });
-            }
-            let Some((i, result)) = running.next().await else {
-                break;
-            };
-            let (safe_end, piece) = match result {
-                Ok(done) => done,
-                Err(e) => {
-                    // Slices in flight finish (their pages are recorded);
-                    // no new one starts. The prefix so far is committed.
-                    failed.get_or_insert(e);
-                    continue;
-                }
-            };
-            report.absorb(piece);
-            if let Some(end) = prefix.finish(i, safe_end) {
-                watermark = end.max(start);
-                let advance = Advance {
-                    watermark,
-                    prune_before: watermark - window,
-                };
-                self.store
-                    .record_page(&id, Vec::new(), Vec::new(), Some(advance))
-                    .await?;
-            }
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(watermark),
-        }
-    }
-
-    /// Drains one query to its last page. With `commit`, the last page's
-    /// transaction moves the watermark; either way, returns how far the
-    /// query may move it (its end, or Azure's "now" when that is earlier),
-    /// and what it did.
+    /// Drains one query to its last page; the last page's transaction moves
+    /// the watermark. Returns how far it moved it (the query's end, or
+    /// Azure's "now" when that is earlier), and what the query did.
     async fn query(
         &self,
         sub: &SubscriptionConfig,
         tokens: &Arc<TokenSource>,
         start: Timestamp,
         end: Timestamp,
-        commit: bool,
         beat: &Heartbeat,
     ) -> Result<(Timestamp, PollReport), PollError> {
-        let mut piece = PollReport {
-            queries: 1,
-            ..PollReport::default()
+        let mut q = Query::new(&self.client, sub, start, end);
+        while !q.is_done() {
+            self.read_page(sub, tokens, &mut q, true, beat).await?;
+        }
+        Ok((q.safe_end.max(start), q.report))
+    }
+
+    /// Reads `q`'s next page and records what it keeps; with `commit`, the
+    /// last page's transaction moves the watermark to the query's safe end.
+    async fn read_page(
+        &self,
+        sub: &SubscriptionConfig,
+        tokens: &Arc<TokenSource>,
+        q: &mut Query,
+        commit: bool,
+        beat: &Heartbeat,
+    ) -> Result<(), PollError> {
+        let Some(url) = q.next.take() else {
+            return Ok(());
         };
-        let window = window_of(sub);
-        let id = sub.id.as_str().to_string();
-        let mut url = self.client.first_page(&id, start, end);
-        let mut watermark = end;
-        let mut first = true;
-        loop {
-            let requested_at = Utc::now();
-            let fetched = self.client.fetch(&url, tokens, beat).await?;
-            piece.count_page(&fetched);
-            self.learn_skew(fetched.server_date);
-            if first {
-                first = false;
-                if let Some(date) = fetched.server_date {
-                    piece.skew = Some(date - requested_at);
-                    // `Date` has one-second resolution and was stamped after the
-                    // query started: a second less is safe.
-                    let azure_now = date - chrono::Duration::seconds(1);
-                    if azure_now < watermark {
-                        watermark = to_ticks(azure_now);
-                    }
-                }
-            }
-            let (entries, malformed) = keep(sub, fetched.page.items, end, &mut piece);
-            let next = match &fetched.page.next_link {
-                Some(link) => Some(self.client.next_page(link)?),
-                None => None,
-            };
-            let advance = (commit && next.is_none()).then(|| Advance {
-                watermark,
-                prune_before: watermark.max(start) - window,
-            });
-            let rec = self
-                .store
-                .record_page(&id, entries, malformed, advance)
-                .await?;
-            piece.count_recorded(&rec);
-            if rec.new > 0 {
-                self.outbox_ready.notify_one();
-            }
-            match next {
-                Some(u) => url = u,
-                None => return Ok((watermark.max(start), piece)),
+        let first = q.report.pages == 0;
+        let requested_at = Utc::now();
+        let fetched = self.client.fetch(&url, tokens, beat).await?;
+        q.report.count_page(&fetched);
+        self.learn_skew(fetched.server_date);
+        if first && let Some(date) = fetched.server_date {
+            q.report.skew = Some(date - requested_at);
+            // `Date` has one-second resolution and was stamped after the
+            // query started: a second less is safe.
+            let azure_now = date - chrono::Duration::seconds(1);
+            if azure_now < q.safe_end {
+                q.safe_end = to_ticks(azure_now);
             }
         }
+        // Of every entry on the page, whatever its status.
+        q.reach = Reach::of(fetched.page.items.iter().filter_map(|item| match item {
+            Item::Entry(e) => Some(e.event_timestamp),
+            Item::Malformed(_) => None,
+        }));
+        let (entries, malformed) = keep(sub, fetched.page.items, q.end, &mut q.report);
+        let next = match &fetched.page.next_link {
+            Some(link) => Some(self.client.next_page(link)?),
+            None => None,
+        };
+        let window = window_of(sub);
+        let advance = (commit && next.is_none()).then(|| Advance {
+            watermark: q.safe_end,
+            prune_before: q.safe_end.max(q.start) - window,
+        });
+        let rec = self
+            .store
+            .record_page(sub.id.as_str(), entries, malformed, advance)
+            .await?;
+        q.report.count_recorded(&rec);
+        if rec.new > 0 {
+            self.outbox_ready.notify_one();
+        }
+        q.next = next;
+        Ok(())
+    }
+}
+
+/// One query in progress: `[start, end]` read page by page, newest first.
+struct Query {
+    start: Timestamp,
+    end: Timestamp,
+    /// The next page to read; `None` once the last one was read.
+    next: Option<Url>,
+    /// How far the watermark may move once the query is done: its end, or
+    /// Azure's "now" (from the first page's `Date`) when that is earlier.
+    safe_end: Timestamp,
+    /// The `eventTimestamp`s the last page read reached.
+    reach: Option<Reach>,
+    report: PollReport,
+}
+
+impl Query {
+    fn new(
+        client: &ActivityLogClient,
+        sub: &SubscriptionConfig,
+        start: Timestamp,
+        end: Timestamp,
+    ) -> Self {
+        Query {
+            start,
+            end,
+            next: Some(client.first_page(sub.id.as_str(), start, end)),
+            safe_end: end,
+            reach: None,
+            report: PollReport {
+                queries: 1,
+                ..PollReport::default()
+            },
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.next.is_none()
     }
 }
 
@@ -465,112 +451,4 @@ fn keep(
 /// `sub`'s look-back window, as a span of time to do sums with.
 fn window_of(sub: &SubscriptionConfig) -> chrono::Duration {
     chrono::Duration::from_std(sub.schedule.window()).unwrap_or(chrono::Duration::MAX)
-}
-
-/// The finished slices of a catch-up, and the end of their contiguous
-/// prefix: how far the watermark may move.
-struct Prefix<'a> {
-    slices: &'a [(Timestamp, Timestamp)],
-    /// Finished slices past the prefix, by index, with how far each is safe.
-    finished: std::collections::BTreeMap<usize, Timestamp>,
-    /// Slices in the prefix.
-    committed: usize,
-    /// A slice in the prefix stopped short (Azure's clock): nothing past it counts.
-    clipped: bool,
-}
-
-impl<'a> Prefix<'a> {
-    fn new(slices: &'a [(Timestamp, Timestamp)]) -> Self {
-        Prefix {
-            slices,
-            finished: Default::default(),
-            committed: 0,
-            clipped: false,
-        }
-    }
-
-    /// Slice `i` finished, safe up to `safe_end`; returns the prefix's new
-    /// end when it moved.
-    fn finish(&mut self, i: usize, safe_end: Timestamp) -> Option<Timestamp> {
-        self.finished.insert(i, safe_end);
-        let mut advanced = None;
-        while !self.clipped
-            && let Some(end) = self.finished.remove(&self.committed)
-        {
-            self.committed += 1;
-            advanced = Some(end);
-            // Azure's clock stopped this slice short: nothing past it counts.
-            self.clipped = end < self.slices[self.committed - 1].1;
-        }
-        advanced
-    }
-}
-
-/// `[start, until]` cut into contiguous slices: as many as `parallel` asks
-/// (each at least [`MIN_SLICE`]) and none longer than [`CATCH_UP_CHUNK`].
-fn slice(start: Timestamp, until: Timestamp, parallel: usize) -> Vec<(Timestamp, Timestamp)> {
-    let total = (until - start).to_std().unwrap_or(Duration::ZERO);
-    let by_parallel = total / u32::try_from(parallel.max(1)).unwrap_or(u32::MAX);
-    let len = by_parallel.clamp(MIN_SLICE, CATCH_UP_CHUNK);
-    let len = chrono::Duration::from_std(len).unwrap_or(chrono::Duration::MAX);
-    let mut out = Vec::new();
-    let mut s = start;
-    while s < until {
-        let e = to_ticks((s + len).min(until));
-        out.push((s, e));
-        s = e;
-    }
-    if out.is_empty() {
-        out.push((start, until));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_prefix_moves_over_contiguous_finished_slices_and_stops_at_a_clipped_one() {
-        let t = |s: &str| crate::event::parse_timestamp(s).unwrap();
-        let slices = [
-            (t("2026-11-20T00:00:00Z"), t("2026-11-20T01:00:00Z")),
-            (t("2026-11-20T01:00:00Z"), t("2026-11-20T02:00:00Z")),
-            (t("2026-11-20T02:00:00Z"), t("2026-11-20T03:00:00Z")),
-            (t("2026-11-20T03:00:00Z"), t("2026-11-20T04:00:00Z")),
-        ];
-        let mut prefix = Prefix::new(&slices);
-        // The second finishes first: the first is still running.
-        assert_eq!(prefix.finish(1, slices[1].1), None);
-        assert_eq!(prefix.finish(0, slices[0].1), Some(slices[1].1));
-        // Azure's clock stopped the third short: nothing past it counts.
-        let short = t("2026-11-20T02:30:00Z");
-        assert_eq!(prefix.finish(2, short), Some(short));
-        assert_eq!(prefix.finish(3, slices[3].1), None);
-    }
-
-    #[test]
-    fn slices_cover_the_range_contiguously_within_their_bounds() {
-        let t = |s: &str| crate::event::parse_timestamp(s).unwrap();
-        let start = t("2026-11-20T00:00:00Z");
-        for (until, parallel, n) in [
-            ("2026-11-20T02:00:00Z", 8, 8),  // 2 h / 8 = 15 min each
-            ("2026-11-22T00:00:00Z", 8, 48), // 2 days: capped at 1 h each
-            ("2026-11-20T00:03:30Z", 8, 4),  // short: at least 1 min each
-            ("2026-11-20T00:00:30Z", 8, 1),
-        ] {
-            let until = t(until);
-            let s = slice(start, until, parallel);
-            assert_eq!(s.len(), n, "{until}");
-            assert_eq!(s[0].0, start);
-            assert_eq!(s[s.len() - 1].1, until);
-            for w in s.windows(2) {
-                assert_eq!(w[0].1, w[1].0, "contiguous");
-            }
-            assert!(
-                s.iter()
-                    .all(|(a, b)| b > a && (*b - *a).to_std().unwrap() <= CATCH_UP_CHUNK)
-            );
-        }
-    }
 }

@@ -1,6 +1,8 @@
 //! A long catch-up in parallel time slices: slices finishing out of order, a
-//! SIGKILL in the middle, and ARM's read budget honoured across slices. The
-//! real binary against the fake ARM; event by event, nothing lost or twice.
+//! SIGKILL in the middle, ARM's read budget honoured across slices, and a
+//! burst of entries in a few minutes of the range split over the free slots
+//! (with faults, and killed mid-split). The real binary against the fake
+//! ARM; event by event, nothing lost or twice.
 
 mod support;
 
@@ -15,6 +17,9 @@ crate::on_both_backends!(
     killed_mid_catch_up_resumes_without_loss_or_duplicate,
     the_read_budget_paces_every_request_to_a_subscription,
     a_first_poll_and_a_poll_on_schedule_are_one_query_each,
+    a_burst_is_split_over_the_free_slots_and_delivered_exactly_once,
+    a_burst_split_under_azure_faults_is_delivered_exactly_once,
+    killed_mid_split_requeries_from_the_watermark_and_delivers_exactly_once,
 );
 
 /// `n` entries of `sub` spread evenly over the last `span`.
@@ -160,4 +165,142 @@ async fn a_first_poll_and_a_poll_on_schedule_are_one_query_each(backend: Backend
     let queries: Vec<_> = ranges(&h).into_iter().filter(|(ge, le)| ge != le).collect();
     assert_eq!(queries.len(), 1, "{:?}", ranges(&h));
     h.fakes.assert_delivered_exactly_once(&recent);
+}
+
+/// The log line that ends a parallel catch-up.
+const SLICES_DONE: &str = "catching up: time slices done";
+/// The debug line of each split.
+const SPLIT: &str = "the rest of its slice split into parallel slices";
+
+/// Pages each query followed (first page included), by the fake's snapshot
+/// key of the query: a `$skiptoken` is `<key>.<offset>`.
+fn chain_lengths(h: &Harness, page_size: usize) -> Vec<usize> {
+    let mut longest: std::collections::HashMap<String, usize> = Default::default();
+    for r in h.fakes.arm_requests() {
+        if let Some((key, offset)) = r.skiptoken.as_deref().and_then(|t| t.rsplit_once('.')) {
+            let pages = offset.parse::<usize>().unwrap_or(0) / page_size + 1;
+            let l = longest.entry(key.to_string()).or_default();
+            *l = (*l).max(pages);
+        }
+    }
+    longest.into_values().collect()
+}
+
+/// A harness (window 60 s, 8 slices) whose ARM holds a burst: `n` entries
+/// of A within the last four minutes, 25 to a page. Its ids, and when the
+/// burst began.
+async fn with_a_burst(
+    backend: Backend,
+    prefix: &str,
+    n: usize,
+) -> (Harness, Vec<String>, chrono::DateTime<Utc>) {
+    let span = chrono::Duration::minutes(4);
+    let began = Utc::now() - span;
+    let (h, ids) = catching_up(backend, 8, prefix, n, span, 25).await;
+    (h, ids, began)
+}
+
+/// Asserts that the burst since `began`, `pages` pages as one chain, was
+/// read by queries whose ranges were split inside it, none of which
+/// followed more than a fraction of that chain.
+fn assert_split_inside(h: &Harness, began: chrono::DateTime<Utc>, pages: usize) {
+    let began = ticks(began);
+    let inside = ranges(h).into_iter().filter(|(ge, _)| *ge >= began).count();
+    assert!(
+        inside >= 4,
+        "{inside} queries within the burst: {:?}",
+        ranges(h)
+    );
+    let longest = chain_lengths(h, 25).into_iter().max().unwrap_or(1);
+    assert!(
+        longest <= pages / 3,
+        "a query followed {longest} pages of the {pages} one chain would"
+    );
+}
+
+/// The `key=value` field of the first line of `log` holding `message`.
+fn field(log: &str, message: &str, key: &str) -> Option<usize> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let key = format!(" {key}=");
+    let at = line.find(&key)? + key.len();
+    line[at..].split(' ').next()?.parse().ok()
+}
+
+async fn a_burst_is_split_over_the_free_slots_and_delivered_exactly_once(backend: Backend) {
+    // 120 pages as one chain.
+    let (mut h, all, began) = with_a_burst(backend, "burst", 3000).await;
+    let run = h.once(&["--since", "1h", "--give-up-after", "5s"]).await;
+    run.assert_exit(0)
+        .assert_logged("catching up in parallel time slices")
+        .assert_logged(SPLIT);
+    h.fakes.assert_delivered_exactly_once(&all);
+    assert_split_inside(&h, began, 120);
+    // Entries read again at the split boundaries count as duplicates, not
+    // as new ones.
+    assert_eq!(field(&run.stderr, SLICES_DONE, "new"), Some(all.len()));
+    assert!(field(&run.stderr, SLICES_DONE, "splits").is_some_and(|n| n >= 1));
+}
+
+async fn a_burst_split_under_azure_faults_is_delivered_exactly_once(backend: Backend) {
+    let (mut h, all, began) = with_a_burst(backend, "faulty", 3000).await;
+    // Every fifth List call fails, one way or another, until 16 have.
+    h.fakes.space_faults(5);
+    for f in [
+        Fault::Status(500, None),
+        Fault::Status(429, Some(1)),
+        Fault::Status(503, None),
+        Fault::Cut,
+    ]
+    .iter()
+    .cycle()
+    .take(16)
+    {
+        h.fakes.fault(f.clone());
+    }
+    let run = h.once(&["--since", "1h", "--give-up-after", "5s"]).await;
+    run.assert_exit(0).assert_logged(SPLIT);
+    h.fakes.assert_delivered_exactly_once(&all);
+    let failed = h
+        .fakes
+        .arm_requests()
+        .iter()
+        .filter(|r| r.status >= 429)
+        .count();
+    assert!(failed >= 12, "only {failed} faults met");
+    assert_split_inside(&h, began, 120);
+    assert_eq!(field(&run.stderr, SLICES_DONE, "new"), Some(all.len()));
+}
+
+async fn killed_mid_split_requeries_from_the_watermark_and_delivers_exactly_once(backend: Backend) {
+    let (mut h, all, _) = with_a_burst(backend, "killed", 3000).await;
+    // A slow ARM, so that the kill lands while split slices are read, and an
+    // endpoint that accepts nothing yet: every event delivered is delivered
+    // after the rerun, exactly once.
+    h.fakes.set_arm_latency(Duration::from_millis(40));
+    h.fakes.set_ingest(IngestMode::Down(503));
+    let d = h.daemon(&["--since", "1h"]);
+    d.wait_for_log(SPLIT, 2).await;
+    d.kill().await;
+    let read_before = h.fakes.arm_requests().len();
+    assert!(
+        read_before < 120,
+        "killed after {read_before} reads: too late to mean anything"
+    );
+    let queued = h.state_sql("SELECT count(*) FROM outbox").await;
+    assert!(
+        queued[0].as_deref().is_some_and(|n| n != "0"),
+        "nothing was recorded before the kill"
+    );
+    h.fakes.set_ingest(IngestMode::Up);
+    let run = h.once(&["--give-up-after", "5s"]).await;
+    run.assert_exit(0);
+    h.fakes.assert_delivered_exactly_once(&all);
+    // The rerun caught up again from the watermark, still before the burst:
+    // what the killed run had recorded past it was read again and stopped
+    // by the seen ids.
+    assert!(
+        field(&run.stderr, SLICES_DONE, "duplicate").is_some_and(|n| n > 0),
+        "nothing was read twice:\n{}",
+        run.stderr
+    );
 }

@@ -1,8 +1,10 @@
 //! Detection of Guardrails event handlers (in Azure) and of Guardrails' own
 //! poller (its policies, through the GraphQL API): the refusal at start, the
 //! pause and resume while the daemon runs, the override, `on_unknown`,
-//! `check-config --online` and `import`. The real binary against the fakes;
-//! no secret (API secret key, webhook token, bearer token) in any output.
+//! `check-config --online` and `import`; the start check of thousands of
+//! subscriptions, in a few Resource Graph and GraphQL queries. The real
+//! binary against the fakes; no secret (API secret key, webhook token,
+//! bearer token) in any output.
 
 mod support;
 
@@ -24,6 +26,8 @@ crate::on_both_backends!(
     handlers_appearing_pause_the_subscription_and_their_removal_resumes_it,
     sighup_rechecks_at_once_and_a_failed_check_keeps_the_last_state,
     a_guardrails_outage_while_running_keeps_the_last_state,
+    thousands_of_subscriptions_are_checked_in_a_few_resource_graph_queries,
+    guardrails_is_asked_once_per_policy_whatever_the_number_of_subscriptions,
 );
 
 fn live(alerts: usize) -> FakeHandlers {
@@ -99,12 +103,10 @@ async fn handlers_that_do_not_feed_the_subscription_do_not_stop_it(backend: Back
         let run = h.once(&[]).await;
         assert_eq!(run.code, Some(0), "{handlers:?}: {}", run.stderr);
         h.fakes.assert_delivered_exactly_once(&good);
-        assert!(
-            h.fakes
-                .detection_requests()
-                .iter()
-                .any(|r| r.starts_with("actionGroups")),
-            "Azure was asked"
+        assert_eq!(
+            h.fakes.resource_graph_requests(),
+            (1, 1),
+            "Azure was asked, in one query"
         );
     }
 }
@@ -203,6 +205,162 @@ async fn event_handlers_false_overrides_detection_with_a_warning(backend: Backen
     h.fakes.assert_delivered_exactly_once(&good);
 }
 
+// ------------------------------------------------------------- at scale ----
+
+/// Subscriptions in the tests at scale: three Resource Graph batches. The
+/// fakes answer at once: scaled down in time, not in count.
+const MANY: usize = 3000;
+
+/// `n` subscription ids.
+fn many(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012x}"))
+        .collect()
+}
+
+/// Polls the subscriptions `subs`, all left to detection. A lease round
+/// of thousands of subscriptions needs more than the harness's short
+/// lease allows it (half of one), on a machine shared with other tests.
+fn poll_all(h: &mut Harness, subs: &[String]) {
+    h.subscriptions = subs.iter().map(|s| (s.clone(), false)).collect();
+    h.lease = "30s";
+}
+
+async fn thousands_of_subscriptions_are_checked_in_a_few_resource_graph_queries(backend: Backend) {
+    let mut h = Harness::on(backend).await;
+    let subs = many(MANY);
+    poll_all(&mut h, &subs);
+    let fed = &subs[1717];
+    h.fakes.set_handlers(fed, Some(live(2)));
+    // Handlers that do not feed theirs, in other batches.
+    h.fakes
+        .set_handlers(&subs[5], Some(FakeHandlers::EmptyResourceGroup));
+    h.fakes.set_handlers(
+        &subs[2999],
+        Some(FakeHandlers::Deployed {
+            group_enabled: false,
+            alerts: vec![true],
+        }),
+    );
+    let named = format!(
+        "({fed}): action group turbot_azure_event_handler_action_group in turbot_rg is enabled, 2 alerts route to it"
+    );
+    h.once(&[])
+        .await
+        .assert_exit(78)
+        .assert_logged(&named)
+        .assert_not_logged(&format!("({}): ", subs[5]))
+        .assert_not_logged(&format!("({}): ", subs[2999]));
+    let (requests, batches) = h.fakes.resource_graph_requests();
+    assert_eq!(batches, MANY / 1000, "one query a thousand subscriptions");
+    assert!(requests <= 2 * batches, "{requests} requests");
+    assert!(
+        h.fakes
+            .detection_requests()
+            .iter()
+            .all(|r| r == "resourceGraph"),
+        "no per-subscription read"
+    );
+    assert!(h.fakes.arm_requests().is_empty(), "nothing polled");
+
+    // Resource Graph refused: every subscription is read with ARM instead,
+    // and the fed one is still found.
+    h.fakes.refuse_resource_graph(true);
+    let run = h.once(&[]).await;
+    run.assert_exit(78)
+        .assert_logged(&named)
+        .assert_logged("Resource Graph refused the query (HTTP 403");
+    let groups_read = h
+        .fakes
+        .detection_requests()
+        .iter()
+        .filter(|r| r.starts_with("actionGroups"))
+        .count();
+    assert_eq!(groups_read, MANY, "each subscription read once");
+    assert!(h.fakes.arm_requests().is_empty(), "nothing polled");
+    h.assert_no_secrets(&run.stderr);
+
+    // All clear: every subscription is polled (looking back a minute: the
+    // pass over thousands may reach this one seconds after the start).
+    h.fakes.refuse_resource_graph(false);
+    h.fakes.set_handlers(fed, None);
+    h.window = "60s";
+    let good = h.fakes.add(spread(fed, "f", 3, 8, "Succeeded"));
+    h.once(&[]).await.assert_exit(0);
+    let polled: std::collections::HashSet<String> = h
+        .fakes
+        .arm_requests()
+        .into_iter()
+        .map(|r| r.subscription)
+        .collect();
+    assert_eq!(polled.len(), MANY);
+    h.fakes.assert_delivered_exactly_once(&good);
+}
+
+async fn guardrails_is_asked_once_per_policy_whatever_the_number_of_subscriptions(
+    backend: Backend,
+) {
+    let mut h = with_api(backend).await;
+    let subs = many(MANY);
+    for sub in &subs {
+        h.fakes
+            .set_policy(POLLER_POLICY, sub, &[("Disabled", "sub")]);
+        h.fakes.set_policy(
+            HANDLERS_POLICY,
+            sub,
+            &[("Enforce: Not configured", "sub"), ("Skip", "East US")],
+        );
+    }
+    // Enforced in one region of one subscription: placed by its path.
+    let fed = &subs[2024];
+    h.fakes.set_policy(
+        HANDLERS_POLICY,
+        fed,
+        &[
+            ("Enforce: Not configured", "sub"),
+            ("Enforce: Configured", "West Europe"),
+        ],
+    );
+    let named = format!(
+        "({fed}): Guardrails policy Azure > Turbot > Event Handlers = Enforce: Not configured (sub), Enforce: Configured (West Europe)"
+    );
+    let queries = |h: &Harness| h.fakes.graphql_requests().0;
+
+    // Every subscription, or a handful: the same queries, the workspace's
+    // values in pages of 5,000 (two of Event Handlers, one of Event Poller).
+    for n in [MANY, 3] {
+        let mut asked = subs[..n].to_vec();
+        if n < MANY {
+            asked.push(fed.clone());
+        }
+        poll_all(&mut h, &asked);
+        let before = queries(&h);
+        let run = h.once(&[]).await;
+        run.assert_exit(78).assert_logged(&named);
+        assert_eq!(queries(&h) - before, 3, "{n} subscriptions");
+        h.assert_no_secrets(&run.stderr);
+    }
+    let (_, filters) = h.fakes.graphql_requests();
+    for f in &filters {
+        assert!(
+            f.contains(" level:self,descendant") && f.contains("policyTypeLevel:self"),
+            "{f}"
+        );
+    }
+
+    // Values that nothing places under a subscription: each one is asked
+    // about on its own, and the fed one is still found.
+    h.fakes.graphql.lock().unwrap().regions_without_path = true;
+    let before = queries(&h);
+    h.once(&[])
+        .await
+        .assert_exit(78)
+        .assert_logged(&named)
+        .assert_logged("asking about each subscription on its own");
+    assert!(queries(&h) - before > 3 + 4, "the four asked on their own");
+    assert!(h.fakes.arm_requests().is_empty(), "nothing polled");
+}
+
 // ------------------------------------------------------- while running ----
 
 async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it(backend: Backend) {
@@ -246,10 +404,11 @@ async fn handlers_appearing_pause_the_subscription_and_their_removal_resumes_it(
     h.fakes
         .wait_for_delivery(&during_b, Duration::from_secs(30))
         .await;
-    // Several detection rounds later, still nothing polled or sent for A.
-    let checks = h.fakes.detection_requests().len();
+    // Several detection rounds later (one Resource Graph query each), still
+    // nothing polled or sent for A.
+    let checks = h.fakes.resource_graph_requests().0;
     eventually(Duration::from_secs(30), "three more checks", || {
-        h.fakes.detection_requests().len() >= checks + 6
+        h.fakes.resource_graph_requests().0 >= checks + 3
     })
     .await;
     assert_eq!(

@@ -1,7 +1,8 @@
 //! What Guardrails' event handlers leave in Azure, and the five states a
 //! subscription can be in: the names both ways of reading them share (the
-//! per-subscription ARM reads in `detect.rs`, and Resource Graph for up to
-//! 1,000 subscriptions a query in [`super::resource_graph`]).
+//! per-subscription ARM reads in `detect/azure.rs`, and Resource Graph for up
+//! to 1,000 subscriptions a query in [`super::resource_graph`]), and how a
+//! state is said in messages and in `check-config --online`'s table.
 //!
 //! The handlers are an Action Group `turbot_azure_event_handler_action_group`
 //! in the resource group `turbot_rg` and the Activity Log Alerts that route to
@@ -12,8 +13,7 @@
 pub const RESOURCE_GROUP: &str = "turbot_rg";
 pub const ACTION_GROUP: &str = "turbot_azure_event_handler_action_group";
 
-/// What Azure shows of Guardrails' event handlers in one subscription (the
-/// same cases as `detect::AzureHandlers`, which can become this type).
+/// What Azure shows of Guardrails' event handlers in one subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handlers {
     /// No `turbot_rg`: handlers were never deployed, or were removed.
@@ -43,6 +43,43 @@ impl Handlers {
 
     pub fn live(&self) -> bool {
         matches!(self, Handlers::Live { .. })
+    }
+
+    /// What was found, for messages and the store's detection notes.
+    pub fn describe(&self) -> String {
+        let ag = format!("action group {ACTION_GROUP} in {RESOURCE_GROUP}");
+        match self {
+            Handlers::NoResourceGroup => format!("no resource group {RESOURCE_GROUP}"),
+            Handlers::NoActionGroup => format!("no {ag}"),
+            Handlers::Disabled { alerts } => {
+                format!("{ag} is disabled ({} routing to it)", alerts_text(*alerts))
+            }
+            Handlers::NoAlerts => format!("{ag} is enabled, but no enabled alert routes to it"),
+            Handlers::Live { alerts } => format!(
+                "{ag} is enabled, {} {} to it",
+                alerts_text(*alerts),
+                if *alerts == 1 { "routes" } else { "route" }
+            ),
+        }
+    }
+
+    /// A short form, for a table cell.
+    pub fn short(&self) -> String {
+        match self {
+            Handlers::NoResourceGroup => format!("none (no {RESOURCE_GROUP})"),
+            Handlers::NoActionGroup => "none (no action group)".into(),
+            Handlers::Disabled { .. } => "disabled".into(),
+            Handlers::NoAlerts => "no alerts route".into(),
+            Handlers::Live { alerts } => format!("LIVE ({})", alerts_text(*alerts)),
+        }
+    }
+}
+
+fn alerts_text(n: usize) -> String {
+    if n == 1 {
+        "1 alert".into()
+    } else {
+        format!("{n} alerts")
     }
 }
 
@@ -84,6 +121,31 @@ mod tests {
             Live { alerts: 1 }
         );
         assert!(Live { alerts: 1 }.live() && !NoAlerts.live());
+    }
+
+    #[test]
+    fn each_state_says_what_was_found() {
+        use Handlers::*;
+        assert_eq!(
+            Live { alerts: 3 }.describe(),
+            "action group turbot_azure_event_handler_action_group in turbot_rg is enabled, 3 alerts route to it"
+        );
+        assert_eq!(
+            Live { alerts: 1 }.describe(),
+            "action group turbot_azure_event_handler_action_group in turbot_rg is enabled, 1 alert routes to it"
+        );
+        assert_eq!(
+            NoActionGroup.describe(),
+            "no action group turbot_azure_event_handler_action_group in turbot_rg"
+        );
+        assert_eq!(NoResourceGroup.describe(), "no resource group turbot_rg");
+        assert!(
+            Disabled { alerts: 2 }
+                .describe()
+                .ends_with("is disabled (2 alerts routing to it)")
+        );
+        assert_eq!(NoResourceGroup.short(), "none (no turbot_rg)");
+        assert_eq!(Live { alerts: 1 }.short(), "LIVE (1 alert)");
     }
 
     #[test]

@@ -348,7 +348,11 @@ impl ResourceGraphClient {
         let ids = normalize(subscription_ids);
         let refused: Mutex<Option<Arc<GraphError>>> = Mutex::new(None);
         let refused = &refused;
-        let batches: Vec<_> = futures::stream::iter(ids.chunks(MAX_SUBSCRIPTIONS))
+        // The futures are made first: a stream holding the closure that makes
+        // them would not be `Send` for every lifetime, as a spawned task
+        // (the daemon's detection) needs.
+        let queries: Vec<_> = ids
+            .chunks(MAX_SUBSCRIPTIONS)
             .map(|batch| async move {
                 let earlier = refused.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 let result = match earlier {
@@ -363,6 +367,8 @@ impl ResourceGraphClient {
                 };
                 (batch.to_vec(), result)
             })
+            .collect();
+        let batches: Vec<_> = futures::stream::iter(queries)
             .buffer_unordered(BATCHES_IN_FLIGHT)
             .collect()
             .await;

@@ -133,7 +133,7 @@ pub(super) fn validate(az: &Azure, ck: &mut Checker<'_>) -> Option<AzureConfig> 
     let reads_burst = ck.positive_or(&az.reads_burst, "[azure] reads_burst", 100_000, 250);
     let reads_per_second =
         ck.positive_or(&az.reads_per_second, "[azure] reads_per_second", 10_000, 25);
-    let catch_up_slices = ck.positive_or(&az.catch_up_slices, "[azure] catch_up_slices", 64, 8);
+    let catch_up_slices = ck.positive_or(&az.catch_up_slices, "[azure] catch_up_slices", 64, 16);
     let max_retries = ck.positive_or(&az.max_retries, "[azure] max_retries", 100, 5);
     let retry_base = ck.duration_or(&az.retry_base, "[azure] retry_base", Duration::from_secs(1));
     Some(AzureConfig {

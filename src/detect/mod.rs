@@ -8,6 +8,12 @@
 //! (`azure.rs`); both policies are read from the Guardrails GraphQL API when
 //! `[guardrails.api]` is configured (`guardrails.rs`).
 //!
+//! Every check asks about all its subscriptions at once, so that its cost
+//! grows with the answers, not with the questions: Resource Graph for up to
+//! 1,000 subscriptions a query (the per-subscription ARM reads, many in
+//! flight, for what it does not answer), and one workspace-wide paged query
+//! per Guardrails policy. 10,000 subscriptions are checked in seconds.
+//!
 //! A [`Detection`] is what was found for one subscription; its [`Verdict`] is
 //! `Live` (something else feeds it), `Clear`, or `Unknown` (a check could not
 //! be made). At start a live subscription is a refusal (`start.rs`); while the
@@ -33,24 +39,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-
-use crate::azure::{ActivityLogClient, AzureError, ReadBudget, TokenSource};
+use crate::azure::handlers::Handlers;
+use crate::azure::{ActivityLogClient, AzureError, ReadBudget, ResourceGraphClient, TokenSource};
 use crate::config::{Config, DetectionConfig, EventHandlers, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::guardrails_api::{ApiError, GuardrailsApi};
 use crate::health::Health;
 use crate::store::Store;
 
-pub use azure::{AzureHandlers, HANDLER_ACTION_GROUP, HANDLER_RESOURCE_GROUP};
-pub use guardrails::{GuardrailsFinding, PolicyFinding};
+pub use guardrails::{GuardrailsFinding, Policy, PolicyFinding, ValueSeen};
 pub use report::{Outcome, render_online};
 pub use start::{Refusal, at_start};
 pub use watch::{AWAITING_FIRST_CHECK, Paused, Pauses, run};
-
-/// Subscriptions checked at the same time: 1,000 subscriptions at 500 ms a
-/// call are checked in about half a minute.
-const CHECKS_IN_FLIGHT: usize = 32;
 
 /// How long `check-config --online` and the start check wait at most.
 pub const START_CHECK_LIMIT: Duration = Duration::from_secs(300);
@@ -82,7 +82,7 @@ impl DetectError {
 /// What was found for one subscription.
 #[derive(Debug)]
 pub struct Detection {
-    pub azure: Result<AzureHandlers, DetectError>,
+    pub azure: Result<Handlers, DetectError>,
     /// `None` when `[guardrails.api]` is not configured.
     pub guardrails: Option<Result<GuardrailsFinding, DetectError>>,
 }
@@ -156,10 +156,19 @@ impl Detection {
     }
 }
 
+/// One subscription to ask about: its id and its credential's token source
+/// (`None`: the credential is not configured).
+#[derive(Debug, Clone, Copy)]
+pub struct Asked<'a> {
+    pub id: &'a str,
+    pub tokens: Option<&'a Arc<TokenSource>>,
+}
+
 /// Asks Azure and Guardrails.
 #[derive(Debug)]
 pub struct Detector {
     arm: ActivityLogClient,
+    graph: ResourceGraphClient,
     api: Option<GuardrailsApi>,
 }
 
@@ -174,60 +183,70 @@ impl Detector {
             config.azure.request_timeout,
             budget,
         );
+        let graph = ResourceGraphClient::new(
+            http.clone(),
+            &config.azure.resource_manager_url,
+            config.azure.backoff,
+            config.azure.request_timeout,
+        );
         let api = config
             .guardrails
             .api
             .clone()
             .map(|a| GuardrailsApi::new(http, a, config.guardrails.timeout));
-        Detector { arm, api }
+        Detector { arm, graph, api }
     }
 
     pub fn asks_guardrails(&self) -> bool {
         self.api.is_some()
     }
 
-    /// Checks one subscription in Azure and, when configured, in Guardrails.
-    pub async fn detect(
-        &self,
-        subscription_id: &str,
-        tokens: Option<&Arc<TokenSource>>,
-    ) -> Detection {
-        let azure = async {
-            match tokens {
-                Some(t) => self.azure(subscription_id, t).await,
-                None => Err(DetectError::NoCredential(subscription_id.to_string())),
-            }
-        };
+    /// Checks every subscription of `asked` in Azure and, when configured,
+    /// in Guardrails, all at once; the detections in the order asked.
+    pub async fn detect_many(&self, asked: &[Asked<'_>]) -> Vec<Detection> {
+        let ids: Vec<&str> = asked.iter().map(|a| a.id).collect();
         let guardrails = async {
             match &self.api {
-                Some(api) => Some(guardrails::policies(api, subscription_id).await),
+                Some(api) => Some(guardrails::policies_all(api, &ids).await),
                 None => None,
             }
         };
-        let (azure, guardrails) = tokio::join!(azure, guardrails);
-        Detection { azure, guardrails }
+        let (azure, guardrails) = tokio::join!(self.azure_all(asked), guardrails);
+        tracing::info!(
+            subscriptions = asked.len(),
+            resource_graph = azure.by_graph,
+            resource_graph_requests = azure.graph_requests,
+            arm_reads = azure.by_arm,
+            guardrails = guardrails.is_some(),
+            "checked for Guardrails event handlers"
+        );
+        let mut guardrails = guardrails.map(Vec::into_iter);
+        azure
+            .results
+            .into_iter()
+            .map(|azure| Detection {
+                azure,
+                guardrails: guardrails.as_mut().and_then(Iterator::next),
+            })
+            .collect()
     }
 }
 
-/// Detects every subscription of `subs` (a few at a time), in their order.
+/// Detects every subscription of `subs` at once, in their order.
 pub async fn detect_all(
     detector: &Detector,
     subs: &[SubscriptionConfig],
     tokens: &BTreeMap<String, Arc<TokenSource>>,
 ) -> Vec<(SubscriptionConfig, Detection)> {
-    let mut out: Vec<(usize, SubscriptionConfig, Detection)> =
-        futures::stream::iter(subs.iter().cloned().enumerate())
-            .map(|(i, sub)| async move {
-                let d = detector
-                    .detect(sub.id.as_str(), tokens.get(&sub.credential))
-                    .await;
-                (i, sub, d)
-            })
-            .buffer_unordered(CHECKS_IN_FLIGHT)
-            .collect()
-            .await;
-    out.sort_by_key(|(i, _, _)| *i);
-    out.into_iter().map(|(_, s, d)| (s, d)).collect()
+    let asked: Vec<Asked> = subs
+        .iter()
+        .map(|s| Asked {
+            id: s.id.as_str(),
+            tokens: tokens.get(&s.credential),
+        })
+        .collect();
+    let detections = detector.detect_many(&asked).await;
+    subs.iter().cloned().zip(detections).collect()
 }
 
 /// One line per finding, for messages: `prod (1111...): a; b`.
@@ -284,7 +303,7 @@ mod tests {
     #[test]
     fn live_wins_over_unknown_and_unknown_over_clear() {
         let live = Detection {
-            azure: Ok(AzureHandlers::Live { alerts: 3 }),
+            azure: Ok(Handlers::Live { alerts: 3 }),
             guardrails: Some(Err(DetectError::Guardrails(ApiError::Auth(401)))),
         };
         assert_eq!(
@@ -295,13 +314,13 @@ mod tests {
         );
         assert!(live.config_problem());
         let unknown = Detection {
-            azure: Ok(AzureHandlers::NoResourceGroup),
+            azure: Ok(Handlers::NoResourceGroup),
             guardrails: Some(Err(DetectError::Guardrails(ApiError::Rejected(400)))),
         };
         assert!(matches!(unknown.verdict(), Verdict::Unknown(_)));
         assert!(!unknown.config_problem());
         let clear = Detection {
-            azure: Ok(AzureHandlers::NoAlerts),
+            azure: Ok(Handlers::NoAlerts),
             guardrails: None,
         };
         assert!(matches!(clear.verdict(), Verdict::Clear(_)));

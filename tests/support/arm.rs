@@ -3,8 +3,9 @@
 //! snapshot taken at the first page, `Date` headers from a possibly skewed
 //! clock, entries visible only from their `visible_at`, a queue of injected
 //! faults (status codes with `Retry-After`, cut connections, malformed
-//! pages, any status and body), queries held back to make time slices
-//! finish out of order, and subscriptions whose answers never end (`Flood`).
+//! pages, any status and body; to the next calls or spaced out), a round
+//! trip's latency, queries held back to make time slices finish out of
+//! order, and subscriptions whose answers never end (`Flood`).
 //! The reads detection makes of the same ARM are in `detection.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -175,12 +176,23 @@ pub struct AzureState {
     pub detection_requests: Vec<String>,
     /// The subscription list: (id, display name, state).
     pub listed: Vec<(String, String, String)>,
+    /// Resource Graph answers 403 to every query.
+    pub graph_refused: bool,
+    /// Resource Graph queries received, and how many of them were first
+    /// pages (one per batch of subscriptions).
+    pub graph_requests: usize,
+    pub graph_batches: usize,
     /// First pages of queries starting before this time answer this much
     /// later: earlier time slices finish last.
     pub slow_before: Option<(DateTime<Utc>, Duration)>,
     /// How many queries `slow_before` has held back so far (the ones still
     /// held included).
     pub held_back: usize,
+    /// Every List answer takes this long (ARM's round trip).
+    pub latency: Option<Duration>,
+    /// Queued faults go to every this-many-th List call rather than to the
+    /// next ones (0 or 1: the next ones).
+    pub fault_spacing: usize,
     /// Subscriptions whose List calls answer without end.
     pub floods: HashMap<String, Flood>,
     /// Token requests answer 200 with a body without end.
@@ -259,6 +271,10 @@ pub(super) async fn list(
         lock(&st).held_back += 1;
         tokio::time::sleep(d).await;
     }
+    let latency = lock(&st).latency;
+    if let Some(d) = latency {
+        tokio::time::sleep(d).await;
+    }
     let mut s = lock(&st);
     let date = s.now().to_rfc2822().replace("+0000", "GMT");
     let record = ArmRequest {
@@ -309,7 +325,13 @@ pub(super) async fn list(
         let r = r.body(body).unwrap_or_default();
         return respond(&mut s, record, r);
     }
-    if let Some(fault) = s.faults.pop_front() {
+    let spacing = s.fault_spacing.max(1);
+    let fault = if s.requests.len() % spacing == spacing - 1 {
+        s.faults.pop_front()
+    } else {
+        None
+    };
+    if let Some(fault) = fault {
         let r = match fault {
             Fault::Status(code, retry_after) => {
                 let status =

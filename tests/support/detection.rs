@@ -1,7 +1,10 @@
 //! What detection reads, faked: ARM's action groups in `turbot_rg`, its
-//! activity log alerts and its subscription list (on the fake ARM), and the
-//! Guardrails GraphQL API (on the fake Guardrails server), which checks the
-//! Basic credentials and answers the policy queries.
+//! activity log alerts and its subscription list, and Resource Graph's view
+//! of the same handlers for many subscriptions a query (on the fake ARM);
+//! and the Guardrails GraphQL API (on the fake Guardrails server), which
+//! checks the Basic credentials, refuses a filter that does not say its
+//! `level:`, and answers the policy queries for one subscription or for the
+//! whole workspace.
 
 use std::collections::HashMap;
 
@@ -155,6 +158,100 @@ pub async fn alerts(
     ok_json(json!({ "value": value }))
 }
 
+/// One row of Resource Graph's answer to the poller's query.
+fn graph_row(id: String, sub: &str, entry: &str, enabled: Value, names: String) -> Value {
+    json!({"id": id, "subscriptionId": sub, "entry": entry, "enabled": enabled, "actionGroupId": names})
+}
+
+/// Resource Graph, for the poller's query only: what `handlers` holds, as
+/// rows; a subscription the principal may not read (`deny`, `Forbidden`) is
+/// not shown at all. Pages of `$top` rows, the `$skipToken` an offset.
+pub async fn resource_graph(
+    State(st): State<Shared<AzureState>>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let mut s = lock(&st);
+    s.graph_requests += 1;
+    s.detection_requests.push("resourceGraph".into());
+    if let Some(refused) = refuse(&s, &headers, &q, "2022-10-01") {
+        return refused;
+    }
+    if s.graph_refused {
+        return arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            "The client does not have authorization to perform action 'Microsoft.ResourceGraph/resources/read'.",
+        );
+    }
+    let Ok(req) = serde_json::from_str::<Value>(&body) else {
+        return arm_error(StatusCode::BAD_REQUEST, "BadRequest", "not JSON");
+    };
+    let top = req["options"]["$top"].as_u64().unwrap_or(1000) as usize;
+    let skip: usize = req["options"]["$skipToken"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if skip == 0 {
+        s.graph_batches += 1;
+    }
+    let mut rows = Vec::new();
+    let asked = req["subscriptions"].as_array().cloned().unwrap_or_default();
+    for sub in asked.iter().filter_map(Value::as_str) {
+        let handlers = s.handlers.get(sub);
+        if s.deny.contains(sub) || handlers == Some(&FakeHandlers::Forbidden) {
+            continue;
+        }
+        rows.push(graph_row(
+            format!("/subscriptions/{sub}"),
+            sub,
+            "subscription",
+            Value::Null,
+            String::new(),
+        ));
+        if handlers.is_some() {
+            rows.push(graph_row(
+                format!("/subscriptions/{sub}/resourceGroups/turbot_rg"),
+                sub,
+                "resourceGroup",
+                Value::Null,
+                String::new(),
+            ));
+        }
+        if let Some(FakeHandlers::Deployed {
+            group_enabled,
+            alerts,
+        }) = handlers
+        {
+            rows.push(graph_row(
+                group_id(sub),
+                sub,
+                "actionGroup",
+                json!(group_enabled),
+                String::new(),
+            ));
+            for (i, enabled) in alerts.iter().enumerate() {
+                rows.push(graph_row(
+                    format!("/subscriptions/{sub}/resourceGroups/turbot_rg/providers/microsoft.insights/activityLogAlerts/turbot_{i}"),
+                    sub,
+                    "alert",
+                    json!(enabled),
+                    group_id(sub).to_ascii_lowercase(),
+                ));
+            }
+        }
+    }
+    rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    let total = rows.len();
+    let page: Vec<Value> = rows.into_iter().skip(skip).take(top).collect();
+    let mut answer = json!({"totalRecords": total, "count": page.len(), "data": page, "resultTruncated": "false"});
+    if skip + top < total {
+        answer["$skipToken"] = json!((skip + top).to_string());
+    }
+    ok_json(answer)
+}
+
 pub async fn subscriptions(
     State(st): State<Shared<AzureState>>,
     Query(q): Query<HashMap<String, String>>,
@@ -189,10 +286,18 @@ pub enum GraphqlMode {
 pub struct GraphqlState {
     pub mode: GraphqlMode,
     /// (policy type URI, subscription id) -> values (value, resource title).
+    /// The first value is on the subscription itself, the others on regions
+    /// below it: their AKAs do not name the subscription, their paths do.
     pub policies: HashMap<(String, String), Vec<(String, String)>>,
     /// Workspace subscriptions: (id, title).
     pub subscriptions: Vec<(String, String)>,
     pub requests: usize,
+    /// Every filter received, in order.
+    pub filters: Vec<String>,
+    /// Items a page of a workspace-wide query holds at most (and `limit:`).
+    pub page_size: usize,
+    /// Regions come without a path: nothing places them under their subscription.
+    pub regions_without_path: bool,
 }
 
 impl Default for GraphqlState {
@@ -202,8 +307,56 @@ impl Default for GraphqlState {
             policies: HashMap::new(),
             subscriptions: Vec::new(),
             requests: 0,
+            filters: Vec::new(),
+            page_size: 5000,
+            regions_without_path: false,
         }
     }
+}
+
+/// Where the workspace root is (its AKA), in a filter's `resource:`.
+const WORKSPACE_ROOT: &str = "tmod:@turbot/turbot#/";
+
+/// A subscription's Guardrails resource id (stable, made up).
+fn guardrails_id(sub: &str) -> u64 {
+    sub.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    }) >> 12
+}
+
+/// One policy value item: the `n`th value of `sub` (0: on the subscription
+/// itself; else on a region below it).
+fn policy_item(
+    s: &GraphqlState,
+    policy: &str,
+    sub: &str,
+    n: usize,
+    (value, title): &(String, String),
+) -> Value {
+    let gid = guardrails_id(sub);
+    let turbot = if n == 0 {
+        json!({"id": gid.to_string(), "akas": [format!("azure:///subscriptions/{sub}")], "path": format!("1.{gid}")})
+    } else if s.regions_without_path {
+        json!({"id": format!("{gid}{n:03}"), "akas": null, "path": null})
+    } else {
+        json!({"id": format!("{gid}{n:03}"), "akas": [format!("tmod:@turbot/azure#/regions/{n}")], "path": format!("1.{gid}.{gid}{n:03}")})
+    };
+    json!({"value": value, "state": "ok", "resource": {"trunk": {"title": title}, "turbot": turbot}, "turbot": {"resourceId": "1", "policyTypeId": policy}})
+}
+
+/// A page of `items`: `size` from the offset `next` names, and the next one's.
+fn page_of(items: Vec<Value>, size: usize, next: Option<&str>) -> (Vec<Value>, Value) {
+    let from: usize = next.and_then(|n| n.parse().ok()).unwrap_or(0);
+    let more = from + size < items.len();
+    let page = items.into_iter().skip(from).take(size).collect();
+    (
+        page,
+        if more {
+            json!((from + size).to_string())
+        } else {
+            Value::Null
+        },
+    )
 }
 
 pub const HANDLERS_POLICY: &str = "tmod:@turbot/azure#/policy/types/eventHandlers";
@@ -249,32 +402,68 @@ pub async fn graphql(
     };
     let query = req["query"].as_str().unwrap_or("");
     let vars = &req["variables"];
+    let filters: Vec<String> = vars["filter"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    s.filters.extend(filters.iter().cloned());
+    // Guardrails' default scope is not to be relied on: every filter says it.
+    if let Some(f) = filters
+        .iter()
+        .find(|f| !f.split_whitespace().any(|t| t.starts_with("level:")))
+    {
+        return ok_json(
+            json!({"data": null, "errors": [{"message": format!("the fake wants level: in every filter, not {f:?}")}]}),
+        );
+    }
+    let filter = filters.first().map(String::as_str).unwrap_or("");
+    let limit = filter
+        .split_whitespace()
+        .find_map(|t| t.strip_prefix("limit:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
     if query.contains("policyValues(") {
-        let filter = vars["filter"][0].as_str().unwrap_or("");
         let policy = filter_value(filter, "policyTypeId").unwrap_or_default();
         let resource = filter_value(filter, "resource").unwrap_or_default();
-        let sub = resource
-            .strip_prefix("azure:///subscriptions/")
-            .unwrap_or("")
-            .to_string();
-        let values = s
-            .policies
-            .get(&(policy.clone(), sub))
-            .cloned()
-            .unwrap_or_default();
-        // Two pages when there is more than one value, to exercise paging.
-        let page = vars["next"].as_str().map_or(0, |_| 1);
-        let (items, next): (Vec<_>, Value) = if values.len() > 1 && page == 0 {
-            (values[..1].to_vec(), json!("page-2"))
-        } else if page == 1 {
-            (values[1..].to_vec(), Value::Null)
+        let (items, size) = if resource == WORKSPACE_ROOT {
+            let mut subs: Vec<&String> = s
+                .policies
+                .keys()
+                .filter(|(p, _)| *p == policy)
+                .map(|(_, sub)| sub)
+                .collect();
+            subs.sort();
+            let items: Vec<Value> = subs
+                .into_iter()
+                .flat_map(|sub| {
+                    s.policies[&(policy.clone(), sub.clone())]
+                        .iter()
+                        .enumerate()
+                        .map(|(n, v)| policy_item(&s, &policy, sub, n, v))
+                })
+                .collect();
+            (items, s.page_size.min(limit))
         } else {
-            (values, Value::Null)
+            let sub = resource
+                .strip_prefix("azure:///subscriptions/")
+                .unwrap_or("")
+                .to_string();
+            let values = s
+                .policies
+                .get(&(policy.clone(), sub.clone()))
+                .cloned()
+                .unwrap_or_default();
+            let items = values
+                .iter()
+                .enumerate()
+                .map(|(n, v)| policy_item(&s, &policy, &sub, n, v))
+                .collect();
+            // One value a page, to exercise paging.
+            (items, 1)
         };
-        let items: Vec<Value> = items
-            .into_iter()
-            .map(|(value, title)| json!({"value": value, "state": "ok", "resource": {"trunk": {"title": title}}, "turbot": {"resourceId": "1", "policyTypeId": policy}}))
-            .collect();
+        let (items, next) = page_of(items, size, vars["next"].as_str());
         ok_json(json!({"data": {"policyValues": {"items": items, "paging": {"next": next}}}}))
     } else if query.contains("policyValue(") {
         let uri = vars["uri"].as_str().unwrap_or("").to_string();

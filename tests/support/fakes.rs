@@ -56,6 +56,10 @@ impl Fakes {
                 get(detection::alerts),
             )
             .route("/subscriptions", get(detection::subscriptions))
+            .route(
+                "/providers/Microsoft.ResourceGraph/resources",
+                post(detection::resource_graph),
+            )
             .with_state(azure.clone());
         let login = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(entra_id::token))
@@ -153,6 +157,17 @@ impl Fakes {
         lock(&self.azure).slow_before = Some((before, by));
     }
 
+    /// Every List answer takes `by` (ARM's round trip).
+    pub fn set_arm_latency(&self, by: Duration) {
+        lock(&self.azure).latency = Some(by);
+    }
+
+    /// Queued faults go to every `n`-th List call from now on, not to the
+    /// next ones: spread over the queries in flight.
+    pub fn space_faults(&self, n: usize) {
+        lock(&self.azure).fault_spacing = n;
+    }
+
     /// How many queries were held back so far.
     pub fn held_back(&self) -> usize {
         lock(&self.azure).held_back
@@ -204,8 +219,22 @@ impl Fakes {
         };
     }
 
+    /// Detection's reads of Azure, in order: `actionGroups <sub>`,
+    /// `activityLogAlerts <sub>`, `resourceGraph`.
     pub fn detection_requests(&self) -> Vec<String> {
         lock(&self.azure).detection_requests.clone()
+    }
+
+    /// Resource Graph refuses (403) every query from now on, or answers again.
+    pub fn refuse_resource_graph(&self, refused: bool) {
+        lock(&self.azure).graph_refused = refused;
+    }
+
+    /// Resource Graph queries so far: all of them, and the first pages (one
+    /// per batch of up to 1,000 subscriptions).
+    pub fn resource_graph_requests(&self) -> (usize, usize) {
+        let s = lock(&self.azure);
+        (s.graph_requests, s.graph_batches)
     }
 
     /// Sets a Guardrails policy's values on `sub`: (value, resource title).
@@ -221,6 +250,12 @@ impl Fakes {
 
     pub fn set_graphql(&self, mode: detection::GraphqlMode) {
         lock(&self.graphql).mode = mode;
+    }
+
+    /// GraphQL requests so far, and every filter they carried.
+    pub fn graphql_requests(&self) -> (usize, Vec<String>) {
+        let s = lock(&self.graphql);
+        (s.requests, s.filters.clone())
     }
 
     /// The `[guardrails.api]` section for these fakes; the secret key comes
