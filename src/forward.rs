@@ -22,6 +22,10 @@
 //!   before its `Retry-After`; 429, 502-504, 408, timeouts and refused
 //!   connections are also back-pressure, which lowers the limit. Delivery as a
 //!   whole backs off only when nothing gets through even at the lowest limit.
+//! - Any answer whose reply is past [`REPLY_LIMIT`] or cut off: not an answer
+//!   at all, a 2xx included, and never dead-lettered; retried as its status
+//!   says, else a reply cut off (or timed out) as back-pressure, one past
+//!   the limit as a failure.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -31,9 +35,9 @@ use futures::StreamExt;
 use reqwest::StatusCode;
 use tokio::sync::{Notify, watch};
 
-use crate::azure::activity_log::describe;
 use crate::concurrency::{Concurrency, Signal};
 use crate::config::{DeliveryConcurrency, Format, GuardrailsConfig, IngestUrl};
+use crate::http::{Limit, describe};
 use crate::retry::{Backoff, retry_after};
 use crate::store::{OutboxEvent, Store, StoreError};
 
@@ -50,6 +54,10 @@ pub enum ForwardError {
 /// How often an idle forwarder looks at the outbox anyway: events put back by
 /// `dead-letters retry` (another process) are noticed within this.
 const IDLE_RECHECK: Duration = Duration::from_secs(5);
+
+/// The most of a reply that is read: the endpoint answers with a status
+/// only, so anything near this is not the endpoint (a broken proxy).
+pub const REPLY_LIMIT: Limit = Limit::kib(64);
 
 /// The outcome of one POST.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,10 +230,26 @@ impl Forwarder {
             Ok(r) => r,
         };
         let status = resp.status();
-        if status.is_success() {
-            return Delivery::Acked;
+        let after = retry_after(resp.headers());
+        let outcome = if status.is_success() {
+            Delivery::Acked
+        } else {
+            answer(status, after)
+        };
+        // Read whole (the connection is then reused): an answer counts only
+        // once its reply has ended within the limit.
+        match crate::http::read(resp, REPLY_LIMIT).await {
+            Ok(_) => outcome,
+            Err(e) => Delivery::Retry {
+                reason: format!("HTTP {status}, but {e}"),
+                after,
+                kind: match outcome {
+                    Delivery::Retry { kind, .. } => kind,
+                    _ if e.is_too_large() => RetryKind::Failed,
+                    _ => RetryKind::BackPressure,
+                },
+            },
         }
-        answer(status, retry_after(resp.headers()))
     }
 
     /// Delivers waiting events, as many POSTs in flight as the limit allows,

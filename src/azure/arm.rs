@@ -5,7 +5,10 @@
 //! 429 waits `Retry-After` (or backs off when absent); 5xx, 408, timeouts and
 //! dropped connections back off exponentially with jitter, a bounded number of
 //! times; a 401 refreshes the token once; any other answer is an
-//! [`AzureError`] that names the status and ARM's error code and message.
+//! [`AzureError`] that names the status and ARM's error code and message,
+//! in either shape Azure writes them. A body is read up to [`BODY_LIMIT`]:
+//! one past it fails the request at once (the next poll asks again), one cut
+//! off mid-way is retried.
 //! What a request waits for before it is sent, and what an answer says about
 //! the budget left (ARM's read budget per subscription, Resource Graph's
 //! quota per principal), is the caller's [`Pacing`].
@@ -19,6 +22,8 @@ use secrecy::ExposeSecret;
 
 use super::credential::{CredentialError, TokenSource};
 use crate::event::{PageError, Timestamp};
+pub use crate::http::describe;
+use crate::http::{BodyError, Limit};
 use crate::poll::Heartbeat;
 use crate::retry::{Backoff, retry_after};
 
@@ -53,6 +58,8 @@ pub enum AzureError {
     },
     #[error("Azure returned a malformed page: {0}")]
     MalformedPage(#[from] PageError),
+    #[error("Azure's answer was refused: {0}")]
+    Oversized(BodyError),
     #[error("nextLink points to {found}, not to {expected}: refusing to send the token there")]
     ForeignNextLink { found: String, expected: String },
     #[error("nextLink is not a valid URL: {0}")]
@@ -67,6 +74,7 @@ impl AzureError {
             self,
             AzureError::Exhausted { .. }
                 | AzureError::MalformedPage(_)
+                | AzureError::Oversized(_)
                 | AzureError::Credential(CredentialError::Timeout { .. })
         )
     }
@@ -92,6 +100,13 @@ pub(crate) fn arm_detail(code: &Option<String>, message: &Option<String>) -> Str
         (None, None) => String::new(),
     }
 }
+
+/// The most an ARM answer's body may hold: a page is a few MiB at most in
+/// practice.
+pub const BODY_LIMIT: Limit = Limit::mib(64);
+
+/// The most of an error body that is read for its code and message.
+const ERROR_BODY_LIMIT: Limit = Limit::mib(1);
 
 /// A successful ARM answer.
 #[derive(Debug)]
@@ -171,7 +186,7 @@ impl Arm {
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
                             .map(|d| d.with_timezone(&chrono::Utc));
-                        match resp.bytes().await {
+                        match crate::http::read(resp, BODY_LIMIT).await {
                             Ok(body) => {
                                 return Ok(Got {
                                     body,
@@ -180,8 +195,11 @@ impl Arm {
                                     throttled,
                                 });
                             }
+                            // Asked again, it would most likely be as large:
+                            // this request fails, the next poll asks anew.
+                            Err(e) if e.is_too_large() => return Err(AzureError::Oversized(e)),
                             // A body cut off mid-way is a transport fault: retry.
-                            Err(e) => (None, describe(&e)),
+                            Err(e) => (None, e.to_string()),
                         }
                     } else if status == StatusCode::UNAUTHORIZED && !refreshed {
                         refreshed = true;
@@ -260,35 +278,105 @@ pub fn url(base: &url::Url, path: &str, api_version: &str) -> url::Url {
     url
 }
 
-/// A transport error without its URL (ours carry no secret, but the habit is kept).
-pub fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else if e.is_body() || e.is_decode() {
-        "response body cut off"
-    } else {
-        "request failed"
-    };
-    // The causes only: `e` itself prints its URL.
-    crate::with_causes(kind.to_string(), std::error::Error::source(e))
+/// The code and message of an ARM error body, when it has them: ARM's
+/// `{"error": {"code", "message"}}`, or the top-level `Code` and `Message`
+/// some providers answer with (Insights, for a start time too far back).
+async fn arm_error(resp: reqwest::Response) -> (Option<String>, Option<String>) {
+    match crate::http::read(resp, ERROR_BODY_LIMIT).await {
+        Ok(body) => error_detail(&body),
+        Err(_) => (None, None),
+    }
 }
 
-/// ARM's `{"error": {"code", "message"}}`, when the body has one.
-async fn arm_error(resp: reqwest::Response) -> (Option<String>, Option<String>) {
-    let Ok(body) = resp.bytes().await else {
+/// [`arm_error`] on a body read; keys in any case.
+fn error_detail(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(serde_json::Value::Object(top)) = serde_json::from_slice(body) else {
         return (None, None);
     };
-    let v: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(_) => return (None, None),
+    let error = match field(&top, "error") {
+        Some(serde_json::Value::Object(inner)) => inner,
+        _ => &top,
     };
-    let e = v.get("error").unwrap_or(&v);
-    let text = |k: &str| {
-        e.get(k)
-            .and_then(|x| x.as_str())
+    let text = |key: &str| {
+        field(error, key)
+            .and_then(|v| v.as_str())
             .map(|s| s.chars().take(500).collect())
     };
     (text("code"), text("message"))
+}
+
+/// The value of `key` in `object`, whatever the key's case.
+fn field<'a>(
+    object: &'a serde_json::Map<String, serde_json::Value>,
+    key: &str,
+) -> Option<&'a serde_json::Value> {
+    object
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(body: &str) -> (Option<String>, Option<String>) {
+        error_detail(body.as_bytes())
+    }
+
+    fn both(code: &str, message: &str) -> (Option<String>, Option<String>) {
+        (Some(code.to_string()), Some(message.to_string()))
+    }
+
+    #[test]
+    fn both_shapes_azure_writes_give_code_and_message() {
+        assert_eq!(
+            detail(r#"{"error": {"code": "AuthorizationFailed", "message": "no role"}}"#),
+            both("AuthorizationFailed", "no role")
+        );
+        // Insights' answer to a start time over 90 days back (the recorded
+        // 400 in ../shared/fixtures/arm-errors).
+        assert_eq!(
+            detail(
+                r#"{"Code":"BadRequest","Message":"The start time cannot be more than 90 days in the past."}"#
+            ),
+            both(
+                "BadRequest",
+                "The start time cannot be more than 90 days in the past."
+            )
+        );
+        assert_eq!(
+            detail(r#"{"code": "BadRequest", "message": "bad"}"#),
+            both("BadRequest", "bad")
+        );
+        assert_eq!(
+            detail(r#"{"Error": {"Code": "X", "Message": "y"}}"#),
+            both("X", "y")
+        );
+    }
+
+    #[test]
+    fn what_is_not_an_arm_error_gives_nothing() {
+        assert_eq!(detail("<html>Bad Gateway</html>"), (None, None));
+        assert_eq!(detail(r#"["error"]"#), (None, None));
+        // OAuth's `error` is a string, not ARM's object.
+        assert_eq!(detail(r#"{"error": "invalid_client"}"#), (None, None));
+        assert_eq!(detail(r#"{"message": "only"}"#).1.as_deref(), Some("only"));
+    }
+
+    #[test]
+    fn the_display_carries_code_and_message() {
+        let (code, message) = detail(
+            r#"{"Code":"BadRequest","Message":"The start time cannot be more than 90 days in the past."}"#,
+        );
+        let e = AzureError::Rejected {
+            status: 400,
+            code,
+            message,
+        };
+        assert_eq!(
+            e.to_string(),
+            "Azure rejected the request (HTTP 400, BadRequest: The start time cannot be more than 90 days in the past.)"
+        );
+    }
 }

@@ -7,22 +7,32 @@
 //! bounded by a timeout: managed identity off Azure would otherwise retry for
 //! about a minute. `refresh` rebuilds the credential, dropping its cache; the
 //! client calls it once when Azure answers 401 to a token it believed valid.
+//! A token response is read whole, up to [`TOKEN_LIMIT`], before the SDK
+//! sees it ([`BoundedTransport`]); one past it is a failed token request
+//! that names the authority and the size.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use azure_core::credentials::{Secret, TokenCredential};
-use azure_core::http::{ClientOptions, Transport};
+use azure_core::error::ErrorKind;
+use azure_core::http::headers::CONTENT_LENGTH;
+use azure_core::http::{AsyncRawResponse, ClientOptions, HttpClient, Request, Transport};
 use azure_identity::{
     AzureCliCredential, AzureCliCredentialOptions, ClientAssertionCredentialOptions,
     ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
     ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
     WorkloadIdentityCredentialOptions,
 };
+use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::config::CredentialConfig;
+use crate::http::{BodyError, Limit};
+
+/// The most a token response may hold: a token is a few KiB.
+pub const TOKEN_LIMIT: Limit = Limit::mib(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
@@ -62,7 +72,9 @@ impl Factory {
             .trim_end_matches('/')
             .to_string();
         ClientOptions {
-            transport: Some(Transport::new(Arc::new(self.http.clone()))),
+            transport: Some(Transport::new(Arc::new(BoundedTransport {
+                http: self.http.clone(),
+            }))),
             cloud: Some(Arc::new(custom.into())),
             ..Default::default()
         }
@@ -170,7 +182,11 @@ impl TokenSource {
             Ok(Err(e)) => Err(CredentialError::Token {
                 name: self.name.clone(),
                 kind: self.factory.config.kind(),
-                message: first_line(&e.to_string()),
+                // The SDK's own words hide a refused body under its
+                // retry policy's: that one is what to say.
+                message: refused_body(&e)
+                    .map(BodyError::to_string)
+                    .unwrap_or_else(|| first_line(&e.to_string())),
             }),
             Err(_) => Err(CredentialError::Timeout {
                 name: self.name.clone(),
@@ -195,4 +211,50 @@ impl TokenSource {
 /// Identity errors carry a troubleshooting link on later lines; keep the cause.
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or(s).trim().to_string()
+}
+
+/// The [`BodyError`] under `e`, when a token response was refused.
+fn refused_body(e: &azure_core::Error) -> Option<&BodyError> {
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .find_map(|e| e.downcast_ref::<BodyError>())
+}
+
+/// The credentials' HTTP transport: the poller's client, with each answer
+/// read whole within [`TOKEN_LIMIT`] before the SDK parses it.
+#[derive(Debug)]
+struct BoundedTransport {
+    http: reqwest::Client,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for BoundedTransport {
+    async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
+        let origin = crate::http::origin(request.url());
+        let response = self.http.execute_request(request).await?;
+        let declared = response
+            .headers()
+            .get_optional_str(&CONTENT_LENGTH)
+            .and_then(|v| v.parse().ok());
+        let (status, headers, body) = response.deconstruct();
+        let chunks = body.map(|c| c.map_err(|e| e.to_string()));
+        match crate::http::collect(chunks, declared, TOKEN_LIMIT, origin).await {
+            Ok(body) => Ok(AsyncRawResponse::from_bytes(status, headers, body)),
+            // Cut off: a transport fault, which the SDK's policy retries.
+            // Too large: it would be again; not retried.
+            Err(e) => {
+                let kind = if e.is_too_large() {
+                    ErrorKind::Other
+                } else {
+                    ErrorKind::Io
+                };
+                Err(azure_core::Error::with_error(
+                    kind,
+                    e,
+                    "the token response was refused",
+                ))
+            }
+        }
+    }
 }

@@ -3,11 +3,14 @@
 //! snapshot taken at the first page, `Date` headers from a possibly skewed
 //! clock, entries visible only from their `visible_at`, a queue of injected
 //! faults (status codes with `Retry-After`, cut connections, malformed
-//! pages; to the next calls or spaced out), a round trip's latency, and
-//! queries held back to make time slices finish out of order.
+//! pages, any status and body; to the next calls or spaced out), a round
+//! trip's latency, queries held back to make time slices finish out of
+//! order, and subscriptions whose answers never end (`Flood`).
 //! The reads detection makes of the same ARM are in `detection.rs`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Shared, TENANT, detection, lock};
+use super::{Shared, TENANT, detection, endless_body, lock};
 
 /// The subscriptions most tests poll.
 pub const SUB_A: &str = "089bd33f-d4ec-47fe-8ba5-0753aa5c5b33";
@@ -131,6 +134,18 @@ pub enum Fault {
     Cut,
     /// Answer 200 with this body.
     Body(&'static str),
+    /// Answer this status with this body, as it is (a recorded Azure error).
+    Answer(u16, String),
+}
+
+/// How a flooded subscription's List call answers: 200 and a page that
+/// streams on without end, as a broken proxy might send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flood {
+    /// No length said.
+    Endless,
+    /// Its `Content-Length` says this many bytes.
+    Declared(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +193,12 @@ pub struct AzureState {
     /// Queued faults go to every this-many-th List call rather than to the
     /// next ones (0 or 1: the next ones).
     pub fault_spacing: usize,
+    /// Subscriptions whose List calls answer without end.
+    pub floods: HashMap<String, Flood>,
+    /// Token requests answer 200 with a body without end.
+    pub flood_tokens: bool,
+    /// Bytes the endless answers handed to the servers so far.
+    pub flooded: Arc<AtomicU64>,
     snapshots: HashMap<String, Vec<Value>>,
     next_snapshot: usize,
 }
@@ -293,6 +314,17 @@ pub(super) async fn list(
         );
         return respond(&mut s, record, r);
     }
+    if let Some(flood) = s.floods.get(&subscription).copied() {
+        let mut r = Response::builder()
+            .status(200)
+            .header("content-type", "application/json");
+        if let Flood::Declared(n) = flood {
+            r = r.header("content-length", n.to_string());
+        }
+        let body = endless_body("{\"value\": [", s.flooded.clone());
+        let r = r.body(body).unwrap_or_default();
+        return respond(&mut s, record, r);
+    }
     let spacing = s.fault_spacing.max(1);
     let fault = if s.requests.len() % spacing == spacing - 1 {
         s.faults.pop_front()
@@ -326,6 +358,12 @@ pub(super) async fn list(
             Fault::Body(b) => {
                 (StatusCode::OK, [("content-type", "application/json")], b).into_response()
             }
+            Fault::Answer(code, body) => (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                [("content-type", "application/json")],
+                body,
+            )
+                .into_response(),
         };
         return respond(&mut s, record, r);
     }

@@ -1,7 +1,8 @@
 //! The fake Entra ID token endpoint, `/{tenant}/oauth2/v2.0/token`, served
 //! over TLS (its CA is written to a file the binary trusts through
 //! `SSL_CERT_FILE`): the real `ClientSecretCredential` signs in against it.
-//! It issues the bearer tokens the fake ARM accepts.
+//! It issues the bearer tokens the fake ARM accepts, or, flooded, answers
+//! with a body without end.
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AzureState, Shared, lock};
+use super::{AzureState, Shared, endless_body, lock};
 
 pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
 pub const CLIENT_ID: &str = "11112222-bbbb-3333-cccc-4444dddd5555";
@@ -26,6 +27,10 @@ pub(super) async fn token(
         .collect();
     let mut s = lock(&st);
     s.token_forms.push(form.clone());
+    if s.flood_tokens {
+        let body = endless_body("{\"token_type\": \"Bearer\", ", s.flooded.clone());
+        return (StatusCode::OK, [("content-type", "application/json")], body).into_response();
+    }
     let ok = tenant == TENANT
         && form.get("client_id").map(String::as_str) == Some(CLIENT_ID)
         && form.get("client_secret").map(String::as_str) == Some(CLIENT_SECRET)

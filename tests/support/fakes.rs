@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +16,8 @@ use serde_json::Value;
 
 use super::ingest::{IngestMode, IngestState, ingest_handler, posted_id};
 use super::{
-    ArmRequest, AzureState, FakeEntry, Fault, INGEST_TOKEN, Shared, arm, assert_exactly_once,
-    detection, entra_id, eventually, lock,
+    ArmRequest, AzureState, FakeEntry, Fault, Flood, INGEST_TOKEN, Shared, arm,
+    assert_exactly_once, detection, entra_id, eventually, lock,
 };
 
 pub struct Fakes {
@@ -128,6 +129,27 @@ impl Fakes {
     /// The principal loses its role on `sub`: every read there is a 403.
     pub fn deny(&self, sub: &str) {
         lock(&self.azure).deny.insert(sub.to_string());
+    }
+
+    /// Every List call of `sub` answers 200 and a page without end
+    /// (`Flood`), until [`Fakes::stop_flood`].
+    pub fn flood(&self, sub: &str, how: Flood) {
+        lock(&self.azure).floods.insert(sub.to_string(), how);
+    }
+
+    pub fn stop_flood(&self, sub: &str) {
+        lock(&self.azure).floods.remove(sub);
+    }
+
+    /// Token requests answer 200 and a body without end (or again as they should).
+    pub fn flood_tokens(&self, on: bool) {
+        lock(&self.azure).flood_tokens = on;
+    }
+
+    /// Bytes the endless answers of ARM and Entra ID handed to their
+    /// servers so far.
+    pub fn flooded(&self) -> u64 {
+        lock(&self.azure).flooded.load(Ordering::Relaxed)
     }
 
     /// First pages of queries starting before `before` answer `by` later.

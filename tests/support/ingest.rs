@@ -1,8 +1,11 @@
 //! The fake Guardrails ingestion endpoint, `POST /api/v5/events/raw?token=...`:
 //! it checks the token, records every body, and can be taken down, made to
-//! reject events, slowed, or given a capacity above which it answers 429.
+//! reject events, slowed, given a capacity above which it answers 429, or
+//! made to answer with a reply without end.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
@@ -10,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use super::{Shared, lock};
+use super::{Shared, endless_body, lock};
 
 pub const INGEST_TOKEN: &str = "ingest-token-DO-NOT-LOG-0123456789";
 
@@ -18,6 +21,8 @@ pub const INGEST_TOKEN: &str = "ingest-token-DO-NOT-LOG-0123456789";
 pub enum IngestMode {
     Up,
     Down(u16),
+    /// 202, with a reply that never ends; the event is not counted received.
+    EndlessReply,
 }
 
 #[derive(Default)]
@@ -35,6 +40,8 @@ pub struct IngestState {
     pub throttled: usize,
     /// The token accepted in place of `INGEST_TOKEN`, once rotated.
     pub token: Option<String>,
+    /// Bytes the endless replies handed to the server so far.
+    pub flooded: Arc<AtomicU64>,
 }
 
 /// The eventDataId of a posted document, whatever its format.
@@ -77,10 +84,17 @@ pub(super) async fn ingest_handler(
     if q.get("token").map(String::as_str) != Some(accepted) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    if let Some(IngestMode::Down(code)) = s.mode {
-        return StatusCode::from_u16(code)
-            .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
-            .into_response();
+    match s.mode {
+        Some(IngestMode::Down(code)) => {
+            return StatusCode::from_u16(code)
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+                .into_response();
+        }
+        Some(IngestMode::EndlessReply) => {
+            let body = endless_body("", s.flooded.clone());
+            return (StatusCode::ACCEPTED, body).into_response();
+        }
+        _ => {}
     }
     let Ok(doc) = serde_json::from_str::<Value>(&body) else {
         return StatusCode::BAD_REQUEST.into_response();

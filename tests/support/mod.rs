@@ -13,6 +13,8 @@
 //! - `fakes.rs`: the three servers started together, and what a test sets
 //!   and reads on them.
 //!
+//! Each can also answer with a body that never ends (`endless_body`).
+//!
 //! And the harness around them:
 //!
 //! - `harness.rs`: a test's directory, configuration and state backend, and
@@ -36,14 +38,15 @@ pub mod postgres;
 pub mod process;
 pub mod wait;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 // What the tests use most, at `support::`; each test crate uses a part of it.
 #[allow(unused_imports)]
 pub use self::{
     arm::{
-        ArmRequest, AzureState, FakeEntry, Fault, SUB_A, SUB_B, arrived_late, entry, entry_ago,
-        spread, ticks,
+        ArmRequest, AzureState, FakeEntry, Fault, Flood, SUB_A, SUB_B, arrived_late, entry,
+        entry_ago, spread, ticks,
     },
     deliveries::{assert_at_least_once, assert_exactly_once, counts, ids},
     entra_id::{CLIENT_ID, CLIENT_SECRET, TENANT},
@@ -56,6 +59,21 @@ pub use self::{
 
 /// State a fake server shares with the test.
 pub type Shared<T> = Arc<Mutex<T>>;
+
+/// 64 KiB of JSON whitespace: what an endless body repeats.
+static SPACES: [u8; 65536] = [b' '; 65536];
+
+/// A body that starts with `start` and never ends (a broken proxy's), its
+/// bytes counted into `sent` as the server takes them.
+pub fn endless_body(start: &'static str, sent: Arc<AtomicU64>) -> axum::body::Body {
+    sent.fetch_add(start.len() as u64, Ordering::Relaxed);
+    let first = futures_util::stream::iter([Ok(bytes::Bytes::from_static(start.as_bytes()))]);
+    let rest = futures_util::stream::repeat_with(move || {
+        sent.fetch_add(SPACES.len() as u64, Ordering::Relaxed);
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(&SPACES))
+    });
+    axum::body::Body::from_stream(futures_util::StreamExt::chain(first, rest))
+}
 
 /// A poisoned lock (a test panicked holding it) still shows the state.
 fn lock<T>(m: &Shared<T>) -> std::sync::MutexGuard<'_, T> {
