@@ -34,9 +34,9 @@ use tokio::time::Instant;
 use crate::app::App;
 use crate::config::{Config, CredentialConfig, ProcessEnv, SubscriptionConfig};
 use crate::event::Timestamp;
+use crate::heartbeat::Heartbeat;
 use crate::lease;
 use crate::notify;
-use crate::poll::Heartbeat;
 use crate::scheduler::subscription_task;
 use crate::store::{Share, StoreError};
 
@@ -127,8 +127,9 @@ impl Supervisor {
     fn follow_leases(&mut self) {
         let held = self.held.borrow_and_update().clone();
         let gone = self.running_but_not(|id| held.contains(id));
+        log_lease_changes("no longer held by this instance: stopping its polls", &gone);
         for id in gone {
-            tracing::info!(subscription = %id, "no longer held by this instance: stopping its polls");
+            tracing::debug!(subscription = %id, "no longer held by this instance: stopping its polls");
             if let Some(task) = self.retire(&id) {
                 self.released.insert(id.clone(), task);
             }
@@ -143,8 +144,10 @@ impl Supervisor {
             .filter(|s| held.contains(s.id.as_str()) && !self.running.contains_key(s.id.as_str()))
             .cloned()
             .collect();
+        let labels: Vec<String> = start.iter().map(SubscriptionConfig::label).collect();
+        log_lease_changes("held by this instance: polling it", &labels);
         for sub in start {
-            tracing::info!(subscription = %sub.label(), "held by this instance: polling it");
+            tracing::debug!(subscription = %sub.label(), "held by this instance: polling it");
             let previous = self.released.remove(sub.id.as_str());
             self.start(sub, previous);
         }
@@ -604,5 +607,25 @@ impl Supervisor {
             tasks.abort_all();
             self.retiring.abort_all();
         }
+    }
+}
+/// A lease change at INFO: one line per subscription for a few (an HA
+/// takeover names what moved), one line with a count and the first few for
+/// many (a start with 10,000 subscriptions is one line, not 10,000; each is
+/// at debug).
+fn log_lease_changes(what: &str, subscriptions: &[String]) {
+    const NAMED: usize = 10;
+    match subscriptions.len() {
+        0 => {}
+        n if n <= NAMED => {
+            for s in subscriptions {
+                tracing::info!(subscription = %s, "{what}");
+            }
+        }
+        n => tracing::info!(
+            subscriptions = n,
+            first = %subscriptions[..NAMED].join(", "),
+            "{what}"
+        ),
     }
 }

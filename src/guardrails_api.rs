@@ -26,6 +26,10 @@ use url::Url;
 use crate::config::GuardrailsApiConfig;
 use crate::retry::{Backoff, retry_after};
 
+/// The largest answer read: a workspace-wide page of 5,000 policy values is
+/// a few MiB; anything past this is a broken proxy, not Guardrails.
+const ANSWER_LIMIT: crate::http::Limit = crate::http::Limit::mib(16);
+
 pub const EVENT_HANDLERS_POLICY: &str = "tmod:@turbot/azure#/policy/types/eventHandlers";
 pub const EVENT_POLLER_POLICY: &str = "tmod:@turbot/azure#/policy/types/eventPoller";
 pub const EVENT_POLLER_INTERVAL_POLICY: &str =
@@ -202,13 +206,15 @@ impl GuardrailsApi {
                 .send()
                 .await;
             let (wait, last) = match sent {
-                Err(e) => (None, crate::azure::activity_log::describe(&e)),
+                Err(e) => (None, crate::http::describe(&e)),
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
-                        let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable {
-                            attempts,
-                            last: crate::azure::activity_log::describe(&e),
+                        let bytes = crate::http::read(resp, ANSWER_LIMIT).await.map_err(|e| {
+                            ApiError::Unavailable {
+                                attempts,
+                                last: e.to_string(),
+                            }
                         })?;
                         return parse_result(&bytes);
                     } else if status.as_u16() == 401 || status.as_u16() == 403 {

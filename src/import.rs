@@ -16,7 +16,7 @@ use crate::guardrails_api::{
     ApiError, EVENT_HANDLERS_POLICY, EVENT_POLLER_INTERVAL_POLICY, EVENT_POLLER_POLICY,
     EVENT_POLLER_WINDOW_POLICY, GuardrailsApi, subscription_aka,
 };
-use crate::poll::Heartbeat;
+use crate::heartbeat::Heartbeat;
 
 pub const SUBSCRIPTIONS_API: &str = "2022-12-01";
 

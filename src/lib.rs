@@ -19,6 +19,7 @@ pub mod format;
 pub mod forward;
 pub mod guardrails_api;
 pub mod health;
+pub mod heartbeat;
 pub mod http;
 pub mod import;
 pub mod lease;

@@ -27,8 +27,6 @@
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::poll::PollReport;
-
 pub const PREFIX: &str = "azure_activity_poller_";
 
 #[derive(Debug, thiserror::Error)]
@@ -162,9 +160,19 @@ fn name(short: &str) -> String {
     format!("{PREFIX}{short}")
 }
 
+/// What a finished poll counted, for the counters (`poll::PollReport::counts`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PollCounts {
+    pub fetched: usize,
+    pub kept: usize,
+    pub skipped_status: usize,
+    pub duplicate: usize,
+    pub quarantined: usize,
+}
+
 pub fn poll_finished(
     subscription: &str,
-    report: Option<&PollReport>,
+    report: Option<&PollCounts>,
     seconds: f64,
     lag: Option<f64>,
 ) {

@@ -36,6 +36,7 @@ use crate::azure::activity_log::Fetched;
 use crate::azure::{ActivityLogClient, AzureError, TokenSource};
 use crate::config::{RETENTION, SubscriptionConfig};
 use crate::event::{Entry, Item, Malformed, Timestamp, rfc3339, to_ticks};
+use crate::heartbeat::Heartbeat;
 use crate::store::{Advance, Cursor, Recorded, Store, StoreError};
 use slices::Reach;
 
@@ -121,42 +122,20 @@ impl PollReport {
         self.quarantined += rec.quarantined;
     }
 
+    /// What the metrics count of it.
+    pub fn counts(&self) -> crate::metrics::PollCounts {
+        crate::metrics::PollCounts {
+            fetched: self.fetched,
+            kept: self.kept,
+            skipped_status: self.skipped_status,
+            duplicate: self.duplicate,
+            quarantined: self.quarantined,
+        }
+    }
+
     pub fn lag(&self, now: Timestamp) -> Option<Duration> {
         self.watermark
             .map(|w| (now - w).to_std().unwrap_or(Duration::ZERO))
-    }
-}
-
-/// When a subscription's task last showed progress, for the watchdog: a task
-/// busy in a poll must beat at every request, or it is taken for hung.
-#[derive(Debug, Default)]
-pub struct Heartbeat {
-    last_ms: std::sync::atomic::AtomicU64,
-    busy: std::sync::atomic::AtomicBool,
-}
-
-fn process_millis() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-}
-
-impl Heartbeat {
-    pub fn beat(&self) {
-        self.last_ms
-            .store(process_millis(), std::sync::atomic::Ordering::Relaxed);
-    }
-    pub fn set_busy(&self, busy: bool) {
-        self.beat();
-        self.busy.store(busy, std::sync::atomic::Ordering::Relaxed);
-    }
-    /// Busy without a beat for longer than `limit`.
-    pub fn stalled(&self, limit: Duration) -> bool {
-        let busy = self.busy.load(std::sync::atomic::Ordering::Relaxed);
-        let last = self.last_ms.load(std::sync::atomic::Ordering::Relaxed);
-        busy && process_millis().saturating_sub(last) > limit.as_millis() as u64
     }
 }
 

@@ -35,11 +35,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// The cap of `[azure] concurrency = "auto"`: 10,000 subscriptions polled
-/// every minute with one-second round trips keep 167 reads in flight; twice
-/// that and more leaves room for a start, when every subscription is due at
-/// once, and for polls that take two reads (a first poll asks Azure's clock).
-pub const DEFAULT_CAP: usize = 512;
+/// The cap of `[azure] concurrency = "auto"` (the configuration owns it).
+pub use crate::config::DEFAULT_READ_CAP as DEFAULT_CAP;
 /// The limit never goes below this, whatever was measured.
 pub const MIN_LIMIT: usize = 4;
 /// The limit a start begins from, before anything is measured.

@@ -27,7 +27,8 @@ use crate::app::App;
 use crate::config::SubscriptionConfig;
 use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
-use crate::poll::{Heartbeat, PollError, PollReport};
+use crate::heartbeat::Heartbeat;
+use crate::poll::{PollError, PollReport};
 use crate::store::{Share, StoreError};
 use crate::summary::PollFacts;
 
@@ -125,7 +126,12 @@ async fn poll_and_log(
         Ok(r) => {
             app.health.succeeded(&id);
             let lag = r.lag(app.poller.now()).map(|d| d.as_secs_f64());
-            crate::metrics::poll_finished(&id, Some(r), started.elapsed().as_secs_f64(), lag);
+            crate::metrics::poll_finished(
+                &id,
+                Some(&r.counts()),
+                started.elapsed().as_secs_f64(),
+                lag,
+            );
         }
         Err(e) => {
             app.health.failed(&id, &e.to_string());
@@ -314,8 +320,14 @@ async fn poll_held(
         tasks.spawn(async move {
             let _permit = app.reads.acquire().await;
             let sub = &app.config.subscriptions[i];
-            let outcome =
-                poll_and_log(&app, sub, since, &Heartbeat::default(), Reporting::Once).await;
+            let outcome = Box::pin(poll_and_log(
+                &app,
+                sub,
+                since,
+                &Heartbeat::default(),
+                Reporting::Once,
+            ))
+            .await;
             OnceResult {
                 subscription: sub.label(),
                 outcome,
@@ -466,8 +478,10 @@ async fn poll_unless_paused(
     paused: &mut watch::Receiver<crate::detect::Paused>,
     reporting: Reporting,
 ) {
-    let poll = poll_and_log(app, sub, since, beat, reporting);
-    tokio::pin!(poll);
+    // On the heap, and only while it runs: the poll's state (pages, slices)
+    // is many kilobytes, and inline it would make every idle subscription
+    // task as large (10,000 of them: over 100 MiB).
+    let mut poll = Box::pin(poll_and_log(app, sub, since, beat, reporting));
     loop {
         tokio::select! {
             _ = &mut poll => break,

@@ -19,7 +19,7 @@ pub use super::arm::{AzureError, Got, describe};
 use super::budget::{ReadBudget, Reads};
 use super::credential::TokenSource;
 use crate::event::{Page, Timestamp, format_ticks};
-use crate::poll::Heartbeat;
+use crate::heartbeat::Heartbeat;
 use crate::retry::Backoff;
 
 pub const API_VERSION: &str = "2015-04-01";

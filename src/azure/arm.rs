@@ -22,9 +22,9 @@ use secrecy::ExposeSecret;
 
 use super::credential::{CredentialError, TokenSource};
 use crate::event::{PageError, Timestamp};
+use crate::heartbeat::Heartbeat;
 pub use crate::http::describe;
 use crate::http::{BodyError, Limit};
-use crate::poll::Heartbeat;
 use crate::retry::{Backoff, retry_after};
 
 #[derive(Debug, thiserror::Error)]
@@ -180,12 +180,7 @@ impl Arm {
                     let status = resp.status();
                     pacing.observe(resp.headers());
                     if status.is_success() {
-                        let server_date = resp
-                            .headers()
-                            .get(reqwest::header::DATE)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
-                            .map(|d| d.with_timezone(&chrono::Utc));
+                        let server_date = server_date(resp.headers());
                         match crate::http::read(resp, BODY_LIMIT).await {
                             Ok(body) => {
                                 return Ok(Got {
@@ -210,19 +205,7 @@ impl Arm {
                         );
                         continue;
                     } else if status == StatusCode::TOO_MANY_REQUESTS {
-                        let wait = retry_after(resp.headers());
-                        let header = |name: &str| {
-                            resp.headers()
-                                .get(name)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string)
-                        };
-                        tracing::warn!(
-                            retry_after_s = wait.map(|d| d.as_secs_f64()),
-                            remaining_reads = header("x-ms-ratelimit-remaining-subscription-reads"),
-                            user_quota_remaining = header("x-ms-user-quota-remaining"),
-                            "Azure is throttling (HTTP 429)"
-                        );
+                        let wait = throttled_for(resp.headers());
                         was_throttled = true;
                         if let Some(w) = wait {
                             throttled += w;
@@ -232,21 +215,7 @@ impl Arm {
                     } else if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
                         (retry_after(resp.headers()), format!("HTTP {status}"))
                     } else {
-                        let code = status.as_u16();
-                        let (arm_code, message) = arm_error(resp).await;
-                        return Err(if code == 401 || code == 403 {
-                            AzureError::Denied {
-                                status: code,
-                                code: arm_code,
-                                message,
-                            }
-                        } else {
-                            AzureError::Rejected {
-                                status: code,
-                                code: arm_code,
-                                message,
-                            }
-                        });
+                        return Err(refusal(resp).await);
                     }
                 }
             };
@@ -314,6 +283,52 @@ fn field<'a>(
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|(_, v)| v)
+}
+
+/// Azure's clock, from an answer's `Date` header.
+fn server_date(headers: &reqwest::header::HeaderMap) -> Option<chrono::DateTime<chrono::Utc>> {
+    headers
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+        .map(|d| d.with_timezone(&chrono::Utc))
+}
+
+/// A 429's `Retry-After`, logged with what is left of ARM's budgets.
+fn throttled_for(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let wait = retry_after(headers);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    tracing::warn!(
+        retry_after_s = wait.map(|d| d.as_secs_f64()),
+        remaining_reads = header("x-ms-ratelimit-remaining-subscription-reads"),
+        user_quota_remaining = header("x-ms-user-quota-remaining"),
+        "Azure is throttling (HTTP 429)"
+    );
+    wait
+}
+
+/// An answer that retrying will not change: refused (401, 403) or rejected.
+async fn refusal(resp: reqwest::Response) -> AzureError {
+    let code = resp.status().as_u16();
+    let (arm_code, message) = arm_error(resp).await;
+    if code == 401 || code == 403 {
+        AzureError::Denied {
+            status: code,
+            code: arm_code,
+            message,
+        }
+    } else {
+        AzureError::Rejected {
+            status: code,
+            code: arm_code,
+            message,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,7 @@ use url::Url;
 use super::arm::{Arm, AzureError, Pacing, arm_detail};
 use super::credential::TokenSource;
 use super::handlers::{Handlers, routes_to};
-use crate::poll::Heartbeat;
+use crate::heartbeat::Heartbeat;
 use crate::retry::Backoff;
 
 pub const API_VERSION: &str = "2022-10-01";

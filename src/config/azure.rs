@@ -11,6 +11,12 @@ use url::Url;
 use super::check::Checker;
 use crate::retry::Backoff;
 
+/// The cap of `[azure] concurrency = "auto"`: 10,000 subscriptions polled
+/// every minute with one-second round trips keep 167 reads in flight; twice
+/// that and more leaves room for a start, when every subscription is due at
+/// once, and for polls that take two reads (a first poll asks Azure's clock).
+pub const DEFAULT_READ_CAP: usize = 512;
+
 /// The largest cap `[azure] concurrency` takes: each read in flight holds a
 /// connection (or stream) and a page's buffers.
 const MAX_CONCURRENCY: i64 = 4096;
@@ -69,7 +75,7 @@ pub struct AzureConfig {
     pub authority_host: Url,
     /// The cap of polls (ARM reads) in flight; how many there are below it
     /// follows the observed round trip and demand (`read_limit.rs`).
-    /// `"auto"` is [`crate::read_limit::DEFAULT_CAP`].
+    /// `"auto"` is [`DEFAULT_READ_CAP`].
     pub concurrency: usize,
     /// Limit for one HTTP request to Azure.
     pub request_timeout: Duration,
@@ -114,7 +120,7 @@ pub(super) fn validate(az: &Azure, ck: &mut Checker<'_>) -> Option<AzureConfig> 
     );
     let authority_host = endpoint(&az.authority_host, "authority_host", defaults.map(|d| d.1));
     let concurrency = match az.concurrency.as_ref() {
-        None => Some(crate::read_limit::DEFAULT_CAP),
+        None => Some(DEFAULT_READ_CAP),
         Some(c) => ck
             .word_or_count(
                 c,
@@ -123,7 +129,7 @@ pub(super) fn validate(az: &Azure, ck: &mut Checker<'_>) -> Option<AzureConfig> 
                 "polls in flight",
                 MAX_CONCURRENCY,
             )
-            .map(|cap| cap.unwrap_or(crate::read_limit::DEFAULT_CAP)),
+            .map(|cap| cap.unwrap_or(DEFAULT_READ_CAP)),
     };
     let request_timeout = ck.duration_or(
         &az.request_timeout,

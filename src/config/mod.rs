@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use azure::{AzureConfig, Cloud};
+pub use azure::{AzureConfig, Cloud, DEFAULT_READ_CAP};
 pub use check::{Problem, line_column};
 pub use credentials::CredentialConfig;
 pub use detection::{DetectionConfig, OnUnknown};

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::{Asked, DetectError, Detector};
 use crate::azure::handlers::{ACTION_GROUP, Handlers, RESOURCE_GROUP, routes_to};
 use crate::azure::{AzureError, TokenSource};
-use crate::poll::Heartbeat;
+use crate::heartbeat::Heartbeat;
 
 const ACTION_GROUPS_API: &str = "2023-01-01";
 const ALERTS_API: &str = "2020-10-01";
