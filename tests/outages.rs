@@ -270,3 +270,40 @@ async fn a_database_down_at_start_is_waited_for_with_readyz_saying_so() {
     d.stop_cleanly().await;
     h.fakes.assert_delivered_exactly_once(&expected);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_locked_by_another_process_is_waited_out() {
+    let mut h = Harness::new().await;
+    h.extra = TELEMETRY.into();
+    h.window = "10m";
+    let first = h.fakes.add(spread(SUB_A, "a", 10, 5, "Succeeded"));
+    let mut d = h.daemon(&[]);
+    let addr = admin_addr(&d).await;
+    h.fakes
+        .wait_for_delivery(&first, Duration::from_secs(60))
+        .await;
+    // Another process (a backup tool, say) holds the write lock for longer
+    // than the poller's busy timeout (10 s).
+    let locker = rusqlite::Connection::open(h.sqlite_path()).expect("open the state");
+    locker
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the state");
+    let more = h.fakes.add(spread(SUB_A, "b", 10, 3, "Succeeded"));
+    let body = readyz_names(
+        &addr,
+        "the state database unavailable",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(body.contains("locked"), "{body}");
+    assert!(d.is_running(), "{}", d.log());
+    locker.execute_batch("COMMIT").expect("unlock the state");
+    drop(locker);
+    let all: Vec<String> = first.iter().chain(&more).cloned().collect();
+    h.fakes
+        .wait_for_delivery(&all, Duration::from_secs(90))
+        .await;
+    wait_until_ready(&addr, Duration::from_secs(60), "ready again").await;
+    d.stop_cleanly().await;
+    h.fakes.assert_delivered_exactly_once(&all);
+}
