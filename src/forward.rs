@@ -159,6 +159,20 @@ pub struct Forwarder {
     last_served: Mutex<Option<String>>,
     /// Where outages of the endpoint and the state database are told.
     outages: Arc<Outages>,
+    /// Outcomes the state database did not take yet.
+    unwritten: Mutex<Unwritten>,
+}
+
+/// Outcomes of completed POSTs that the state database did not take (full,
+/// read-only, gone): events the endpoint accepted, or rejected for good,
+/// by sequence number (and subscription). They stay in the outbox until
+/// written, so every outbox read skips them and every round writes them
+/// before anything else is sent: none is sent twice. POSTs in flight when
+/// the write failed are completed and their outcomes held the same way.
+#[derive(Debug, Default)]
+struct Unwritten {
+    acks: Vec<(i64, String)>,
+    rejects: Vec<(i64, String)>,
 }
 
 /// The smallest outbox read, so that a low limit does not mean tiny reads.
@@ -188,6 +202,7 @@ impl Forwarder {
             not_before: Mutex::new(HashMap::new()),
             last_served: Mutex::new(None),
             outages,
+            unwritten: Mutex::new(Unwritten::default()),
         }
     }
 
@@ -267,8 +282,15 @@ impl Forwarder {
     /// transaction. When the outbox cannot be read, or outcomes written, what
     /// is in flight is finished and written first, and the round ends saying
     /// so (`store_error`); `Err` only for a state this build cannot use.
-    async fn round(&self, patience: Option<Duration>) -> Result<Round, StoreError> {
+    async fn round(&self) -> Result<Round, StoreError> {
         let mut round = Round::default();
+        if let Err(e) = self.write_unwritten().await {
+            if e.is_config() {
+                return Err(e);
+            }
+            round.store_error = Some(e);
+            return Ok(round);
+        }
         let mut queue: VecDeque<OutboxEvent> = VecDeque::new();
         let mut flying: Vec<i64> = Vec::new();
         let mut in_flight = futures::stream::FuturesUnordered::new();
@@ -304,7 +326,7 @@ impl Forwarder {
                 done.push(more);
             }
             round.attempted += done.len();
-            stop |= self.settle(&done, &mut round, patience).await?;
+            stop |= self.settle(&done, &mut round).await?;
             stop |= round.store_error.is_some();
             flying.retain(|seq| !done.iter().any(|(ev, _)| ev.seq == *seq));
         }
@@ -335,6 +357,11 @@ impl Forwarder {
             .chain(queue.iter().map(|e| e.seq))
             .collect();
         skip.extend(self.waiting());
+        {
+            let held = self.lock_unwritten();
+            skip.extend(held.acks.iter().map(|(seq, _)| *seq));
+            skip.extend(held.rejects.iter().map(|(seq, _)| *seq));
+        }
         let want = (limit * 2).max(MIN_BATCH);
         let after = self.lock_last().clone();
         let batch = self.store.next_batch(want, skip, after).await?;
@@ -394,11 +421,9 @@ impl Forwarder {
         &self,
         done: &[(OutboxEvent, Delivery)],
         round: &mut Round,
-        patience: Option<Duration>,
     ) -> Result<bool, StoreError> {
         let mut misconfigured = false;
         let mut retried = false;
-        let mut any_acked = false;
         let mut acks = Vec::new();
         let mut rejects = Vec::new();
         let mut failures = Vec::new();
@@ -430,21 +455,23 @@ impl Forwarder {
                 }
             }
         }
-        if let Err(e) = self.write_outcomes(acks, rejects, failures, patience).await {
-            if e.is_config() {
-                return Err(e);
-            }
-            // Attempt counts only (or `--once` ran out of patience: what it
-            // held stays in the outbox): no more POSTs leave in this round,
-            // and the error ends it once those in flight are written.
-            round.store_error.get_or_insert(e);
-        }
-        for (ev, outcome) in done {
-            if *outcome == Delivery::Acked {
-                self.delivered.add(&ev.subscription_id);
-                crate::metrics::delivered(&ev.subscription_id);
-                round.acked += 1;
-                any_acked = true;
+        let accepted: Vec<(i64, String)> = done
+            .iter()
+            .filter(|(_, o)| *o == Delivery::Acked)
+            .map(|(ev, _)| (ev.seq, ev.subscription_id.clone()))
+            .collect();
+        let any_acked = !accepted.is_empty();
+        round.acked += accepted.len();
+        match self.store.settle(acks, rejects.clone(), failures).await {
+            Ok(()) => self.count_delivered(&accepted),
+            Err(e) if e.is_config() => return Err(e),
+            Err(e) => {
+                // Held, never sent again: written before anything else.
+                let mut held = self.lock_unwritten();
+                held.acks.extend(accepted);
+                held.rejects.extend(rejects);
+                drop(held);
+                round.store_error.get_or_insert(e);
             }
         }
         // A refused URL pauses delivery at once. Other retries pause it only
@@ -457,50 +484,33 @@ impl Forwarder {
         Ok(pause)
     }
 
-    /// Writes the outcomes of completed POSTs. Events the endpoint accepted
-    /// are held, and the write tried again (capped backoff) while the state
-    /// database fails, for up to `patience` (`None`: until it answers): they
-    /// must leave the outbox, or they would be sent twice. Outcomes without
-    /// an accepted or rejected event (attempt counts only) are tried once.
-    async fn write_outcomes(
-        &self,
-        acks: Vec<i64>,
-        rejects: Vec<(i64, String)>,
-        failures: Vec<(i64, String)>,
-        patience: Option<Duration>,
-    ) -> Result<(), StoreError> {
-        let started = Instant::now();
-        // Soon after the database is back: a quick try, so that what was
-        // delivered leaves the outbox before another instance could take
-        // the subscription over and send it again.
-        let mut delays = Backoff {
-            base: Duration::from_millis(200),
-            max: Duration::from_secs(2),
-            retries: None,
-        }
-        .delays();
-        loop {
-            let written = self
-                .store
-                .settle(acks.clone(), rejects.clone(), failures.clone())
-                .await;
-            let e = match written {
-                Ok(()) => {
-                    self.outages.recovered(Resource::StateStore);
-                    return Ok(());
-                }
-                Err(e) => e,
-            };
-            let declared = self.outages.failed(Resource::StateStore, &e);
-            let held = acks.len() + rejects.len();
-            if e.is_config() || held == 0 || patience.is_some_and(|p| started.elapsed() >= p) {
-                return Err(e);
+    /// Writes the outcomes the state database did not take when their POSTs
+    /// completed (see [`Unwritten`]).
+    async fn write_unwritten(&self) -> Result<(), StoreError> {
+        let (acks, rejects) = {
+            let held = self.lock_unwritten();
+            if held.acks.is_empty() && held.rejects.is_empty() {
+                return Ok(());
             }
-            let wait = delays.next().unwrap_or(Duration::from_secs(2));
-            crate::log_at!(outage::quiet_if(declared), error = %e, held, retry_in_ms = wait.as_millis() as u64,
-                "cannot write delivery outcomes; holding them (they are not sent again) and retrying");
-            tokio::time::sleep(wait).await;
+            (held.acks.clone(), held.rejects.clone())
+        };
+        let seqs = acks.iter().map(|(seq, _)| *seq).collect();
+        self.store.settle(seqs, rejects, Vec::new()).await?;
+        *self.lock_unwritten() = Unwritten::default();
+        self.count_delivered(&acks);
+        Ok(())
+    }
+
+    /// Counts events whose delivery is written, by subscription.
+    fn count_delivered(&self, acks: &[(i64, String)]) {
+        for (_, sub) in acks {
+            self.delivered.add(sub);
+            crate::metrics::delivered(sub);
         }
+    }
+
+    fn lock_unwritten(&self) -> std::sync::MutexGuard<'_, Unwritten> {
+        self.unwritten.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs until `shutdown` turns true, waking when `ready` is notified.
@@ -517,7 +527,7 @@ impl Forwarder {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let mut round = self.round(None).await?;
+            let mut round = self.round().await?;
             if let Some(e) = round.store_error.take() {
                 let declared = self.outages.failed(Resource::StateStore, &e);
                 let wait = outage::next_delay(&mut store_delays);
@@ -566,11 +576,18 @@ impl Forwarder {
         let mut delivered = 0u64;
         let mut stalled_since: Option<tokio::time::Instant> = None;
         loop {
-            let mut round = self.round(Some(give_up_after)).await?;
-            if let Some(e) = round.store_error.take() {
-                return Err(e.into());
-            }
+            let mut round = self.round().await?;
             delivered += round.acked as u64;
+            if let Some(e) = round.store_error.take() {
+                // Waited out like the endpoint, within the same patience.
+                let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= give_up_after {
+                    return Err(e.into());
+                }
+                tracing::warn!(error = %e, "cannot read or write the outbox; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             // Done when nothing was left to try, not even events waiting for
             // their Retry-After.
             if round.attempted == 0 && round.retry.is_none() {

@@ -127,6 +127,51 @@ async fn a_state_disk_that_fills_up_is_waited_out_and_nothing_is_lost_or_sent_tw
     h.fakes.assert_delivered_exactly_once(&all);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_in_flight_when_the_disk_fills_up_are_not_sent_again() {
+    let mut h = Harness::new().await;
+    let dir = h.path("small");
+    let Some(_mount) = Tmpfs::mount(&dir, "16m") else {
+        eprintln!("FULL-DISK TEST NOT RUN: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    h.state_dir = Some(dir.clone());
+    h.extra = TELEMETRY.into();
+    h.concurrency = "concurrency = 16".into();
+    // The endpoint takes its time: POSTs are in flight when the disk fills,
+    // and what the endpoint accepted cannot be taken out of the outbox for
+    // longer than a POST's timeout (5 s). None is sent again.
+    h.fakes.set_ingest_delay(Duration::from_millis(100));
+    let all = h.fakes.add(spread(SUB_A, "c", 300, 5, "Succeeded"));
+    let mut d = h.daemon(&[]);
+    let addr = admin_addr(&d).await;
+    h.fakes
+        .wait_for_deliveries(20, Duration::from_secs(60))
+        .await;
+    fill(&dir.join("filler"));
+    eventually_async(Duration::from_secs(60), "an outage of 8 s", || async {
+        let (_, body) = get(&addr, "/readyz").await;
+        outage_seconds(&body, "the state database unavailable for ") >= 8
+    })
+    .await;
+    assert!(d.is_running(), "{}", d.log());
+    std::fs::remove_file(dir.join("filler")).expect("free the space");
+    h.fakes
+        .wait_for_delivery(&all, Duration::from_secs(120))
+        .await;
+    d.stop_cleanly().await;
+    h.fakes.assert_delivered_exactly_once(&all);
+}
+
+/// The seconds `/readyz`'s `body` says after `prefix` ("... for 12s: ...").
+fn outage_seconds(body: &str, prefix: &str) -> u64 {
+    body.split(prefix)
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 fn subscription(i: usize) -> String {
     format!("{i:08x}-0000-4000-8000-{i:012x}")
 }
