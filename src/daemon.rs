@@ -126,6 +126,13 @@ impl Supervisor {
     /// no longer held.
     fn follow_leases(&mut self) {
         let held = self.held.borrow_and_update().clone();
+        crate::metrics::leases(
+            self.app
+                .config
+                .subscriptions
+                .iter()
+                .map(|s| (s.id.as_str(), held.contains(s.id.as_str()))),
+        );
         let gone = self.running_but_not(|id| held.contains(id));
         log_lease_changes("no longer held by this instance: stopping its polls", &gone);
         for id in gone {
