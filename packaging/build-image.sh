@@ -97,4 +97,5 @@ with tarfile.open(path, "a") as t:
     info.size, info.mode = len(data), 0o644
     t.addfile(info, io.BytesIO(data))
 EOF
+rm -rf "$root"
 echo "$tar"

@@ -15,7 +15,7 @@
 # Podman runs with its own storage under the work directory, `--storage-driver
 # vfs` and `--runtime runc` (the cgroup layout here is hybrid: crun refuses),
 # and `--ulimit nofile/nproc` at the host's soft limits (raising them is
-# refused).
+# refused; nproc at most kernel.pid_max).
 #
 # Prints PASS or FAIL per check and exits 1 if any check failed; exits 77 with
 # `CONTAINER TEST NOT RUN: <reason>` when this machine cannot run it at all
@@ -100,10 +100,14 @@ command -v runc >/dev/null || not_run "runc is not installed (apt-get install ru
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aap-container.XXXXXX")
 P=(podman --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs --runtime runc
     --cgroup-manager cgroupfs --events-backend file)
+# Podman's defaults (over a million) are above the host's limits, and runc
+# may not raise them: the host's soft limits, and nproc no higher than
+# kernel.pid_max (above it runc's setrlimit is refused here, EPERM).
 NOFILE=$(ulimit -Sn)
 NPROC=$(ulimit -Su)
-[ "$NPROC" = unlimited ] && NPROC=65536
 [ "$NOFILE" = unlimited ] && NOFILE=65536
+PID_MAX=$(cat /proc/sys/kernel/pid_max 2>/dev/null || echo 32768)
+{ [ "$NPROC" = unlimited ] || [ "$NPROC" -gt "$PID_MAX" ]; } && NPROC=$PID_MAX
 EMU_PID=
 PG_DIR=
 PG_BIN=
@@ -111,7 +115,10 @@ PG_AS=()
 cleanup() {
     "${P[@]}" rm -f -a -t 0 >/dev/null 2>&1
     [ -n "$EMU_PID" ] && { kill -INT "$EMU_PID" 2>/dev/null; wait "$EMU_PID" 2>/dev/null; }
-    [ -n "$PG_DIR" ] && "${PG_AS[@]}" "$PG_BIN/pg_ctl" stop -w -D "$PG_DIR/data" -m fast >/dev/null 2>&1
+    if [ -n "$PG_DIR" ]; then
+        "${PG_AS[@]}" "$PG_BIN/pg_ctl" stop -w -D "$PG_DIR/data" -m fast >/dev/null 2>&1
+        rm -rf "$PG_DIR"
+    fi
     if [ "${AAP_CONTAINER_KEEP:-}" = 1 ]; then
         echo "kept: $WORK"
     else
@@ -235,41 +242,44 @@ configure() {
 }
 
 # run_case NAME STATE_LINE EXTRA_PODMAN_ARGS...: one container on one state.
+# (CASE, not a local: `check` has a local `name` of its own, which the
+# functions it runs would see instead.)
 run_case() {
-    local name=$1 state=$2 port
+    CASE=$1
+    local state=$2 port
     shift 2
-    start_emulator "$WORK/$name/emu" || { fail "$name: the emulator started" "$(tail "$WORK/$name/emu/emulator.out")"; return; }
-    ARM=$(sed -n 's|^resource_manager_url = "http://\(.*\)"|\1|p' "$WORK/$name/emu/poller.toml")
-    port=$(configure "$name" "$state")
+    start_emulator "$WORK/$CASE/emu" || { fail "$CASE: the emulator started" "$(tail "$WORK/$CASE/emu/emulator.out")"; return; }
+    ARM=$(sed -n 's|^resource_manager_url = "http://\(.*\)"|\1|p' "$WORK/$CASE/emu/poller.toml")
+    port=$(configure "$CASE" "$state")
     local cid
-    if ! cid=$("${P[@]}" run -d --name "aap-$name" --read-only --user 65532:65532 --network host \
+    if ! cid=$("${P[@]}" run -d --name "aap-$CASE" --read-only --user 65532:65532 --network host \
         --ulimit "nofile=$NOFILE:$NOFILE" --ulimit "nproc=$NPROC:$NPROC" \
-        -e SSL_CERT_FILE=$ETC/ca.pem -v "$WORK/$name/etc:$ETC:ro" "$@" "$IMAGE" 2>&1); then
-        fail "$name: podman run" "$cid"
+        -e SSL_CERT_FILE=$ETC/ca.pem -v "$WORK/$CASE/etc:$ETC:ro" "$@" "$IMAGE" 2>&1); then
+        fail "$CASE: podman run" "$cid"
         return
     fi
     as_user() {
         local pid uid
-        pid=$("${P[@]}" inspect --format '{{.State.Pid}}' "aap-$name")
+        pid=$("${P[@]}" inspect --format '{{.State.Pid}}' "aap-$CASE")
         uid=$(awk '/^Uid:/ {print $2, $3}' "/proc/$pid/status")
-        echo "pid $pid runs as uid $uid (real, effective); root filesystem read-only: $("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$name")"
-        [ "$uid" = "65532 65532" ] && [ "$("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$name")" = true ]
+        echo "pid $pid runs as uid $uid (real, effective); root filesystem read-only: $("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$CASE")"
+        [ "$uid" = "65532 65532" ] && [ "$("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$CASE")" = true ]
     }
-    check "$name: running read-only as 65532" as_user
+    check "$CASE: running read-only as 65532" as_user
     ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/readyz")" = 200 ]; }
     readyz() { retry 90 ready && curl -s --max-time 5 "http://127.0.0.1:$port/readyz"; }
-    check "$name: /readyz 200" readyz
-    check "$name: events delivered exactly once (emulator's report)" retry 120 exactly_once
+    check "$CASE: /readyz 200" readyz
+    check "$CASE: events delivered exactly once (emulator's report)" retry 120 exactly_once
     stop() {
-        "${P[@]}" stop -t 40 "aap-$name" >/dev/null || return 1
+        "${P[@]}" stop -t 40 "aap-$CASE" >/dev/null || return 1
         local s
-        s=$("${P[@]}" inspect --format 'status={{.State.Status}} exit={{.State.ExitCode}} oom={{.State.OOMKilled}}' "aap-$name")
-        echo "$s; last line: $("${P[@]}" logs "aap-$name" 2>&1 | tail -1)"
+        s=$("${P[@]}" inspect --format 'status={{.State.Status}} exit={{.State.ExitCode}} oom={{.State.OOMKilled}}' "aap-$CASE")
+        echo "$s; last line: $("${P[@]}" logs "aap-$CASE" 2>&1 | tail -1)"
         [ "$s" = "status=exited exit=0 oom=false" ]
     }
-    check "$name: podman stop (SIGTERM) exits 0" stop
-    [ "$FAILED" -gt 0 ] && "${P[@]}" logs "aap-$name" 2>&1 | tail -30 | sed "s/^/$name log: /"
-    "${P[@]}" rm -f "aap-$name" >/dev/null 2>&1
+    check "$CASE: podman stop (SIGTERM) exits 0" stop
+    [ "$FAILED" -gt 0 ] && "${P[@]}" logs "aap-$CASE" 2>&1 | tail -30 | sed "s/^/$CASE log: /"
+    "${P[@]}" rm -f "aap-$CASE" >/dev/null 2>&1
 }
 
 # ----------------------------------------------------------------- SQLite --
@@ -287,8 +297,8 @@ check "sqlite: the state is in the volume, owned by 65532" state_in_volume
 start_postgres() {
     PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
     [ -x "$PG_BIN/initdb" ] || { echo "no PostgreSQL server binaries (apt-get install postgresql)"; return 1; }
-    PG_DIR=$WORK/postgres
-    mkdir -p "$PG_DIR"
+    # Its own directory: the server's user (nobody, as root) cannot enter $WORK.
+    PG_DIR=$(mktemp -d "${TMPDIR:-/tmp}/aap-container-pg.XXXXXX")
     if [ "$(id -u)" = 0 ]; then chown nobody: "$PG_DIR"; PG_AS=(runuser -u nobody --); fi
     "${PG_AS[@]}" "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres -E UTF8 --no-sync --no-locale >/dev/null || return 1
     PG_PORT=$(free_port)
@@ -296,10 +306,19 @@ start_postgres() {
         -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1" >/dev/null || { cat "$PG_DIR/server.log"; return 1; }
     "$PG_BIN/psql" -qX -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE poller" >/dev/null
 }
-if out=$(start_postgres 2>&1); then
+# Not in $(...): what it sets (PG_PORT, PG_DIR) is needed here and by cleanup.
+if start_postgres >"$WORK/postgres.out" 2>&1; then
     STATE_URL="postgres://postgres@127.0.0.1:$PG_PORT/poller" run_case postgres 'url_file = "state-url"'
+    state_in_postgres() {
+        local rows
+        rows=$("$PG_BIN/psql" -qAtX -h 127.0.0.1 -p "$PG_PORT" -U postgres -d poller \
+            -c "SELECT count(*) FROM cursor" -c "SELECT count(*) FROM seen" | paste -sd' ')
+        echo "cursors, seen ids: $rows"
+        [ "${rows%% *}" = 2 ]
+    }
+    check "postgres: the state is in PostgreSQL (a cursor per subscription)" state_in_postgres
 else
-    fail "postgres: a PostgreSQL server started" "$out"
+    fail "postgres: a PostgreSQL server started" "$(cat "$WORK/postgres.out")"
 fi
 
 # ------------------------------------------------------------------ summary --
