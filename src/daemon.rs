@@ -78,6 +78,8 @@ fn start_summary(app: &App) -> Summarizing {
 }
 
 fn start_forwarder(app: &Arc<App>) -> Forwarding {
+    // Published from the start, not only when it moves (for the rules).
+    crate::metrics::concurrency_limit(app.forwarder.concurrency_limit());
     let (stop, rx) = watch::channel(false);
     let a = app.clone();
     let task = tokio::spawn(async move { a.forwarder.run(a.outbox_ready.clone(), rx).await });

@@ -18,7 +18,7 @@
 //! - `azure_budget_waits_total`, `azure_budget_wait_seconds` reads paced by the budget
 //! - `poll_start_delay_seconds{subscription}`      how late the last poll started
 //! - `polls_late_total{subscription}`              polls started over an interval late
-//! - `delivery_concurrency_limit`                  POSTs allowed in flight now
+//! - `delivery_concurrency_limit`                  POSTs allowed in flight now (from the start)
 //! - `arm_reads_limit`, `arm_reads_in_flight`      polls allowed in flight now, and polls in flight
 //! - `subscription_paused{subscription}`           1 while Guardrails feeds it
 //! - `detection_checks_total{result}`              live, clear, unknown

@@ -146,11 +146,12 @@ async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
         "ready again once its share was free",
     )
     .await;
-    eventually_async(Duration::from_secs(30), "leased again", || async {
+    h.state_sql("DELETE FROM instance WHERE id = 'other'").await;
+    // Alone again: it takes both.
+    eventually_async(Duration::from_secs(30), "both leased again", || async {
         leased(addr).await == [Some(1.0), Some(1.0)]
     })
     .await;
-    h.state_sql("DELETE FROM instance WHERE id = 'other'").await;
 }
 
 /// `subscription_leased` of both subscriptions, as `/metrics` says.
