@@ -19,14 +19,6 @@ use support::*;
 
 const PREFIX: &str = "azure_activity_poller_";
 
-/// Metrics the rules and the dashboard use that another change adds (the
-/// resource outage gauges, issue 16). Remove each once `/metrics` has it;
-/// the test fails while one is listed but exported, so the list cannot rot.
-const PENDING: &[&str] = &[
-    "azure_activity_poller_resource_up",
-    "azure_activity_poller_resource_outage_seconds",
-];
-
 fn deploy_file(path: &str) -> String {
     let full = format!("{}/deploy/{path}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
@@ -90,7 +82,10 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     assert!(dashboard.len() >= 10, "{dashboard:?}");
 
     let mut h = Harness::on(Backend::Sqlite).await;
-    h.set_subscriptions(&[SUB_A]);
+    // B cannot be read (403): the not-polled alert's expression must hold
+    // for it, and not for A.
+    h.set_subscriptions(&[SUB_A, SUB_B]);
+    h.fakes.deny(SUB_B);
     h.extra = "\n[telemetry]\nlisten = \"127.0.0.1:0\"\n".into();
     let entries = h
         .fakes
@@ -102,20 +97,38 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
         .await;
     let (code, scrape) = get(&addr, "/metrics").await;
     assert_eq!(code, 200);
+    // AzureActivityPollerSubscriptionNotPolled's expression, on B's series
+    // (interval 1 s): its poll age passes three intervals; A's does not.
+    let over_three_intervals = |m: &std::collections::HashMap<String, f64>, sub: &str| {
+        let labels = [("subscription", sub)];
+        match (
+            metric(m, "subscription_poll_age_seconds", &labels),
+            metric(m, "subscription_interval_seconds", &labels),
+        ) {
+            (Some(age), Some(interval)) => age > 3.0 * interval,
+            _ => false,
+        }
+    };
+    eventually_async(
+        Duration::from_secs(30),
+        "B's poll age over three intervals",
+        || async {
+            let m = parse_metrics(&get(&addr, "/metrics").await.1);
+            over_three_intervals(&m, SUB_B)
+        },
+    )
+    .await;
+    let m = parse_metrics(&get(&addr, "/metrics").await.1);
+    assert!(!over_three_intervals(&m, SUB_A), "A was polled");
     d.stop_cleanly().await;
 
     let have = exported(&scrape);
     let missing: Vec<&String> = rules
         .iter()
         .chain(&dashboard)
-        .filter(|n| !have.contains(*n) && !PENDING.contains(&n.as_str()))
+        .filter(|n| !have.contains(*n))
         .collect();
     assert!(missing.is_empty(), "not exported: {missing:?}\n{scrape}");
-    let landed: Vec<&&str> = PENDING.iter().filter(|n| have.contains(**n)).collect();
-    assert!(
-        landed.is_empty(),
-        "exported now, take them off PENDING: {landed:?}"
-    );
 
     // The series registered for alerting, with the values a rule reads.
     let m = parse_metrics(&scrape);
@@ -130,6 +143,17 @@ async fn every_metric_the_rules_and_the_dashboard_name_is_exported() {
     let age = metric(&m, "subscription_poll_age_seconds", &a).expect("poll age");
     assert!((0.0..3.0).contains(&age), "polled just now: {age}");
     assert_eq!(metric(&m, "throttle_waits_total", &[]), Some(0.0));
+    for r in [
+        "state_store",
+        "arm",
+        "entra_id",
+        "endpoint",
+        "guardrails_api",
+    ] {
+        let labels = [("resource", r)];
+        assert_eq!(metric(&m, "resource_up", &labels), Some(1.0), "{r}");
+        assert_eq!(metric(&m, "resource_outage_seconds", &labels), Some(0.0));
+    }
     assert_eq!(
         metric(&m, "build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)
