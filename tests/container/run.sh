@@ -194,6 +194,37 @@ described() {
 }
 check "the image is what Containerfile says (entrypoint, cmd, user 65532, volume, port, labels from Cargo.toml); the manifest names it" described
 
+# Containerfile's runtime stage, built by podman without a registry: its
+# build stage stood in by the binary already built, its base (distroless cc)
+# by the offline image's libraries and /etc (no /var: the stage must make
+# the state directory itself). It must build and give the same
+# configuration, with the state directory owned by 65532.
+containerfile_stage() {
+    local ctx=$WORK/containerfile base=gcr.io/distroless/cc-debian12:nonroot
+    mkdir -p "$ctx/out/usr/bin" "$ctx/out/etc/azure-activity-poller" "$ctx/state"
+    cp "$BUILT/azure-activity-poller" "$ctx/out/usr/bin/"
+    grep -q "^FROM $base$" Containerfile || { echo "Containerfile's runtime base is not $base"; return 1; }
+    { printf 'FROM scratch AS build\nCOPY out /out\nCOPY state /state\n'; sed -n '/^FROM .* AS build$/,$p' Containerfile | sed -n '/^FROM '"${base//\//\\/}"'$/,$p'; } >"$ctx/Containerfile"
+    printf 'FROM scratch\nCOPY --from=%s /usr /usr\nCOPY --from=%s /lib /lib\nCOPY --from=%s /lib64 /lib64\nCOPY --from=%s /etc /etc\n' \
+        "$IMAGE" "$IMAGE" "$IMAGE" "$IMAGE" >"$ctx/Base"
+    "${P[@]}" build -q --pull=never -t "$base" -f "$ctx/Base" "$ctx" >/dev/null || return 1
+    "${P[@]}" build -q --pull=never --build-arg "VERSION=$VERSION" -t aap-containerfile -f "$ctx/Containerfile" "$ctx" >/dev/null || return 1
+    local got want
+    want=$("${P[@]}" image inspect "$IMAGE" --format '{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{.Config.User}} {{json .Config.Volumes}} {{json .Config.ExposedPorts}} {{.Config.WorkingDir}}')
+    got=$("${P[@]}" image inspect aap-containerfile --format '{{json .Config.Entrypoint}} {{json .Config.Cmd}} {{.Config.User}} {{json .Config.Volumes}} {{json .Config.ExposedPorts}} {{.Config.WorkingDir}}')
+    echo "$got"
+    [ "$got" = "$want" ] || { echo "offline image: $want"; return 1; }
+    local owner
+    owner=$("${P[@]}" run --rm --read-only --user 0:0 --network host --ulimit "nofile=$NOFILE:$NOFILE" \
+        --ulimit "nproc=$NPROC:$NPROC" --entrypoint /usr/bin/azure-activity-poller aap-containerfile --version >/dev/null &&
+        stat -c %u:%g "$("${P[@]}" image mount aap-containerfile)/var/lib/azure-activity-poller")
+    "${P[@]}" image unmount aap-containerfile >/dev/null 2>&1
+    "${P[@]}" rmi -f aap-containerfile "$base" >/dev/null 2>&1
+    echo "state directory owned by $owner"
+    [ "$owner" = 65532:65532 ]
+}
+check "Containerfile's runtime stage builds offline (base and build stage stood in) into the same configuration" containerfile_stage
+
 # ------------------------------------------------------------- an emulator --
 # start_emulator DIR: the emulator on the host's loopback, writing its files in DIR.
 start_emulator() {
