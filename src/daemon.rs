@@ -79,6 +79,8 @@ fn start_summary(app: &App) -> Summarizing {
 }
 
 fn start_forwarder(app: &Arc<App>) -> Forwarding {
+    // Published from the start, not only when it moves (for the rules).
+    crate::metrics::concurrency_limit(app.forwarder.concurrency_limit());
     let (stop, rx) = watch::channel(false);
     let a = app.clone();
     let task = tokio::spawn(async move { a.forwarder.run(a.outbox_ready.clone(), rx).await });
@@ -127,6 +129,13 @@ impl Supervisor {
     /// no longer held.
     fn follow_leases(&mut self) {
         let held = self.held.borrow_and_update().clone();
+        crate::metrics::leases(
+            self.app
+                .config
+                .subscriptions
+                .iter()
+                .map(|s| (s.id.as_str(), held.contains(s.id.as_str()))),
+        );
         let gone = self.running_but_not(|id| held.contains(id));
         log_lease_changes("no longer held by this instance: stopping its polls", &gone);
         for id in gone {

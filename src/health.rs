@@ -24,6 +24,8 @@ use crate::store::Store;
 struct SubscriptionHealth {
     label: String,
     interval: Duration,
+    /// When this instance began polling it: the poll age before a success.
+    since: Instant,
     last_ok: Option<Instant>,
     last_error: Option<String>,
     /// Why polling is paused (Guardrails feeds it), while it is.
@@ -60,6 +62,7 @@ impl Health {
         let e = m.entry(sub.id.to_string()).or_insert(SubscriptionHealth {
             label: sub.label(),
             interval: sub.schedule.interval(),
+            since: Instant::now(),
             last_ok: None,
             last_error: None,
             paused: None,
@@ -70,6 +73,27 @@ impl Health {
 
     pub fn untrack(&self, id: &str) {
         self.lock().remove(id);
+        crate::metrics::not_polled_here(id);
+    }
+
+    /// Each polled subscription's interval and time since its last
+    /// successful poll, for the metrics (what `not_ready` judges).
+    pub fn poll_ages(&self) -> Vec<crate::metrics::PollAge> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .map(|(id, s)| crate::metrics::PollAge {
+                subscription: id.clone(),
+                interval: s.interval.as_secs_f64(),
+                age: match s.paused {
+                    Some(_) => 0.0,
+                    None => now
+                        .duration_since(s.last_ok.unwrap_or(s.since))
+                        .as_secs_f64(),
+                },
+                paused: s.paused.is_some(),
+            })
+            .collect()
     }
 
     pub fn succeeded(&self, id: &str) {
@@ -216,6 +240,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
             .collect();
         crate::metrics::queue_depths(&outbox, &dead);
     }
+    crate::metrics::poll_ages(&a.health.poll_ages());
     let body = tokio::task::spawn_blocking(move || exporter.render())
         .await
         .unwrap_or_default();

@@ -18,7 +18,7 @@
 //! - `azure_budget_waits_total`, `azure_budget_wait_seconds` reads paced by the budget
 //! - `poll_start_delay_seconds{subscription}`      how late the last poll started
 //! - `polls_late_total{subscription}`              polls started over an interval late
-//! - `delivery_concurrency_limit`                  POSTs allowed in flight now
+//! - `delivery_concurrency_limit`                  POSTs allowed in flight now (from the start)
 //! - `arm_reads_limit`, `arm_reads_in_flight`      polls allowed in flight now, and polls in flight
 //! - `subscription_paused{subscription}`           1 while Guardrails feeds it
 //! - `detection_checks_total{result}`              live, clear, unknown
@@ -26,6 +26,20 @@
 //! - `resource_up{resource}`                       1, or 0 during an outage of `state_store`,
 //!   `arm`, `entra_id`, `endpoint` or `guardrails_api` (see `outage.rs`)
 //! - `resource_outage_seconds{resource}`           how long the current outage has lasted
+//! - `build_info{version}`                         1; there from the start, for `absent()`
+//! - `subscription_leased{subscription}`           1 held by this instance, 0 configured here
+//!   but held elsewhere or by none (`max by (subscription)` over instances: 0 = no holder)
+//! - `subscription_interval_seconds{subscription}` its configured interval (read at scrape)
+//! - `subscription_poll_age_seconds{subscription}` since its last successful poll here (or
+//!   since this instance began polling it, or it resumed); 0 while paused or not polled here
+//!   (read at scrape, as `/readyz` judges it)
+//!
+//! Counters that only move on a rare event (`throttle_waits_total`,
+//! `throttle_wait_seconds_total`) and the per-subscription gauges above are
+//! there from the start at 0, so that alert rules see a series rather than
+//! nothing (an `absent` series and a quiet one look alike to a rule). Gauges
+//! of a subscription removed by a reload keep their last value until the
+//! process restarts (the `metrics` facade cannot unregister a series).
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -64,6 +78,7 @@ pub fn install() -> Result<Exporter, MetricsError> {
     let process = metrics_process::Collector::default();
     process.describe();
     describe();
+    register_at_zero();
     Ok(Exporter { handle, process })
 }
 
@@ -166,6 +181,28 @@ fn describe() {
         name("detection_failures_total"),
         "Event handler checks that could not be made."
     );
+    describe_gauge!(name("build_info"), "1, labelled with the version.");
+    describe_gauge!(
+        name("subscription_leased"),
+        "1 when this instance holds the subscription's lease, 0 when it is configured here but held elsewhere or by none."
+    );
+    describe_gauge!(
+        name("subscription_interval_seconds"),
+        metrics::Unit::Seconds,
+        "The subscription's configured poll interval."
+    );
+    describe_gauge!(
+        name("subscription_poll_age_seconds"),
+        metrics::Unit::Seconds,
+        "Since the last successful poll by this instance (or since it began polling, or resumed); 0 while paused or not polled here."
+    );
+}
+
+/// The series rules need from the start (see the module's doc).
+fn register_at_zero() {
+    gauge!(name("build_info"), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    counter!(name("throttle_waits_total")).absolute(0);
+    counter!(name("throttle_wait_seconds_total")).absolute(0);
 }
 
 fn name(short: &str) -> String {
@@ -280,6 +317,49 @@ pub fn detection_check(result: &'static str) {
 pub fn detection_failed(subscription: &str) {
     counter!(name("detection_failures_total"), "subscription" => subscription.to_string())
         .increment(1);
+}
+
+/// Which configured subscriptions this instance holds (after each lease
+/// round that changed them, and after a reload).
+pub fn leases<'a>(configured: impl IntoIterator<Item = (&'a str, bool)>) {
+    for (sub, held) in configured {
+        gauge!(name("subscription_leased"), "subscription" => sub.to_string()).set(if held {
+            1.0
+        } else {
+            0.0
+        });
+    }
+}
+
+/// One polled subscription as `/readyz` sees it, at a scrape.
+#[derive(Debug, Clone)]
+pub struct PollAge {
+    pub subscription: String,
+    pub interval: f64,
+    /// Seconds since the last successful poll; 0 while paused.
+    pub age: f64,
+    /// Paused for any reason (fed by Guardrails, or its check pending).
+    pub paused: bool,
+}
+
+pub fn poll_ages(ages: &[PollAge]) {
+    for a in ages {
+        let sub = a.subscription.clone();
+        gauge!(name("subscription_interval_seconds"), "subscription" => sub.clone())
+            .set(a.interval);
+        gauge!(name("subscription_poll_age_seconds"), "subscription" => sub.clone()).set(a.age);
+        // Registers the 0 of a subscription polled as usual; a pause sets
+        // its 1 where it is decided (why it is paused matters there).
+        if !a.paused {
+            paused(&sub, false);
+        }
+    }
+}
+
+/// A subscription no longer polled here (its lease went): no age to judge.
+pub fn not_polled_here(subscription: &str) {
+    gauge!(name("subscription_poll_age_seconds"), "subscription" => subscription.to_string())
+        .set(0.0);
 }
 
 fn status_label(status: Option<u16>) -> String {

@@ -115,7 +115,8 @@ async fn metrics_health_and_readiness(backend: Backend) {
 
 /// On shared state, `/readyz` is 503 while the instance holds less than its
 /// share: another live instance (a row of its own) takes both leases, then
-/// gives them back.
+/// gives them back. `subscription_leased` follows (what the no-holder alert
+/// reads).
 async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
     h.state_sql(
         "INSERT INTO instance (id, host, pid, started_at, expires_at)
@@ -133,6 +134,10 @@ async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
         },
     )
     .await;
+    eventually_async(Duration::from_secs(30), "leased elsewhere", || async {
+        leased(addr).await == [Some(0.0), Some(0.0)]
+    })
+    .await;
     h.state_sql("DELETE FROM lease WHERE holder = 'other'")
         .await;
     wait_until_ready(
@@ -142,6 +147,17 @@ async fn readiness_follows_the_share_of_leases(h: &Harness, addr: &str) {
     )
     .await;
     h.state_sql("DELETE FROM instance WHERE id = 'other'").await;
+    // Alone again: it takes both.
+    eventually_async(Duration::from_secs(30), "both leased again", || async {
+        leased(addr).await == [Some(1.0), Some(1.0)]
+    })
+    .await;
+}
+
+/// `subscription_leased` of both subscriptions, as `/metrics` says.
+async fn leased(addr: &str) -> [Option<f64>; 2] {
+    let m = parse_metrics(&get(addr, "/metrics").await.1);
+    [SUB_A, SUB_B].map(|s| metric(&m, "subscription_leased", &[("subscription", s)]))
 }
 
 async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(backend: Backend) {
