@@ -15,6 +15,7 @@ use crate::config::{Config, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::forward::Forwarder;
 use crate::poll::Poller;
+use crate::progress::Progress;
 use crate::read_limit::ReadLimit;
 use crate::store::{Store, StoreError};
 use crate::summary::Summary;
@@ -83,6 +84,9 @@ pub struct App {
     pub reads: ReadLimit,
     /// What the daemon's polls did since the last summary line.
     pub summary: Arc<Summary>,
+    /// What a `--once` run's polls and deliveries tell its progress bars
+    /// (off unless `--once` on a terminal turns it on).
+    pub progress: Progress,
 }
 
 /// What a reload keeps of the running process.
@@ -97,6 +101,7 @@ struct Kept {
     budget: Arc<ReadBudget>,
     reads: ReadLimit,
     summary: Arc<Summary>,
+    progress: Progress,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -204,13 +209,14 @@ impl App {
                 budget,
                 reads,
                 summary: Arc::default(),
+                progress: Progress::default(),
             },
         )
     }
 
     /// The same process with a new configuration (SIGHUP): the state store,
     /// HTTP client, wake-ups, health, pauses, ARM's read budget, the limit of
-    /// reads in flight and the summary's counts are kept (the budget is made
+    /// reads in flight, the summary's counts and the progress are kept (the budget is made
     /// anew if its settings changed; the limit's cap changes when the daemon
     /// applies the new configuration); everything else is rebuilt.
     pub fn rebuild(&self, config: Config) -> Result<App, StartError> {
@@ -235,6 +241,7 @@ impl App {
                 budget,
                 reads: self.reads.clone(),
                 summary: self.summary.clone(),
+                progress: self.progress.clone(),
             },
         )
     }
@@ -251,6 +258,7 @@ impl App {
             budget,
             reads,
             summary,
+            progress,
         } = kept;
         let used: std::collections::BTreeSet<&str> = config
             .subscriptions
@@ -284,14 +292,18 @@ impl App {
             store: store.clone(),
             outbox_ready: outbox_ready.clone(),
             skew: std::sync::Mutex::new(None),
+            progress: progress.clone(),
         });
-        let forwarder = Arc::new(Forwarder::new(
-            http.clone(),
-            &config.guardrails,
-            store.clone(),
-            config.guardrails.backoff,
-            delivered.clone(),
-        ));
+        let forwarder = Arc::new(
+            Forwarder::new(
+                http.clone(),
+                &config.guardrails,
+                store.clone(),
+                config.guardrails.backoff,
+                delivered.clone(),
+            )
+            .with_progress(progress.clone()),
+        );
         Ok(App {
             config,
             store,
@@ -308,6 +320,7 @@ impl App {
             budget,
             reads,
             summary,
+            progress,
         })
     }
 

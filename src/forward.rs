@@ -154,6 +154,7 @@ pub struct Forwarder {
     not_before: Mutex<HashMap<i64, Instant>>,
     /// The subscription served last, where the next batch's rotation starts.
     last_served: Mutex<Option<String>>,
+    progress: crate::progress::Progress,
 }
 
 /// The smallest outbox read, so that a low limit does not mean tiny reads.
@@ -181,7 +182,13 @@ impl Forwarder {
             delivered,
             not_before: Mutex::new(HashMap::new()),
             last_served: Mutex::new(None),
+            progress: crate::progress::Progress::default(),
         }
+    }
+
+    /// Deliveries counted for a `--once` run's progress bars as well.
+    pub fn with_progress(self, progress: crate::progress::Progress) -> Self {
+        Forwarder { progress, ..self }
     }
 
     /// POSTs allowed in flight now.
@@ -417,6 +424,7 @@ impl Forwarder {
         for (ev, outcome) in done {
             if *outcome == Delivery::Acked {
                 self.delivered.add(&ev.subscription_id);
+                self.progress.delivered(&ev.subscription_id);
                 crate::metrics::delivered(&ev.subscription_id);
                 round.acked += 1;
                 any_acked = true;

@@ -26,6 +26,7 @@ pub mod lease;
 pub mod metrics;
 pub mod notify;
 pub mod poll;
+pub mod progress;
 pub mod read_limit;
 pub mod retry;
 pub mod scheduler;
