@@ -215,7 +215,7 @@ fn name(sub: &SubscriptionConfig) -> String {
 
 fn style(widest: Option<String>) -> ProgressStyle {
     let width = widest.map_or(0, |n| n.chars().count()).min(40);
-    let template = format!("{{prefix:<{width}}} [{{bar:24}}] {{percent:>3}}% {{wide_msg}}");
+    let template = format!("{{prefix:<{width}}} [{{bar:24}}] {{percent:>3}}% {{msg}}");
     ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
@@ -313,13 +313,14 @@ impl Row {
         let s = Snapshot::sum(&seen);
         let done = |stage| seen.iter().filter(|x| x.stage == stage).count();
         let (polled, failed) = (done(Stage::Polled), done(Stage::Failed));
-        self.bar.set_position((s.fraction() * SCALE as f64) as u64);
         let mut msg = s.describe();
         if seen.len() > 1 {
             msg = format!("{polled} polled, {failed} failed · {msg}");
         }
+        let position = (s.fraction() * SCALE as f64) as u64;
         let Some(drained) = last else {
             self.bar.set_message(msg);
+            self.bar.set_position(position);
             return;
         };
         let verdict = match s.stage {
@@ -328,11 +329,12 @@ impl Row {
             Stage::Failed => "failed",
             Stage::Waiting | Stage::Polling => "not polled",
         };
-        let msg = format!("{verdict} · {msg}");
+        self.bar.set_message(format!("{verdict} · {msg}"));
+        self.bar.set_position(position);
         if s.stage == Stage::Polled && drained {
-            self.bar.finish_with_message(msg);
+            self.bar.finish();
         } else {
-            self.bar.abandon_with_message(msg);
+            self.bar.abandon();
         }
     }
 }
