@@ -105,6 +105,8 @@ struct Counts {
     to: AtomicI64,
     covered: AtomicI64,
     began: AtomicU64,
+    /// When the poll ended (its rate is over the time it polled).
+    ended: AtomicU64,
     fetched: AtomicU64,
     queued: AtomicU64,
     delivered: AtomicU64,
@@ -155,15 +157,20 @@ impl Progress {
         };
         self.0.set(board).ok()?;
         let board = self.0.get()?;
+        let rest_label = format!("{} more", subscriptions.len().saturating_sub(MAX_ROWS));
+        let style = style(
+            subscriptions
+                .iter()
+                .take(MAX_ROWS)
+                .map(name)
+                .chain(Some(rest_label.clone()))
+                .map(|n| n.chars().count())
+                .max()
+                .unwrap_or(0),
+        );
         let bar_of = |prefix: String| {
             let bar = screen.0.add(ProgressBar::new(SCALE));
-            bar.set_style(style(
-                subscriptions
-                    .iter()
-                    .take(MAX_ROWS)
-                    .map(name)
-                    .max_by_key(|n| n.len()),
-            ));
+            bar.set_style(style.clone());
             bar.set_prefix(prefix);
             bar.set_message("waiting");
             bar
@@ -186,7 +193,7 @@ impl Progress {
             .collect();
         if !rest.is_empty() {
             rows.push(Row {
-                bar: bar_of(format!("{} more", rest.len())),
+                bar: bar_of(rest_label),
                 counts: rest,
             });
         }
@@ -213,12 +220,20 @@ fn name(sub: &SubscriptionConfig) -> String {
     sub.name.clone().unwrap_or_else(|| sub.id.to_string())
 }
 
-fn style(widest: Option<String>) -> ProgressStyle {
-    let width = widest.map_or(0, |n| n.chars().count()).min(40);
+/// A bar's line, the prefix padded to `width` (at most 40) columns.
+fn style(width: usize) -> ProgressStyle {
+    let width = width.min(40);
     let template = format!("{{prefix:<{width}}} [{{bar:24}}] {{percent:>3}}% {{msg}}");
     ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ")
+}
+
+/// Microseconds from `born` to now, at least 1 (0 is "not yet").
+fn since(born: Instant) -> u64 {
+    u64::try_from(born.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// One subscription's poll, as the poller reports it.
@@ -235,8 +250,7 @@ impl Track {
         let (Some(c), Some(born)) = (&self.counts, self.born) else {
             return;
         };
-        let began = u64::try_from(born.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let _ = c.began.compare_exchange(0, began.max(1), Relaxed, Relaxed);
+        let _ = c.began.compare_exchange(0, since(born), Relaxed, Relaxed);
         let _ = c
             .from
             .compare_exchange(0, from.timestamp_micros(), Relaxed, Relaxed);
@@ -272,10 +286,12 @@ impl Track {
 
     /// The poll ended: up to now (`ok`), or failed.
     pub fn polled(&self, ok: bool) {
-        if let Some(c) = &self.counts {
-            let stage = if ok { Stage::Polled } else { Stage::Failed };
-            c.stage.store(stage as u8, Relaxed);
-        }
+        let (Some(c), Some(born)) = (&self.counts, self.born) else {
+            return;
+        };
+        let stage = if ok { Stage::Polled } else { Stage::Failed };
+        c.stage.store(stage as u8, Relaxed);
+        let _ = c.ended.compare_exchange(0, since(born), Relaxed, Relaxed);
     }
 }
 
@@ -346,6 +362,8 @@ struct Snapshot {
     covered: Duration,
     /// Since the poll began.
     elapsed: Duration,
+    /// How long it polled, once it ended.
+    polled_for: Option<Duration>,
     fetched: u64,
     queued: u64,
     delivered: u64,
@@ -357,16 +375,20 @@ impl Snapshot {
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         let from = c.from.load(Relaxed);
         let span = micros(c.to.load(Relaxed) - from);
-        let began = c.began.load(Relaxed);
-        let elapsed = if began == 0 {
+        let began = Duration::from_micros(c.began.load(Relaxed));
+        let ended = c.ended.load(Relaxed);
+        let elapsed = if began.is_zero() {
             Duration::ZERO
         } else {
-            now.saturating_sub(Duration::from_micros(began))
+            now.saturating_sub(began)
         };
+        let polled_for = (ended != 0 && !began.is_zero())
+            .then(|| Duration::from_micros(ended).saturating_sub(began));
         Snapshot {
             span,
             covered: micros(c.covered.load(Relaxed)).min(span),
             elapsed,
+            polled_for,
             fetched: c.fetched.load(Relaxed),
             queued: c.queued.load(Relaxed),
             delivered: c.delivered.load(Relaxed),
@@ -388,6 +410,7 @@ impl Snapshot {
             span: Duration::ZERO,
             covered: Duration::ZERO,
             elapsed: Duration::ZERO,
+            polled_for: None,
             fetched: 0,
             queued: 0,
             delivered: 0,
@@ -397,6 +420,7 @@ impl Snapshot {
             total.span += s.span;
             total.covered += s.covered;
             total.elapsed = total.elapsed.max(s.elapsed);
+            total.polled_for = total.polled_for.max(s.polled_for);
             total.fetched += s.fetched;
             total.queued += s.queued;
             total.delivered += s.delivered;
@@ -418,9 +442,9 @@ impl Snapshot {
         (self.covered.as_secs_f64() / self.span.as_secs_f64()).clamp(0.0, 1.0)
     }
 
-    /// Entries fetched a second since the poll began.
+    /// Entries fetched a second while it polled.
     fn rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
+        let secs = self.polled_for.unwrap_or(self.elapsed).as_secs_f64();
         if secs <= 0.0 {
             0.0
         } else {
@@ -497,6 +521,7 @@ mod tests {
             span: Duration::from_secs(10 * 3600),
             covered: Duration::from_secs(covered_h * 3600),
             elapsed: Duration::from_secs(60),
+            polled_for: (stage == Stage::Polled).then(|| Duration::from_secs(40)),
             fetched,
             queued,
             delivered,
@@ -540,12 +565,13 @@ mod tests {
 
     #[test]
     fn a_polled_and_delivered_subscription_is_whole_and_says_how_long_it_took() {
-        let s = at(Stage::Polled, 3, 42, 40, 40);
+        // The rate is over the 40 s it polled, not the minute with delivery.
+        let s = at(Stage::Polled, 3, 400, 400, 400);
         assert_eq!(s.fraction(), 1.0);
         assert_eq!(s.left(), Some(Duration::ZERO));
         assert_eq!(
             s.describe(),
-            "10 hours covered · 42 fetched · 40 delivered · 1/s · in 60 seconds"
+            "10 hours covered · 400 fetched · 400 delivered · 10/s · in 60 seconds"
         );
     }
 

@@ -459,12 +459,7 @@ async fn json_logs_carry_the_poll_line_fields(backend: Backend) {
 /// The number just before `word` on `line` ("1,234 fetched": 1234).
 fn count_before(line: &str, word: &str) -> Option<u64> {
     let before = line.split(&format!(" {word}")).next()?;
-    before
-        .rsplit(' ')
-        .next()?
-        .replace(',', "")
-        .parse()
-        .ok()
+    before.rsplit(' ').next()?.replace(',', "").parse().ok()
 }
 
 /// What only a progress bar's line holds: its counts' separator.
@@ -521,7 +516,11 @@ async fn once_on_a_terminal_shows_progress_per_subscription_and_only_there(backe
     run.assert_exit(0);
     assert!(h.fakes.received_all(&more));
     assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
-    let lines: Vec<&str> = run.stderr.lines().map(|l| l.trim_end_matches('\r')).collect();
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .collect();
     assert!(lines.iter().any(|l| l.contains("poll complete")));
     for l in lines
         .iter()
