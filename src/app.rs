@@ -216,9 +216,10 @@ impl App {
 
     /// The same process with a new configuration (SIGHUP): the state store,
     /// HTTP client, wake-ups, health, pauses, ARM's read budget, the limit of
-    /// reads in flight, the summary's counts and the progress are kept (the budget is made
-    /// anew if its settings changed; the limit's cap changes when the daemon
-    /// applies the new configuration); everything else is rebuilt.
+    /// reads in flight, the summary's counts and the progress are kept (the
+    /// budget is made anew if its settings changed; the limit's cap changes
+    /// when the daemon applies the new configuration); everything else is
+    /// rebuilt.
     pub fn rebuild(&self, config: Config) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
         let same_budget = config.azure.reads_burst == self.config.azure.reads_burst

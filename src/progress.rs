@@ -229,6 +229,14 @@ fn style(width: usize) -> ProgressStyle {
         .progress_chars("=> ")
 }
 
+/// A stretch of the activity log, as `--since` takes it: to the minute from
+/// an hour up ("29days 4h 12m"), else to the second.
+fn span(d: Duration) -> String {
+    let secs = d.as_secs();
+    let secs = if secs >= 3600 { secs - secs % 60 } else { secs };
+    humantime::format_duration(Duration::from_secs(secs)).to_string()
+}
+
 /// Microseconds from `born` to now, at least 1 (0 is "not yet").
 fn since(born: Instant) -> u64 {
     u64::try_from(born.elapsed().as_micros())
@@ -488,13 +496,9 @@ impl Snapshot {
             return "waiting".into();
         }
         let covered = if self.stage == Stage::Polled {
-            format!("{} covered", HumanDuration(self.span))
+            format!("{} covered", span(self.span))
         } else {
-            format!(
-                "{} of {}",
-                HumanDuration(self.covered),
-                HumanDuration(self.span)
-            )
+            format!("{} of {}", span(self.covered), span(self.span))
         };
         let counts = format!(
             "{covered} · {} fetched · {} delivered · {:.0}/s",
@@ -537,7 +541,10 @@ mod tests {
             ..at(Stage::Polling, 0, 100, 100, 100)
         };
         assert_eq!(s.left(), Some(Duration::from_secs(180)));
-        assert!(s.describe().contains("3 minutes left"), "{}", s.describe());
+        assert_eq!(
+            s.describe(),
+            "2h 30m of 10h · 100 fetched · 100 delivered · 2/s · 3 minutes left"
+        );
     }
 
     #[test]
@@ -571,7 +578,7 @@ mod tests {
         assert_eq!(s.left(), Some(Duration::ZERO));
         assert_eq!(
             s.describe(),
-            "10 hours covered · 400 fetched · 400 delivered · 10/s · in 60 seconds"
+            "10h covered · 400 fetched · 400 delivered · 10/s · in 60 seconds"
         );
     }
 

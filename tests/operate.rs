@@ -486,7 +486,7 @@ async fn once_on_a_terminal_shows_progress_per_subscription_and_only_there(backe
             .find(|l| l.starts_with(name) && l.contains(PROGRESS_MARK))
             .unwrap_or_else(|| panic!("no progress for {name}:\n{}", run.stderr));
         assert!(last.contains("100%") && last.contains("done"), "{last}");
-        assert!(last.contains("3 hours covered"), "{last}");
+        assert!(last.contains("3h covered"), "{last}");
         assert_eq!(count_before(last, "delivered"), Some(n), "{last}");
         assert!(count_before(last, "fetched") >= Some(n), "{last}");
     }
