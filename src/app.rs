@@ -14,6 +14,7 @@ use crate::azure::{ActivityLogClient, CredentialError, ReadBudget, TokenSource};
 use crate::config::{Config, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::forward::Forwarder;
+use crate::health::Health;
 use crate::poll::Poller;
 use crate::progress::Progress;
 use crate::read_limit::ReadLimit;
@@ -70,7 +71,7 @@ pub struct App {
     pub tokens: BTreeMap<String, Arc<TokenSource>>,
     pub outbox_ready: Arc<Notify>,
     pub http: reqwest::Client,
-    pub health: Arc<crate::health::Health>,
+    pub health: Arc<Health>,
     pub delivered: crate::forward::Delivered,
     /// The event handler checks of this configuration: at start
     /// (`detect::at_start`) and while the daemon runs (`detect::run`).
@@ -95,7 +96,7 @@ struct Kept {
     instance: crate::store::Instance,
     http: reqwest::Client,
     outbox_ready: Arc<Notify>,
-    health: Arc<crate::health::Health>,
+    health: Arc<Health>,
     delivered: crate::forward::Delivered,
     pauses: Arc<crate::detect::Pauses>,
     budget: Arc<ReadBudget>,
@@ -190,6 +191,12 @@ pub fn read_budget(config: &Config) -> Arc<ReadBudget> {
 
 impl App {
     pub async fn build(config: Config) -> Result<App, StartError> {
+        Self::build_with(config, Arc::default()).await
+    }
+
+    /// [`App::build`] reporting to `health` (the daemon serves it before the
+    /// state database answers).
+    pub async fn build_with(config: Config, health: Arc<Health>) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
         let instance = crate::store::Instance::new();
         let store = Store::open(&config.state, &instance).await?;
@@ -203,7 +210,7 @@ impl App {
                 instance,
                 http,
                 outbox_ready: Arc::new(Notify::new()),
-                health: Arc::new(crate::health::Health::default()),
+                health,
                 delivered: crate::forward::Delivered::default(),
                 pauses: Arc::new(crate::detect::Pauses::default()),
                 budget,
@@ -302,6 +309,7 @@ impl App {
                 store.clone(),
                 config.guardrails.backoff,
                 delivered.clone(),
+                health.outages.clone(),
             )
             .with_progress(progress.clone()),
         );

@@ -12,6 +12,7 @@ use crate::daemon::Signal;
 use crate::app::{App, StartError, parse_since};
 use crate::cli::{Cli, Command, DeadLetterAction, RunArgs, StateAction};
 use crate::config::{Config, ProcessEnv};
+use crate::outage::{self, Resource};
 use crate::progress::Screen;
 use crate::scheduler;
 
@@ -382,26 +383,29 @@ fn run_poller(path: &Path, args: &RunArgs, screen: Option<Screen>) -> ExitCode {
         for w in &config.warnings {
             tracing::warn!("{w}");
         }
+        if !args.once {
+            return daemon(config, path, since, args).await;
+        }
         let app = match App::build(config).await {
             Ok(app) => Arc::new(app),
             Err(e) => return fail(&e),
         };
-        tracing::info!(
-            config = %path.display(),
-            state = %app.store.describe(),
-            instance = %app.instance.id,
-            subscriptions = app.config.subscriptions.len(),
-            endpoint = %app.config.guardrails.ingest_url.redacted(),
-            format = ?app.config.guardrails.format,
-            mode = if args.once { "once" } else { "daemon" },
-            "starting"
-        );
-        if args.once {
-            once(app, since, args, screen).await
-        } else {
-            daemon(app, since, args).await
-        }
+        log_start(path, &app, "once");
+        once(app, since, args, screen).await
     })
+}
+
+fn log_start(path: &Path, app: &App, mode: &'static str) {
+    tracing::info!(
+        config = %path.display(),
+        state = %app.store.describe(),
+        instance = %app.instance.id,
+        subscriptions = app.config.subscriptions.len(),
+        endpoint = %app.config.guardrails.ingest_url.redacted(),
+        format = ?app.config.guardrails.format,
+        mode,
+        "starting"
+    );
 }
 
 async fn once(
@@ -451,9 +455,18 @@ async fn once(
     ExitCode::from(code)
 }
 
-async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunArgs) -> ExitCode {
-    // Metrics and health first, so that a slow credential check is visible.
-    if let Some(addr) = app.config.telemetry_listen {
+async fn daemon(
+    config: Config,
+    path: &Path,
+    since: Option<crate::event::Timestamp>,
+    args: &RunArgs,
+) -> ExitCode {
+    // Metrics and health first, so that what start-up waits for (the state
+    // database, Entra ID, a slow credential check) is visible.
+    let health = Arc::new(crate::health::Health::default());
+    health.starting(Some("opening the state database"));
+    let slot = crate::health::StoreSlot::default();
+    if let Some(addr) = config.telemetry_listen {
         let exporter = match crate::metrics::install() {
             Ok(e) => Some(e),
             Err(e) => {
@@ -461,7 +474,7 @@ async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &Ru
                 None
             }
         };
-        match crate::health::bind(addr, app.health.clone(), exporter, app.store.clone()).await {
+        match crate::health::bind(addr, health.clone(), exporter, slot.clone()).await {
             Ok((local, serve)) => {
                 tracing::info!(listen = %local, "serving /metrics, /healthz and /readyz");
                 tokio::spawn(serve);
@@ -472,18 +485,24 @@ async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &Ru
             }
         }
     }
+    health.outages.publish();
+    let app = match build_waiting(config, &health).await {
+        Ok(app) => Arc::new(app),
+        Err(e) => return fail(&e),
+    };
+    let _ = slot.set(app.store.clone());
+    log_start(path, &app, "daemon");
+    health.starting(Some("checking credentials"));
     crate::notify::status("checking credentials");
-    if let Err(e) = app.check_credentials().await {
+    if let Err(e) = credentials_waiting(&app).await {
         eprintln!("azure-activity-poller: {e}");
-        let code = match e {
-            crate::azure::CredentialError::Timeout { .. } => exit::TEMPFAIL,
-            _ => exit::UNAVAILABLE,
-        };
-        return ExitCode::from(code);
+        return ExitCode::from(exit::UNAVAILABLE);
     }
+    health.starting(Some("checking for Guardrails event handlers"));
     if let Err(e) = crate::detect::at_start(&app.checks).await {
         return fail(&e.into());
     }
+    health.starting(None);
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(forward_signals(tx));
     match crate::daemon::run(app, since, rx, args.shutdown_grace).await {
@@ -493,7 +512,61 @@ async fn daemon(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &Ru
         }
         Err(e) => {
             eprintln!("azure-activity-poller: {e}");
-            ExitCode::from(exit::IOERR)
+            ExitCode::from(if e.is_config() {
+                exit::CONFIG
+            } else {
+                exit::IOERR
+            })
+        }
+    }
+}
+
+/// Builds the daemon's state, waiting out a state database that does not
+/// answer (or fails) at start, tries at most a minute apart; a state this
+/// build cannot use (not a database, a newer schema) still ends it.
+async fn build_waiting(
+    config: Config,
+    health: &Arc<crate::health::Health>,
+) -> Result<App, StartError> {
+    let mut delays = outage::backoff().delays();
+    loop {
+        match App::build_with(config.clone(), health.clone()).await {
+            Ok(app) => {
+                health.outages.recovered(Resource::StateStore);
+                return Ok(app);
+            }
+            Err(StartError::Store(e)) if !e.is_config() => {
+                let declared = health.outages.failed(Resource::StateStore, &e);
+                crate::notify::status(&format!("waiting for the state database: {e}"));
+                let wait = outage::next_delay(&mut delays);
+                crate::log_at!(outage::quiet_if(declared), error = %e, retry_in_ms = wait.as_millis() as u64,
+                    "cannot open the state database; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Checks every credential for a token, waiting out an Entra ID that does
+/// not answer; a credential Entra ID refuses ends the daemon (69).
+async fn credentials_waiting(app: &App) -> Result<(), crate::azure::CredentialError> {
+    let mut delays = outage::backoff().delays();
+    loop {
+        match app.check_credentials().await {
+            Ok(()) => {
+                app.health.outages.recovered(Resource::EntraId);
+                return Ok(());
+            }
+            Err(e) if e.is_outage() => {
+                let declared = app.health.outages.failed(Resource::EntraId, &e);
+                crate::notify::status(&format!("waiting for Entra ID: {e}"));
+                let wait = outage::next_delay(&mut delays);
+                crate::log_at!(outage::quiet_if(declared), error = %e, retry_in_ms = wait.as_millis() as u64,
+                    "cannot get a token; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::event::Timestamp;
 use crate::heartbeat::Heartbeat;
 use crate::lease;
 use crate::notify;
+use crate::outage::Resource;
 use crate::scheduler::subscription_task;
 use crate::store::{Share, StoreError};
 
@@ -196,11 +197,16 @@ impl Supervisor {
     fn status_line(&self) -> String {
         let not_ready = self.app.health.not_ready().len();
         let paused = self.app.health.paused_count();
-        format!(
+        let mut line = format!(
             "polling {} subscription(s), {paused} paused (fed by Guardrails); {} not ready",
             self.running.len() - paused.min(self.running.len()),
             not_ready
-        )
+        );
+        // An outage first: `systemctl status` shows the start of the line.
+        for o in self.app.health.outages.current() {
+            line = format!("{o}; {line}");
+        }
+        line
     }
 
     /// Applies a new configuration; returns a one-line summary.
@@ -448,9 +454,23 @@ pub async fn run(
 
 /// The first lease round (so that the first tasks start on what this
 /// instance holds), then the keeper that renews them.
+///
+/// A state database that fails that round is an outage like any other: the
+/// daemon starts holding nothing, and the keeper's rounds take the leases
+/// once it answers.
 async fn start_leasing(app: &App) -> Result<lease::Keeper, StoreError> {
     let ha = app.config.ha;
-    let first = lease::round(&app.store, &configured_ids(&app.config), ha, Share::Fair).await?;
+    let first = match lease::round(&app.store, &configured_ids(&app.config), ha, Share::Fair).await
+    {
+        Ok(first) => first,
+        Err(e) if e.is_config() => return Err(e),
+        Err(e) => {
+            let declared = app.health.outages.failed(Resource::StateStore, &e);
+            crate::log_at!(crate::outage::quiet_if(declared), error = %e,
+                "cannot take leases; starting with none and retrying");
+            return Ok(keeper(app));
+        }
+    };
     app.health.leases(first.held.len(), first.share, first.live);
     if app.store.shared() {
         tracing::info!(
@@ -463,13 +483,17 @@ async fn start_leasing(app: &App) -> Result<lease::Keeper, StoreError> {
             "sharing the state with other instances: polling the subscriptions this one holds"
         );
     }
-    Ok(lease::Keeper::spawn(
+    Ok(keeper(app))
+}
+
+fn keeper(app: &App) -> lease::Keeper {
+    lease::Keeper::spawn(
         app.store.clone(),
         app.health.clone(),
-        ha,
+        app.config.ha,
         Share::Fair,
         configured_ids(&app.config),
-    ))
+    )
 }
 
 /// The forwarder's end within the grace period: its error, or nothing when
@@ -561,6 +585,7 @@ impl Supervisor {
     /// Pings the watchdog (when systemd asks for one) unless a task is
     /// stuck in a poll; refreshes the status line.
     fn watchdog_tick(&self, watchdog: bool) {
+        self.app.health.outages.settle();
         let stalled = self.stalled();
         if stalled.is_empty() {
             if watchdog {

@@ -38,6 +38,7 @@ use tokio::sync::{Notify, watch};
 use crate::concurrency::{Concurrency, Signal};
 use crate::config::{DeliveryConcurrency, Format, GuardrailsConfig, IngestUrl};
 use crate::http::{Limit, describe};
+use crate::outage::{self, Outages, Resource};
 use crate::retry::{Backoff, retry_after};
 use crate::store::{OutboxEvent, Store, StoreError};
 
@@ -139,6 +140,8 @@ struct Round {
     attempted: usize,
     acked: usize,
     retry: Option<(String, Option<Duration>)>,
+    /// The state database failed: no more POSTs leave in this round.
+    store_error: Option<StoreError>,
 }
 
 pub struct Forwarder {
@@ -154,6 +157,8 @@ pub struct Forwarder {
     not_before: Mutex<HashMap<i64, Instant>>,
     /// The subscription served last, where the next batch's rotation starts.
     last_served: Mutex<Option<String>>,
+    /// Where outages of the endpoint and the state database are told.
+    outages: Arc<Outages>,
     progress: crate::progress::Progress,
 }
 
@@ -167,6 +172,7 @@ impl Forwarder {
         store: Store,
         backoff: Backoff,
         delivered: Delivered,
+        outages: Arc<Outages>,
     ) -> Self {
         Forwarder {
             http,
@@ -182,6 +188,7 @@ impl Forwarder {
             delivered,
             not_before: Mutex::new(HashMap::new()),
             last_served: Mutex::new(None),
+            outages,
             progress: crate::progress::Progress::default(),
         }
     }
@@ -264,8 +271,9 @@ impl Forwarder {
     /// told to wait) or delivery must pause: the URL is refused, or nothing
     /// gets through even at the lowest limit. Outcomes are written as soon as
     /// their POSTs complete: those that complete together share one
-    /// transaction.
-    async fn round(&self) -> Result<Round, StoreError> {
+    /// transaction. When the outbox cannot be read, what is in flight is
+    /// finished and written first, and the round ends with that error.
+    async fn round(&self, patience: Option<Duration>) -> Result<Round, StoreError> {
         let mut round = Round::default();
         let mut queue: VecDeque<OutboxEvent> = VecDeque::new();
         let mut flying: Vec<i64> = Vec::new();
@@ -278,9 +286,15 @@ impl Forwarder {
             if !stop {
                 let limit = self.limit.limit();
                 if queue.len() < limit && !exhausted {
-                    exhausted = self.refill(&mut queue, &flying, limit).await?;
+                    match self.refill(&mut queue, &flying, limit).await {
+                        Ok(e) => exhausted = e,
+                        Err(e) => {
+                            round.store_error = Some(e);
+                            stop = true;
+                        }
+                    }
                 }
-                while in_flight.len() < limit {
+                while !stop && in_flight.len() < limit {
                     let Some(ev) = queue.pop_front() else { break };
                     flying.push(ev.seq);
                     self.limit.started(in_flight.len() + 1);
@@ -296,8 +310,12 @@ impl Forwarder {
                 done.push(more);
             }
             round.attempted += done.len();
-            stop |= self.settle(&done, &mut round).await?;
+            stop |= self.settle(&done, &mut round, patience).await?;
+            stop |= round.store_error.is_some();
             flying.retain(|seq| !done.iter().any(|(ev, _)| ev.seq == *seq));
+        }
+        if let Some(e) = round.store_error.take() {
+            return Err(e);
         }
         if round.retry.is_none()
             && let Some(due) = self.next_due()
@@ -385,6 +403,7 @@ impl Forwarder {
         &self,
         done: &[(OutboxEvent, Delivery)],
         round: &mut Round,
+        patience: Option<Duration>,
     ) -> Result<bool, StoreError> {
         let mut misconfigured = false;
         let mut retried = false;
@@ -420,7 +439,15 @@ impl Forwarder {
                 }
             }
         }
-        self.store.settle(acks, rejects, failures).await?;
+        if let Err(e) = self.write_outcomes(acks, rejects, failures, patience).await {
+            if e.is_config() {
+                return Err(e);
+            }
+            // Attempt counts only (or `--once` ran out of patience: what it
+            // held stays in the outbox): no more POSTs leave in this round,
+            // and the error ends it once those in flight are written.
+            round.store_error.get_or_insert(e);
+        }
         for (ev, outcome) in done {
             if *outcome == Delivery::Acked {
                 self.delivered.add(&ev.subscription_id);
@@ -440,23 +467,93 @@ impl Forwarder {
         Ok(pause)
     }
 
+    /// Writes the outcomes of completed POSTs. Events the endpoint accepted
+    /// are held, and the write tried again (capped backoff) while the state
+    /// database fails, for up to `patience` (`None`: until it answers): they
+    /// must leave the outbox, or they would be sent twice. Outcomes without
+    /// an accepted or rejected event (attempt counts only) are tried once.
+    async fn write_outcomes(
+        &self,
+        acks: Vec<i64>,
+        rejects: Vec<(i64, String)>,
+        failures: Vec<(i64, String)>,
+        patience: Option<Duration>,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        // Soon after the database is back: a quick try, so that what was
+        // delivered leaves the outbox before another instance could take
+        // the subscription over and send it again.
+        let mut delays = Backoff {
+            base: Duration::from_millis(200),
+            max: Duration::from_secs(2),
+            retries: None,
+        }
+        .delays();
+        loop {
+            let written = self
+                .store
+                .settle(acks.clone(), rejects.clone(), failures.clone())
+                .await;
+            let e = match written {
+                Ok(()) => {
+                    self.outages.recovered(Resource::StateStore);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            let declared = self.outages.failed(Resource::StateStore, &e);
+            let held = acks.len() + rejects.len();
+            if e.is_config() || held == 0 || patience.is_some_and(|p| started.elapsed() >= p) {
+                return Err(e);
+            }
+            let wait = delays.next().unwrap_or(Duration::from_secs(2));
+            crate::log_at!(outage::quiet_if(declared), error = %e, held, retry_in_ms = wait.as_millis() as u64,
+                "cannot write delivery outcomes; holding them (they are not sent again) and retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
     /// Runs until `shutdown` turns true, waking when `ready` is notified.
+    /// Outages of the endpoint or the state database are waited out (see
+    /// `outage.rs`); only a state this build cannot use ends it.
     pub async fn run(
         &self,
         ready: Arc<Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), StoreError> {
         let mut delays = self.backoff.delays();
+        let mut store_delays = outage::backoff().delays();
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let round = self.round().await?;
+            let round = match self.round(None).await {
+                Ok(r) => {
+                    self.outages.recovered(Resource::StateStore);
+                    store_delays = outage::backoff().delays();
+                    r
+                }
+                Err(e) if e.is_config() => return Err(e),
+                Err(e) => {
+                    let declared = self.outages.failed(Resource::StateStore, &e);
+                    let wait = outage::next_delay(&mut store_delays);
+                    crate::log_at!(outage::quiet_if(declared), error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the outbox; retrying");
+                    tokio::select! {
+                        _ = shutdown.changed() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    continue;
+                }
+            };
+            if round.acked > 0 {
+                self.outages.recovered(Resource::Endpoint);
+            }
             let pause = if let Some((reason, after)) = round.retry {
                 self.limit.restart();
                 let backoff = delays.next().unwrap_or(self.backoff.max);
                 let delay = after.unwrap_or(backoff);
-                tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "delivery to the ingestion endpoint failed; will retry");
+                let declared = round.acked == 0 && self.outages.failed(Resource::Endpoint, &reason);
+                crate::log_at!(outage::quiet_if(declared), %reason, retry_in_ms = delay.as_millis() as u64, "delivery to the ingestion endpoint failed; will retry");
                 Some(delay)
             } else if round.attempted == 0 {
                 None
@@ -479,7 +576,7 @@ impl Forwarder {
         let mut delivered = 0u64;
         let mut stalled_since: Option<tokio::time::Instant> = None;
         loop {
-            let round = self.round().await?;
+            let round = self.round(Some(give_up_after)).await?;
             delivered += round.acked as u64;
             // Done when nothing was left to try, not even events waiting for
             // their Retry-After.

@@ -17,6 +17,7 @@ use axum::routing::get;
 
 use crate::config::SubscriptionConfig;
 use crate::metrics::Exporter;
+use crate::outage::Outages;
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,12 @@ pub struct Health {
     subs: Mutex<BTreeMap<String, SubscriptionHealth>>,
     /// The last lease round: (held, share, live instances).
     leases: Mutex<Option<(usize, usize, usize)>>,
+    /// The resources out now (`outage.rs`): each one makes the instance
+    /// not ready, named first.
+    pub outages: Arc<Outages>,
+    /// What the daemon is doing before its first poll (opening the state,
+    /// checking credentials and event handlers); `None` once it polls.
+    starting: Mutex<Option<String>>,
 }
 
 /// How many intervals a subscription may go without a successful poll.
@@ -98,23 +105,38 @@ impl Health {
         self.lock().values().filter(|s| s.paused.is_some()).count()
     }
 
+    /// The daemon is starting, doing `what`; `None`: it has started.
+    pub fn starting(&self, what: Option<&str>) {
+        *self.starting.lock().unwrap_or_else(|p| p.into_inner()) = what.map(str::to_string);
+    }
+
     /// What the last lease round held, of its share, among `live` instances.
     pub fn leases(&self, held: usize, share: usize, live: usize) {
         *self.leases.lock().unwrap_or_else(|p| p.into_inner()) = Some((held, share, live));
     }
 
-    /// The subscriptions that are not ready, with why; first, when this
-    /// instance holds less than its share of the subscriptions, that.
+    /// What is not ready, with why: first the resources out, then, when
+    /// this instance holds less than its share of the subscriptions, that,
+    /// then the subscriptions.
     pub fn not_ready(&self) -> Vec<String> {
         let now = Instant::now();
+        let starting = self
+            .starting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|w| format!("starting: {w}"));
+        let outages = self.outages.current().into_iter().map(|o| o.to_string());
         let short = match *self.leases.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((held, share, live)) if held < share => Some(format!(
                 "holds {held} of its share of {share} subscription(s) ({live} live instance(s))"
             )),
             _ => None,
         };
-        short
+        starting
             .into_iter()
+            .chain(outages)
+            .chain(short)
             .chain(self.not_ready_subscriptions(now))
             .collect()
     }
@@ -146,8 +168,15 @@ impl Health {
 struct Admin {
     health: Arc<Health>,
     exporter: Option<Exporter>,
-    store: Store,
+    store: StoreSlot,
 }
+
+/// The state store, once it is open: the admin server answers before (its
+/// outage is what `/readyz` then says), without the outbox depths.
+pub type StoreSlot = Arc<std::sync::OnceLock<Store>>;
+
+/// How long a scrape waits for the outbox depths from the state database.
+const SCRAPE_STORE_WAIT: Duration = Duration::from_secs(2);
 
 async fn healthz() -> &'static str {
     "ok\n"
@@ -171,7 +200,12 @@ async fn metrics(State(a): State<Admin>) -> Response {
     let Some(exporter) = a.exporter.clone() else {
         return (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response();
     };
-    if let Ok(states) = a.store.states().await {
+    a.health.outages.publish();
+    // Bounded: a state database that does not answer leaves the depths as
+    // they were, and the scrape still answers.
+    if let Some(store) = a.store.get()
+        && let Ok(Ok(states)) = tokio::time::timeout(SCRAPE_STORE_WAIT, store.states()).await
+    {
         let outbox: Vec<(String, i64)> = states
             .iter()
             .map(|s| (s.subscription_id.clone(), s.outbox))
@@ -198,7 +232,7 @@ pub async fn bind(
     addr: SocketAddr,
     health: Arc<Health>,
     exporter: Option<Exporter>,
-    store: Store,
+    store: StoreSlot,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), std::io::Error> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;

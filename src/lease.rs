@@ -20,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::HaConfig;
 use crate::health::Health;
+use crate::outage::Resource;
 use crate::store::{LeaseReport, Share, Store, StoreError};
 
 /// The lease round task; stopped (and its leases kept until [`Store::leave`])
@@ -85,6 +86,8 @@ async fn run(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tick.tick().await;
     let mut last_ok = Instant::now();
+    // Said once per outage, not every round.
+    let mut dropped = false;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
@@ -95,6 +98,11 @@ async fn run(
         match round(&store, &subs, ha, share).await {
             Ok(report) => {
                 last_ok = Instant::now();
+                dropped = false;
+                // With SQLite a round reads nothing: it says nothing of the database.
+                if store.shared() {
+                    health.outages.recovered(Resource::StateStore);
+                }
                 health.leases(report.held.len(), report.share, report.live);
                 tracing::debug!(
                     held = report.held.len(),
@@ -104,14 +112,17 @@ async fn run(
                 );
             }
             Err(e) => {
+                let declared = health.outages.failed(Resource::StateStore, &e);
                 let since = last_ok.elapsed();
                 if since >= ha.lease {
-                    tracing::error!(error = %e, "cannot renew leases for a whole lease: dropping every subscription until the state database answers");
+                    if !dropped {
+                        tracing::error!(error = %e, "cannot renew leases for a whole lease: dropping every subscription until the state database answers");
+                        dropped = true;
+                    }
                     store.drop_all_leases();
                     health.leases(0, 1, 1);
-                } else {
-                    tracing::warn!(error = %e, "cannot renew leases; retrying");
                 }
+                crate::log_at!(crate::outage::quiet_if(declared), error = %e, "cannot renew leases; retrying");
             }
         }
     }

@@ -25,6 +25,7 @@ pub mod import;
 pub mod lease;
 pub mod metrics;
 pub mod notify;
+pub mod outage;
 pub mod poll;
 pub mod progress;
 pub mod read_limit;
@@ -50,4 +51,23 @@ pub fn with_causes(mut text: String, first: Option<&(dyn std::error::Error + 'st
         cause = c.source();
     }
     text
+}
+
+/// A `tracing` event at a level chosen at run time (`tracing::event!` takes
+/// a constant one): a line that is an error on its own and at debug while an
+/// outage already says it (`outage.rs`).
+#[macro_export]
+macro_rules! log_at {
+    ($level:expr, $($rest:tt)+) => {{
+        let level: ::tracing::Level = $level;
+        if level == ::tracing::Level::ERROR {
+            ::tracing::event!(::tracing::Level::ERROR, $($rest)+)
+        } else if level == ::tracing::Level::WARN {
+            ::tracing::event!(::tracing::Level::WARN, $($rest)+)
+        } else if level == ::tracing::Level::INFO {
+            ::tracing::event!(::tracing::Level::INFO, $($rest)+)
+        } else {
+            ::tracing::event!(::tracing::Level::DEBUG, $($rest)+)
+        }
+    }};
 }

@@ -23,6 +23,9 @@
 //! - `subscription_paused{subscription}`           1 while Guardrails feeds it
 //! - `detection_checks_total{result}`              live, clear, unknown
 //! - `detection_failures_total{subscription}`      checks that could not be made
+//! - `resource_up{resource}`                       1, or 0 during an outage of `state_store`,
+//!   `arm`, `entra_id`, `endpoint` or `guardrails_api` (see `outage.rs`)
+//! - `resource_outage_seconds{resource}`           how long the current outage has lasted
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -133,6 +136,15 @@ fn describe() {
     describe_gauge!(
         name("delivery_concurrency_limit"),
         "POSTs allowed in flight now (adaptive, or the fixed setting)."
+    );
+    describe_gauge!(
+        name("resource_up"),
+        "1 while the resource answers, 0 during an outage (state_store, arm, entra_id, endpoint, guardrails_api)."
+    );
+    describe_gauge!(
+        name("resource_outage_seconds"),
+        metrics::Unit::Seconds,
+        "How long the resource's current outage has lasted; 0 when it answers."
     );
     describe_gauge!(
         name("arm_reads_limit"),
@@ -253,6 +265,12 @@ pub fn arm_read_limit(limit: usize, in_flight: usize) {
 pub fn paused(subscription: &str, paused: bool) {
     gauge!(name("subscription_paused"), "subscription" => subscription.to_string())
         .set(if paused { 1.0 } else { 0.0 });
+}
+
+/// A resource's availability (see `outage.rs`).
+pub fn resource(resource: &'static str, up: bool, lasted: std::time::Duration) {
+    gauge!(name("resource_up"), "resource" => resource).set(if up { 1.0 } else { 0.0 });
+    gauge!(name("resource_outage_seconds"), "resource" => resource).set(lasted.as_secs_f64());
 }
 
 pub fn detection_check(result: &'static str) {

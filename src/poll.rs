@@ -37,6 +37,7 @@ use crate::azure::{ActivityLogClient, AzureError, TokenSource};
 use crate::config::{RETENTION, SubscriptionConfig};
 use crate::event::{Entry, Item, Malformed, Timestamp, rfc3339, to_ticks};
 use crate::heartbeat::Heartbeat;
+use crate::outage::Resource;
 use crate::store::{Advance, Cursor, Recorded, Store, StoreError};
 use slices::Reach;
 
@@ -59,6 +60,20 @@ pub enum PollError {
 }
 
 impl PollError {
+    /// The resource whose outage this may be (see `outage.rs`): the state
+    /// database failing, Azure unavailable after its retries (not
+    /// throttling: that is sized by the read limit), no token.
+    pub fn outage(&self) -> Option<Resource> {
+        match self {
+            PollError::Store(e) if !e.is_lease() && !e.is_config() => Some(Resource::StateStore),
+            PollError::Azure(AzureError::Credential(c)) if c.is_outage() => Some(Resource::EntraId),
+            PollError::Azure(AzureError::Exhausted {
+                throttled: false, ..
+            }) => Some(Resource::Arm),
+            _ => None,
+        }
+    }
+
     pub fn is_transient(&self) -> bool {
         match self {
             PollError::Azure(e) => e.is_transient(),
@@ -329,6 +344,7 @@ impl Poller {
             }
         }
         // Of every entry on the page, whatever its status.
+        let previous = q.reach;
         q.reach = Reach::of(fetched.page.items.iter().filter_map(|item| match item {
             Item::Entry(e) => Some(e.event_timestamp),
             Item::Malformed(_) => None,
@@ -339,6 +355,9 @@ impl Poller {
             Some(link) => Some(self.client.next_page(link)?),
             None => None,
         };
+        if let Some(n) = &next {
+            q.paging.check(n, previous, q.reach)?;
+        }
         let window = window_of(sub);
         let advance = (commit && next.is_none()).then(|| Advance {
             watermark: q.safe_end,
@@ -372,6 +391,65 @@ struct Query {
     /// The `eventTimestamp`s the last page read reached.
     reach: Option<Reach>,
     report: PollReport,
+    paging: Paging,
+}
+
+/// Paging that never ends, noticed (a broken proxy or service): a
+/// `nextLink` already followed in the same query, pages that stop moving
+/// back in time, or more pages than any window holds. Each fails the poll;
+/// the next interval tries again.
+#[derive(Debug, Default)]
+struct Paging {
+    followed: std::collections::HashSet<String>,
+    /// Pages in a row that reached no older entry than the one before.
+    stalled: usize,
+}
+
+/// Pages in a row that do not move back in time before paging is taken
+/// for a loop (pages hold about 200 entries; 100 pages of one instant is
+/// no real log).
+const MAX_STALLED_PAGES: usize = 100;
+
+/// Pages one query may read: 20 million entries at about 200 a page, far
+/// beyond what one query's window (at most an hour past the look-back)
+/// holds.
+const MAX_PAGES_PER_QUERY: usize = 100_000;
+
+impl Paging {
+    fn check(
+        &mut self,
+        next: &Url,
+        previous: Option<Reach>,
+        page: Option<Reach>,
+    ) -> Result<(), AzureError> {
+        let pages = self.followed.len() + 1;
+        if !self.followed.insert(next.as_str().to_string()) {
+            return Err(AzureError::EndlessPaging {
+                pages,
+                why: "a nextLink led back to a page already read in this query",
+            });
+        }
+        if let (Some(prev), Some(this)) = (previous, page) {
+            if this.oldest >= prev.oldest && this.newest >= prev.newest {
+                self.stalled += 1;
+            } else {
+                self.stalled = 0;
+            }
+        }
+        if self.stalled >= MAX_STALLED_PAGES {
+            return Err(AzureError::EndlessPaging {
+                pages,
+                why: "pages stopped moving back in time",
+            });
+        }
+        if pages > MAX_PAGES_PER_QUERY {
+            return Err(AzureError::EndlessPaging {
+                pages,
+                why: "more pages than any window holds",
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Query {
@@ -391,6 +469,7 @@ impl Query {
                 queries: 1,
                 ..PollReport::default()
             },
+            paging: Paging::default(),
         }
     }
 

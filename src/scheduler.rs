@@ -28,6 +28,7 @@ use crate::config::SubscriptionConfig;
 use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
 use crate::heartbeat::Heartbeat;
+use crate::outage::{Resource, quiet_if};
 use crate::poll::{PollError, PollReport};
 use crate::store::{Share, StoreError};
 use crate::summary::PollFacts;
@@ -109,7 +110,14 @@ async fn poll_and_log(
             "ok".to_string()
         }
         Err(e) => {
-            tracing::error!(subscription_id = %sub.id,
+            // During an outage, `outage.rs` says it once a minute for all.
+            let outage = e.outage().is_some_and(|r| app.health.outages.failed(r, e));
+            let level = if outage && matches!(reporting, Reporting::Daemon { .. }) {
+                tracing::Level::DEBUG
+            } else {
+                tracing::Level::ERROR
+            };
+            crate::log_at!(level, subscription_id = %sub.id,
                 subscription_name = sub.name.as_deref(), error = %e, "poll failed; retrying on the next interval");
             if let Reporting::Daemon { .. } = reporting {
                 app.summary.poll(&PollFacts {
@@ -124,6 +132,9 @@ async fn poll_and_log(
     let id = sub.id.as_str().to_string();
     match &outcome {
         Ok(r) => {
+            for r in [Resource::StateStore, Resource::Arm, Resource::EntraId] {
+                app.health.outages.recovered(r);
+            }
             app.health.succeeded(&id);
             let lag = r.lag(app.poller.now()).map(|d| d.as_secs_f64());
             crate::metrics::poll_finished(
@@ -139,7 +150,8 @@ async fn poll_and_log(
         }
     }
     if let Err(e) = app.store.note_poll(&id, now, note).await {
-        tracing::warn!(error = %e, "cannot note the poll result");
+        let level = quiet_if(app.health.outages.failed(Resource::StateStore, &e));
+        crate::log_at!(level, error = %e, "cannot note the poll result");
     }
     outcome
 }

@@ -64,6 +64,10 @@ pub enum AzureError {
     ForeignNextLink { found: String, expected: String },
     #[error("nextLink is not a valid URL: {0}")]
     BadNextLink(url::ParseError),
+    #[error(
+        "Azure's paging does not end: {why} (after {pages} pages); this poll stops, the next one starts again from the watermark"
+    )]
+    EndlessPaging { pages: usize, why: &'static str },
 }
 
 impl AzureError {
@@ -75,7 +79,9 @@ impl AzureError {
             AzureError::Exhausted { .. }
                 | AzureError::MalformedPage(_)
                 | AzureError::Oversized(_)
-                | AzureError::Credential(CredentialError::Timeout { .. })
+                | AzureError::Credential(
+                    CredentialError::Timeout { .. } | CredentialError::Unreachable { .. }
+                )
         )
     }
 

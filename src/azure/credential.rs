@@ -48,12 +48,28 @@ pub enum CredentialError {
         kind: &'static str,
         message: String,
     },
+    #[error("credential {name:?} ({kind}): Entra ID did not answer: {message}")]
+    Unreachable {
+        name: String,
+        kind: &'static str,
+        message: String,
+    },
     #[error("credential {name:?} ({kind}): no token within {timeout:?}")]
     Timeout {
         name: String,
         kind: &'static str,
         timeout: Duration,
     },
+}
+
+impl CredentialError {
+    /// Entra ID did not answer in time or at all: wait it out.
+    pub fn is_outage(&self) -> bool {
+        matches!(
+            self,
+            CredentialError::Timeout { .. } | CredentialError::Unreachable { .. }
+        )
+    }
 }
 
 /// Builds fresh credential objects for one named credential.
@@ -179,6 +195,11 @@ impl TokenSource {
         let scopes = [self.scope.as_str()];
         match tokio::time::timeout(self.timeout, credential.get_token(&scopes, None)).await {
             Ok(Ok(t)) => Ok(SecretString::from(t.token.secret().to_string())),
+            Ok(Err(e)) if unreachable(&e) => Err(CredentialError::Unreachable {
+                name: self.name.clone(),
+                kind: self.factory.config.kind(),
+                message: first_line(&e.to_string()),
+            }),
             Ok(Err(e)) => Err(CredentialError::Token {
                 name: self.name.clone(),
                 kind: self.factory.config.kind(),
@@ -214,6 +235,27 @@ fn first_line(s: &str) -> String {
 }
 
 /// The [`BodyError`] under `e`, when a token response was refused.
+/// Entra ID (or the identity endpoint) did not answer, or answered that it
+/// is failing (5xx, 429): an outage to wait out, not a credential to fix.
+fn unreachable(e: &azure_core::Error) -> bool {
+    std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| {
+        e.source()
+    })
+    .any(|e| {
+        e.downcast_ref::<NoAnswer>().is_some()
+            || e.downcast_ref::<azure_core::Error>().is_some_and(|a| {
+                matches!(a.kind(), ErrorKind::HttpResponse { status, .. }
+                    if status.is_server_error() || u16::from(*status) == 429)
+            })
+    })
+}
+
+/// The identity endpoint's request failed in transport (refused, reset,
+/// DNS, timed out): the marker [`unreachable`] looks for.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NoAnswer(String);
+
 fn refused_body(e: &azure_core::Error) -> Option<&BodyError> {
     std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |e| {
         e.source()
@@ -232,7 +274,13 @@ struct BoundedTransport {
 impl HttpClient for BoundedTransport {
     async fn execute_request(&self, request: &Request) -> azure_core::Result<AsyncRawResponse> {
         let origin = crate::http::origin(request.url());
-        let response = self.http.execute_request(request).await?;
+        let response = self.http.execute_request(request).await.map_err(|e| {
+            azure_core::Error::with_error(
+                ErrorKind::Io,
+                NoAnswer(first_line(&e.to_string())),
+                "no answer from the identity endpoint",
+            )
+        })?;
         let declared = response
             .headers()
             .get_optional_str(&CONTENT_LENGTH)

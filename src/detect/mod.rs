@@ -45,6 +45,7 @@ use crate::config::{Config, DetectionConfig, EventHandlers, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::guardrails_api::{ApiError, GuardrailsApi};
 use crate::health::Health;
+use crate::outage::Resource;
 use crate::store::Store;
 
 pub use guardrails::{GuardrailsFinding, Policy, PolicyFinding, ValueSeen};
@@ -290,8 +291,12 @@ impl Checks {
     /// Notes a check's result in the store, for `status`; a failure to note
     /// it is only logged.
     async fn note(&self, id: &str, now: Timestamp, state: &'static str, detail: String) {
-        if let Err(e) = self.store.note_detection(id, now, state, detail).await {
-            tracing::warn!(error = %e, "cannot note the detection result");
+        match self.store.note_detection(id, now, state, detail).await {
+            Ok(()) => self.health.outages.recovered(Resource::StateStore),
+            Err(e) => {
+                let declared = self.health.outages.failed(Resource::StateStore, &e);
+                crate::log_at!(crate::outage::quiet_if(declared), error = %e, "cannot note the detection result");
+            }
         }
     }
 }

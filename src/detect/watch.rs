@@ -11,6 +11,7 @@ use tokio::sync::watch;
 
 use super::{Checks, Detection, Verdict};
 use crate::config::{EventHandlers, OnUnknown, SubscriptionConfig};
+use crate::outage::Resource;
 
 /// The paused subscriptions (id to why), which every subscription task follows.
 pub type Paused = BTreeMap<String, String>;
@@ -122,10 +123,18 @@ impl Checks {
     async fn apply(&self, sub: &SubscriptionConfig, detection: &Detection) {
         let verdict = detection.verdict();
         let detail = verdict.detail();
+        let api_out = match &detection.guardrails {
+            Some(Ok(_)) => {
+                self.health.outages.recovered(Resource::GuardrailsApi);
+                false
+            }
+            Some(Err(e)) => self.health.outages.failed(Resource::GuardrailsApi, e),
+            None => false,
+        };
         let state = match &verdict {
             Verdict::Live(found) => self.pause_fed(sub, found, &detail),
             Verdict::Clear(seen) => self.resume_clear(sub, seen),
-            Verdict::Unknown(errors) => self.keep_last_state(sub, errors),
+            Verdict::Unknown(errors) => self.keep_last_state(sub, errors, api_out),
         };
         self.note(sub.id.as_str(), chrono::Utc::now(), state, detail)
             .await;
@@ -167,7 +176,13 @@ impl Checks {
 
     /// The check failed: `sub` keeps its last known state, except one still
     /// awaiting its first check, which `on_unknown` decides.
-    fn keep_last_state(&self, sub: &SubscriptionConfig, errors: &[String]) -> &'static str {
+    /// `quiet`: an outage says it for all (`outage.rs`); this line is at debug.
+    fn keep_last_state(
+        &self,
+        sub: &SubscriptionConfig,
+        errors: &[String],
+        quiet: bool,
+    ) -> &'static str {
         let id = sub.id.as_str();
         crate::metrics::detection_check("unknown");
         crate::metrics::detection_failed(id);
@@ -185,7 +200,8 @@ impl Checks {
             self.pauses.pause(id, &why);
             self.health.paused(id, &why);
         }
-        tracing::warn!(
+        crate::log_at!(
+            crate::outage::quiet_if(quiet),
             subscription_id = %sub.id,
             subscription_name = sub.name.as_deref(),
             error = %errors.join("; "),

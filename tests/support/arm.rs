@@ -195,6 +195,9 @@ pub struct AzureState {
     pub fault_spacing: usize,
     /// Subscriptions whose List calls answer without end.
     pub floods: HashMap<String, Flood>,
+    /// Subscriptions whose every page's nextLink leads to their first page
+    /// again (a broken proxy's paging that never ends).
+    pub looping: std::collections::HashSet<String>,
     /// Token requests answer 200 with a body without end.
     pub flood_tokens: bool,
     /// Bytes the endless answers handed to the servers so far.
@@ -419,7 +422,12 @@ pub(super) async fn list(
     let all = s.snapshots.get(&key).cloned().unwrap_or_default();
     let page: Vec<Value> = all.iter().skip(offset).take(page_size).cloned().collect();
     let mut body = json!({ "value": page });
-    if offset + page_size < all.len() {
+    if s.looping.contains(&subscription) {
+        body["nextLink"] = Value::String(format!(
+            "http://{}/subscriptions/{subscription}/providers/microsoft.insights/eventtypes/management/values?api-version=2015-04-01&$skiptoken={key}.0",
+            host
+        ));
+    } else if offset + page_size < all.len() {
         body["nextLink"] = Value::String(format!(
             "http://{}/subscriptions/{subscription}/providers/microsoft.insights/eventtypes/management/values?api-version=2015-04-01&$skiptoken={key}.{}",
             host,

@@ -137,6 +137,11 @@ impl Fakes {
         lock(&self.azure).floods.insert(sub.to_string(), how);
     }
 
+    /// Every page of `sub` links back to its first page, without end.
+    pub fn loop_pages(&self, sub: &str) {
+        lock(&self.azure).looping.insert(sub.to_string());
+    }
+
     pub fn stop_flood(&self, sub: &str) {
         lock(&self.azure).floods.remove(sub);
     }

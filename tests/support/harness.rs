@@ -61,6 +61,9 @@ pub struct Harness {
     pub lease: &'static str,
     /// Extra environment for the poller.
     pub env: Vec<(String, String)>,
+    /// Where the SQLite state lives, when not in the harness's directory
+    /// (a small filesystem of the test's own, say).
+    pub state_dir: Option<PathBuf>,
     runs: usize,
 }
 
@@ -103,6 +106,7 @@ impl Harness {
             extra: String::new(),
             lease: "2s",
             env: Vec::new(),
+            state_dir: None,
             runs: 0,
         }
     }
@@ -118,6 +122,14 @@ impl Harness {
     /// The subscriptions to poll, each left to detection.
     pub fn set_subscriptions(&mut self, subs: &[&str]) {
         self.subscriptions = subs.iter().map(|s| (s.to_string(), false)).collect();
+    }
+
+    /// The SQLite state file.
+    pub fn sqlite_path(&self) -> PathBuf {
+        match &self.state_dir {
+            Some(d) => d.join("state.db"),
+            None => self.path("state.db"),
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -223,7 +235,7 @@ statuses = ["Succeeded"]
         match &self.db_url {
             // Short leases, so that a killed poller's are taken over soon.
             Some(url) => format!("url = \"{url}\"\n\n[ha]\nlease = \"{}\"", self.lease),
-            None => format!("path = \"{}\"", self.path("state.db").display()),
+            None => format!("path = \"{}\"", self.sqlite_path().display()),
         }
     }
 
@@ -260,7 +272,7 @@ statuses = ["Succeeded"]
     }
 
     fn sqlite_sql(&self, sql: &str) -> Vec<Option<String>> {
-        let db = rusqlite::Connection::open(self.path("state.db")).expect("open state");
+        let db = rusqlite::Connection::open(self.sqlite_path()).expect("open state");
         let mut stmt = db.prepare(sql).expect("state SQL");
         let n = stmt.column_count();
         stmt.query_map([], |r| {

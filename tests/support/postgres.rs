@@ -226,10 +226,15 @@ impl PgServer {
     }
 
     fn pg_ctl(&self, action: &str) -> std::process::Output {
+        self.pg_ctl_with(action, "")
+    }
+
+    /// `pg_ctl action`, the server started with `extra` options too.
+    fn pg_ctl_with(&self, action: &str, extra: &str) -> std::process::Output {
         let dir = self.dir.path();
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB{}",
+             -c full_page_writes=off -c max_connections=300 -c shared_buffers=32MB{}{extra}",
             self.port,
             dir.display(),
             if self.tls { " -c ssl=on" } else { "" }
@@ -260,6 +265,33 @@ impl PgServer {
         assert!(
             out.status.success(),
             "pg_ctl restart: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `pg_ctl stop`: the server is gone until [`PgServer::start_again`].
+    pub fn stop(&self) {
+        let out = self.pg_ctl("stop");
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the stopped server again on its port; `read_only`: every
+    /// transaction is read-only (as a standby promoted late, or a server
+    /// whose disk filled, answers).
+    pub fn start_again(&self, read_only: bool) {
+        let extra = if read_only {
+            " -c default_transaction_read_only=on"
+        } else {
+            ""
+        };
+        let out = self.pg_ctl_with("start", extra);
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -94,6 +94,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon has not exited (so far).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits for the daemon to exit on its own, for `limit` at most; its
     /// exit code.
     pub async fn exit_code(&mut self, limit: Duration) -> Option<i32> {
