@@ -15,10 +15,10 @@
 //! delivered). Each is a lookup and a few relaxed atomic adds, nothing when
 //! off; the bars read the counts at their own tick.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanCount, HumanDuration, MultiProgress, ProgressBar, ProgressStyle};
@@ -183,6 +183,7 @@ impl Progress {
                 Some(Row {
                     bar: bar_of(name(s)),
                     counts: vec![counts],
+                    paces: Mutex::default(),
                 })
             })
             .collect();
@@ -195,6 +196,7 @@ impl Progress {
             rows.push(Row {
                 bar: bar_of(rest_label),
                 counts: rest,
+                paces: Mutex::default(),
             });
         }
         let rows = Arc::new(rows);
@@ -326,6 +328,8 @@ impl Drawing {
 struct Row {
     bar: ProgressBar,
     counts: Vec<Arc<Counts>>,
+    /// Deliveries counted at the last few ticks, for their pace.
+    paces: Mutex<VecDeque<(Duration, u64)>>,
 }
 
 impl Row {
@@ -334,7 +338,8 @@ impl Row {
     fn draw(&self, born: Instant, last: Option<bool>) {
         let now = born.elapsed();
         let seen: Vec<Snapshot> = self.counts.iter().map(|c| Snapshot::of(c, now)).collect();
-        let s = Snapshot::sum(&seen);
+        let mut s = Snapshot::sum(&seen);
+        s.delivering = self.pace(now, s.delivered);
         let done = |stage| seen.iter().filter(|x| x.stage == stage).count();
         let (polled, failed) = (done(Stage::Polled), done(Stage::Failed));
         let mut msg = s.describe();
@@ -361,7 +366,36 @@ impl Row {
             self.bar.abandon();
         }
     }
+
+    /// Notes `delivered` at `now`; the deliveries a second over the last
+    /// [`DELIVERY_PACE`], once a second of them is seen.
+    fn pace(&self, now: Duration, delivered: u64) -> Option<f64> {
+        let mut paces = self.paces.lock().unwrap_or_else(|p| p.into_inner());
+        paces.push_back((now, delivered));
+        while paces
+            .get(1)
+            .is_some_and(|(t, _)| now.saturating_sub(*t) >= DELIVERY_PACE)
+        {
+            paces.pop_front();
+        }
+        let (t0, d0) = *paces.front()?;
+        let secs = now.saturating_sub(t0).as_secs_f64();
+        (secs >= 1.0).then(|| delivered.saturating_sub(d0) as f64 / secs)
+    }
 }
+
+/// What is left of a subscription's pass, and about how long it takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Left {
+    Reading(Duration),
+    Delivering(Duration),
+    Nothing,
+    /// No pace to go by yet.
+    Unknown,
+}
+
+/// How far back the pace of deliveries is measured.
+const DELIVERY_PACE: Duration = Duration::from_secs(5);
 
 /// The counts at one moment.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -372,6 +406,9 @@ struct Snapshot {
     elapsed: Duration,
     /// How long it polled, once it ended.
     polled_for: Option<Duration>,
+    /// Events delivered a second over the last [`DELIVERY_PACE`] (the
+    /// bar's own measure: the counts do not keep time).
+    delivering: Option<f64>,
     fetched: u64,
     queued: u64,
     delivered: u64,
@@ -397,6 +434,7 @@ impl Snapshot {
             covered: micros(c.covered.load(Relaxed)).min(span),
             elapsed,
             polled_for,
+            delivering: None,
             fetched: c.fetched.load(Relaxed),
             queued: c.queued.load(Relaxed),
             delivered: c.delivered.load(Relaxed),
@@ -419,6 +457,7 @@ impl Snapshot {
             covered: Duration::ZERO,
             elapsed: Duration::ZERO,
             polled_for: None,
+            delivering: None,
             fetched: 0,
             queued: 0,
             delivered: 0,
@@ -460,34 +499,33 @@ impl Snapshot {
         }
     }
 
-    /// The time left: the window's rest at the pace it was read so far, or
-    /// the deliveries still to come (those queued, and as many again for
-    /// the rest of the window as its part read so far queued) at the pace
-    /// they were made, whichever is longer. `None` until there is a pace
-    /// to go by.
-    fn left(&self) -> Option<Duration> {
-        let f = self.fraction();
-        let elapsed = self.elapsed.as_secs_f64();
-        let polled = self.stage == Stage::Polled;
-        let poll_left = match f {
-            _ if polled => 0.0,
-            f if f > 0.0 => elapsed * (1.0 - f) / f,
-            _ => return None,
-        };
-        let expected = if polled {
-            self.queued as f64
-        } else {
-            self.queued as f64 / f
-        };
-        let to_deliver = (expected - self.delivered as f64).max(0.0);
-        let deliver_left = if to_deliver < 1.0 {
-            0.0
-        } else if self.delivered == 0 || elapsed <= 0.0 {
-            return None;
-        } else {
-            to_deliver * elapsed / self.delivered as f64
-        };
-        Duration::try_from_secs_f64(poll_left.max(deliver_left)).ok()
+    /// The time left. While the window is read: its rest at the pace it
+    /// was read so far (deliveries then mostly wait for the reads, which
+    /// share the state database with them, so their pace says nothing yet
+    /// of the pace to come). Once it is read: the outbox still to deliver
+    /// at the pace of the last few seconds' deliveries.
+    fn left(&self) -> Left {
+        match self.stage {
+            Stage::Polling => {
+                let f = self.fraction();
+                let secs = self.elapsed.as_secs_f64() * (1.0 - f) / f;
+                match Duration::try_from_secs_f64(secs) {
+                    Ok(left) if f > 0.0 => Left::Reading(left),
+                    _ => Left::Unknown,
+                }
+            }
+            Stage::Polled => {
+                let to_deliver = self.queued.saturating_sub(self.delivered);
+                let rate = self.delivering.filter(|r| *r > 0.0);
+                match rate {
+                    _ if to_deliver == 0 => Left::Nothing,
+                    Some(r) => Duration::try_from_secs_f64(to_deliver as f64 / r)
+                        .map_or(Left::Unknown, Left::Delivering),
+                    None => Left::Unknown,
+                }
+            }
+            Stage::Waiting | Stage::Failed => Left::Unknown,
+        }
     }
 
     /// The line after the bar.
@@ -507,11 +545,13 @@ impl Snapshot {
             self.rate()
         );
         match self.left() {
-            Some(left) if left.is_zero() => {
-                format!("{counts} · in {}", HumanDuration(self.elapsed))
+            Left::Reading(left) => format!("{counts} · {} left to read", HumanDuration(left)),
+            Left::Delivering(left) => {
+                format!("{counts} · {} left to deliver", HumanDuration(left))
             }
-            Some(left) => format!("{counts} · {} left", HumanDuration(left)),
-            None => format!("{counts} · estimating"),
+            Left::Nothing => format!("{counts} · in {}", HumanDuration(self.elapsed)),
+            Left::Unknown if self.stage == Stage::Failed => counts,
+            Left::Unknown => format!("{counts} · estimating"),
         }
     }
 }
@@ -526,6 +566,7 @@ mod tests {
             covered: Duration::from_secs(covered_h * 3600),
             elapsed: Duration::from_secs(60),
             polled_for: (stage == Stage::Polled).then(|| Duration::from_secs(40)),
+            delivering: None,
             fetched,
             queued,
             delivered,
@@ -534,34 +575,58 @@ mod tests {
     }
 
     #[test]
-    fn the_time_left_follows_the_window_read_so_far() {
-        // A quarter read in a minute, deliveries keeping up: three minutes.
+    fn while_reading_the_time_left_follows_the_window_read_so_far() {
+        // A quarter read in a minute: three minutes, however slowly the
+        // deliveries go meanwhile.
         let s = Snapshot {
             covered: Duration::from_secs(9000),
-            ..at(Stage::Polling, 0, 100, 100, 100)
+            delivering: Some(0.5),
+            ..at(Stage::Polling, 0, 100, 100, 3)
         };
-        assert_eq!(s.left(), Some(Duration::from_secs(180)));
+        assert_eq!(s.left(), Left::Reading(Duration::from_secs(180)));
         assert_eq!(
             s.describe(),
-            "2h 30m of 10h · 100 fetched · 100 delivered · 2/s · 3 minutes left"
+            "2h 30m of 10h · 100 fetched · 3 delivered · 2/s · 3 minutes left to read"
         );
     }
 
     #[test]
-    fn the_time_left_waits_for_deliveries_slower_than_the_reads() {
-        // Half the window read in a minute with 1,000 queued (so 2,000 in
-        // all) but 200 delivered: 1,800 more at 200 a minute, 9 minutes.
-        let s = at(Stage::Polling, 5, 1000, 1000, 200);
-        assert_eq!(s.left(), Some(Duration::from_secs(540)));
-        // Polled: only what is queued is left.
+    fn once_read_the_time_left_is_the_outbox_at_the_recent_pace() {
+        // 800 still to deliver at 20 a second: 40 seconds.
+        let s = Snapshot {
+            delivering: Some(20.0),
+            ..at(Stage::Polled, 5, 1000, 1000, 200)
+        };
+        assert_eq!(s.left(), Left::Delivering(Duration::from_secs(40)));
+        assert!(
+            s.describe().ends_with("40 seconds left to deliver"),
+            "{}",
+            s.describe()
+        );
+        // No pace yet: no guess.
         let s = at(Stage::Polled, 5, 1000, 1000, 200);
-        assert_eq!(s.left(), Some(Duration::from_secs(240)));
+        assert_eq!(s.left(), Left::Unknown);
+    }
+
+    #[test]
+    fn the_pace_of_deliveries_is_the_last_few_seconds() {
+        let row = Row {
+            bar: ProgressBar::hidden(),
+            counts: Vec::new(),
+            paces: Mutex::default(),
+        };
+        let at = Duration::from_secs;
+        // A slow start, then 100 a second: the slow start is forgotten.
+        assert_eq!(row.pace(at(0), 0), None);
+        assert_eq!(row.pace(at(5), 10), Some(2.0));
+        assert_eq!(row.pace(at(10), 510), Some(100.0));
+        assert_eq!(row.pace(at(11), 610), Some(100.0));
     }
 
     #[test]
     fn no_estimate_without_a_pace() {
-        assert_eq!(at(Stage::Polling, 0, 0, 0, 0).left(), None);
-        assert_eq!(at(Stage::Polling, 5, 10, 10, 0).left(), None);
+        assert_eq!(at(Stage::Polling, 0, 0, 0, 0).left(), Left::Unknown);
+        assert_eq!(at(Stage::Failed, 5, 10, 10, 0).left(), Left::Unknown);
         assert!(
             at(Stage::Polling, 0, 0, 0, 0)
                 .describe()
@@ -575,7 +640,7 @@ mod tests {
         // The rate is over the 40 s it polled, not the minute with delivery.
         let s = at(Stage::Polled, 3, 400, 400, 400);
         assert_eq!(s.fraction(), 1.0);
-        assert_eq!(s.left(), Some(Duration::ZERO));
+        assert_eq!(s.left(), Left::Nothing);
         assert_eq!(
             s.describe(),
             "10h covered · 400 fetched · 400 delivered · 10/s · in 60 seconds"
