@@ -169,11 +169,13 @@ impl Progress {
                 .unwrap_or(0),
         );
         let bar_of = |prefix: String| {
-            let bar = screen.0.add(ProgressBar::new(SCALE));
+            // Dressed before it is added, so that its first line is whole.
+            let bar = ProgressBar::hidden();
+            bar.set_length(SCALE);
             bar.set_style(style.clone());
             bar.set_prefix(prefix);
             bar.set_message("waiting");
-            bar
+            screen.0.add(bar)
         };
         let mut rows: Vec<Row> = subscriptions
             .iter()
