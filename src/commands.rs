@@ -559,7 +559,7 @@ async fn credentials_waiting(app: &App) -> Result<(), crate::azure::CredentialEr
                 return Ok(());
             }
             Err(e) if e.is_outage() => {
-                let declared = app.health.outages.failed(Resource::EntraId, &e);
+                let declared = app.health.outages.failed_for_all(Resource::EntraId, &e);
                 crate::notify::status(&format!("waiting for Entra ID: {e}"));
                 let wait = outage::next_delay(&mut delays);
                 crate::log_at!(outage::quiet_if(declared), error = %e, retry_in_ms = wait.as_millis() as u64,

@@ -271,8 +271,9 @@ impl Forwarder {
     /// told to wait) or delivery must pause: the URL is refused, or nothing
     /// gets through even at the lowest limit. Outcomes are written as soon as
     /// their POSTs complete: those that complete together share one
-    /// transaction. When the outbox cannot be read, what is in flight is
-    /// finished and written first, and the round ends with that error.
+    /// transaction. When the outbox cannot be read, or outcomes written, what
+    /// is in flight is finished and written first, and the round ends saying
+    /// so (`store_error`); `Err` only for a state this build cannot use.
     async fn round(&self, patience: Option<Duration>) -> Result<Round, StoreError> {
         let mut round = Round::default();
         let mut queue: VecDeque<OutboxEvent> = VecDeque::new();
@@ -313,9 +314,6 @@ impl Forwarder {
             stop |= self.settle(&done, &mut round, patience).await?;
             stop |= round.store_error.is_some();
             flying.retain(|seq| !done.iter().any(|(ev, _)| ev.seq == *seq));
-        }
-        if let Some(e) = round.store_error.take() {
-            return Err(e);
         }
         if round.retry.is_none()
             && let Some(due) = self.next_due()
@@ -527,24 +525,24 @@ impl Forwarder {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let round = match self.round(None).await {
-                Ok(r) => {
-                    self.outages.recovered(Resource::StateStore);
-                    store_delays = outage::backoff().delays();
-                    r
+            let mut round = self.round(None).await?;
+            if let Some(e) = round.store_error.take() {
+                let declared = self.outages.failed(Resource::StateStore, &e);
+                let wait = outage::next_delay(&mut store_delays);
+                crate::log_at!(outage::quiet_if(declared), error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read or write the outbox; retrying");
+                if round.acked > 0 {
+                    self.outages.recovered(Resource::Endpoint);
+                } else if let Some((reason, _)) = &round.retry {
+                    self.outages.failed(Resource::Endpoint, reason);
                 }
-                Err(e) if e.is_config() => return Err(e),
-                Err(e) => {
-                    let declared = self.outages.failed(Resource::StateStore, &e);
-                    let wait = outage::next_delay(&mut store_delays);
-                    crate::log_at!(outage::quiet_if(declared), error = %e, retry_in_ms = wait.as_millis() as u64, "cannot read the outbox; retrying");
-                    tokio::select! {
-                        _ = shutdown.changed() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    continue;
+                tokio::select! {
+                    _ = shutdown.changed() => {}
+                    _ = tokio::time::sleep(wait) => {}
                 }
-            };
+                continue;
+            }
+            self.outages.recovered(Resource::StateStore);
+            store_delays = outage::backoff().delays();
             if round.acked > 0 {
                 self.outages.recovered(Resource::Endpoint);
             }
@@ -576,7 +574,10 @@ impl Forwarder {
         let mut delivered = 0u64;
         let mut stalled_since: Option<tokio::time::Instant> = None;
         loop {
-            let round = self.round(Some(give_up_after)).await?;
+            let mut round = self.round(Some(give_up_after)).await?;
+            if let Some(e) = round.store_error.take() {
+                return Err(e.into());
+            }
             delivered += round.acked as u64;
             // Done when nothing was left to try, not even events waiting for
             // their Retry-After.

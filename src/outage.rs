@@ -137,6 +137,16 @@ impl Outages {
     /// pass their errors' texts, which never do). True when an outage of `r`
     /// is declared, so that the caller logs its own line at debug.
     pub fn failed(&self, r: Resource, cause: &dyn std::fmt::Display) -> bool {
+        self.fail(r, cause, r.grace())
+    }
+
+    /// [`Outages::failed`] without the grace: a check that stands for every
+    /// subscription (the start's credential check) failed.
+    pub fn failed_for_all(&self, r: Resource, cause: &dyn std::fmt::Display) -> bool {
+        self.fail(r, cause, Duration::ZERO)
+    }
+
+    fn fail(&self, r: Resource, cause: &dyn std::fmt::Display, grace: Duration) -> bool {
         let now = Instant::now();
         let cause = cause.to_string();
         let mut m = self.lock();
@@ -152,7 +162,7 @@ impl Outages {
         f.recovering = None;
         f.cause = cause;
         match f.declared {
-            None if now.duration_since(f.since) >= r.grace() => {
+            None if now.duration_since(f.since) >= grace => {
                 f.declared = Some(now);
                 f.logged = now;
                 tracing::error!(

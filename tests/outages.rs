@@ -90,17 +90,17 @@ async fn a_state_disk_that_fills_up_is_waited_out_and_nothing_is_lost_or_sent_tw
         .await;
     assert_eq!(state_store_up(&addr).await, Some(1.0));
 
-    // The endpoint goes down, the disk fills up, and the log goes on.
+    // The endpoint goes down (events pile up in the outbox), then the disk
+    // fills up, and the log goes on.
     h.fakes.set_ingest(IngestMode::Down(503));
+    let queued = h.fakes.add(spread(SUB_A, "q", 30, 3, "Succeeded"));
+    let endpoint = "the ingestion endpoint unavailable";
+    readyz_names(&addr, endpoint, Duration::from_secs(30)).await;
     fill(&dir.join("filler"));
     let more = h.fakes.add(spread(SUB_A, "b", 400, 3, "Succeeded"));
-    let body = readyz_names(
-        &addr,
-        "the state database unavailable",
-        Duration::from_secs(60),
-    )
-    .await;
-    assert!(body.contains("full"), "{body}");
+    let store = "the state database unavailable";
+    let body = readyz_names(&addr, store, Duration::from_secs(60)).await;
+    assert!(body.contains("full") && body.contains(endpoint), "{body}");
     assert_eq!(state_store_up(&addr).await, Some(0.0));
     // Many retry periods: the daemon stays up through them.
     d.wait_for_log("cannot", 5).await;
@@ -111,7 +111,7 @@ async fn a_state_disk_that_fills_up_is_waited_out_and_nothing_is_lost_or_sent_tw
     // Space comes back, then the endpoint.
     std::fs::remove_file(dir.join("filler")).expect("free the space");
     h.fakes.set_ingest(IngestMode::Up);
-    let all: Vec<String> = first.iter().chain(&more).cloned().collect();
+    let all: Vec<String> = first.iter().chain(&queued).chain(&more).cloned().collect();
     h.fakes
         .wait_for_delivery(&all, Duration::from_secs(120))
         .await;
@@ -236,4 +236,74 @@ async fn paging_that_never_ends_fails_that_poll_only() {
         "{}",
         h.fakes.arm_requests_for(SUB_A)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_down_at_start_is_waited_for_with_readyz_saying_so() {
+    let mut h = Harness::on(Backend::Postgres).await;
+    h.extra = TELEMETRY.into();
+    // The first poll looks back this far: past the time start-up waits.
+    h.window = "10m";
+    let expected = h.fakes.add(spread(SUB_A, "a", 10, 5, "Succeeded"));
+    tokio::task::block_in_place(|| h.pg.as_ref().expect("a PostgreSQL harness").stop());
+    let mut d = h.daemon(&[]);
+    let pg = h.pg.as_ref().expect("a PostgreSQL harness");
+    let addr = admin_addr(&d).await;
+    let body = readyz_names(
+        &addr,
+        "starting: opening the state database",
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(body.contains("the state database unavailable"), "{body}");
+    d.wait_for_log("cannot open the state database; retrying", 3)
+        .await;
+    assert!(d.is_running(), "{}", d.log());
+    tokio::task::block_in_place(|| pg.start_again(false));
+    let delivered = within(Duration::from_secs(90), || h.fakes.received_all(&expected)).await;
+    assert!(
+        delivered,
+        "not delivered after the database came back:\n{}",
+        d.log()
+    );
+    wait_until_ready(&addr, Duration::from_secs(60), "ready once started").await;
+    d.stop_cleanly().await;
+    h.fakes.assert_delivered_exactly_once(&expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_locked_by_another_process_is_waited_out() {
+    let mut h = Harness::new().await;
+    h.extra = TELEMETRY.into();
+    h.window = "10m";
+    let first = h.fakes.add(spread(SUB_A, "a", 10, 5, "Succeeded"));
+    let mut d = h.daemon(&[]);
+    let addr = admin_addr(&d).await;
+    h.fakes
+        .wait_for_delivery(&first, Duration::from_secs(60))
+        .await;
+    // Another process (a backup tool, say) holds the write lock for longer
+    // than the poller's busy timeout (10 s).
+    let locker = rusqlite::Connection::open(h.sqlite_path()).expect("open the state");
+    locker
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("lock the state");
+    let more = h.fakes.add(spread(SUB_A, "b", 10, 3, "Succeeded"));
+    let body = readyz_names(
+        &addr,
+        "the state database unavailable",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(body.contains("locked"), "{body}");
+    assert!(d.is_running(), "{}", d.log());
+    locker.execute_batch("COMMIT").expect("unlock the state");
+    drop(locker);
+    let all: Vec<String> = first.iter().chain(&more).cloned().collect();
+    h.fakes
+        .wait_for_delivery(&all, Duration::from_secs(90))
+        .await;
+    wait_until_ready(&addr, Duration::from_secs(60), "ready again").await;
+    d.stop_cleanly().await;
+    h.fakes.assert_delivered_exactly_once(&all);
 }

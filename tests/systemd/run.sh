@@ -449,6 +449,42 @@ check_deb_start() {
     echo "delivered before the package: $before, after: $(delivered_total)"
 }
 check "the packaged unit, as shipped, starts with README's commands once the secrets are in place; exactly once" check_deb_start
+
+# ------------------------------------------------------ a state disk fills --
+# The state on a small filesystem of the service's own (a tmpfs in its mount
+# namespace, the state copied in before it starts), filled from inside that
+# namespace while the emulator's log goes on, then freed: the unit stays
+# active, never restarted, says why in its status, and delivers exactly once.
+SMALL=/var/lib/aap-small
+full_disk() {
+    local dropin=/etc/systemd/system/$UNIT.service.d pid s i
+    GT=90 g "systemctl stop $UNIT" || return 1
+    mkdir -p "$ROOT$dropin"
+    printf '[Service]\nTemporaryFileSystem=%s:size=16M,mode=0777\nExecStartPre=/bin/sh -c "cp /var/lib/%s/state.db* %s/"\n' \
+        "$SMALL" "$UNIT" "$SMALL" >"$ROOT$dropin/small-state.conf"
+    sed -i "s|/var/lib/$UNIT/state.db|$SMALL/state.db|" "$CONF"
+    g "systemctl daemon-reload && systemctl reset-failed $UNIT; systemctl start $UNIT" || { g "journalctl -u $UNIT -n 20 --no-pager"; return 1; }
+    pid=$(prop MainPID)
+    g "nsenter -t $pid -m -- sh -c 'cat /dev/zero > $SMALL/filler 2>/dev/null; df -h $SMALL | tail -1'"
+    status_says() { prop StatusText | grep -q 'the state database unavailable'; }
+    wait_until 90 status_says || { echo "STATUS=$(prop StatusText)"; g "journalctl -u $UNIT -n 20 --no-pager"; return 1; }
+    echo "STATUS=$(prop StatusText)"
+    # Longer than RestartSec and many retries: still the same process.
+    for i in $(seq 1 25); do
+        s="$(prop ActiveState)/$(prop SubState) NRestarts=$(prop NRestarts) MainPID=$(prop MainPID)"
+        [ "$s" = "active/running NRestarts=0 MainPID=$pid" ] || { echo "$s"; return 1; }
+        sleep 1
+    done
+    g "nsenter -t $pid -m -- rm -f $SMALL/filler" || return 1
+    recovered() { g "journalctl -u $UNIT -o cat --no-pager" | grep -q 'the state database is available again after'; }
+    wait_until 90 recovered || { g "journalctl -u $UNIT -n 30 --no-pager"; return 1; }
+    g "journalctl -u $UNIT -o cat --no-pager" | grep -m1 'available again'
+    retry 120 exactly_once "$SUB1" "$SUB2" || return 1
+    s="$(prop ActiveState)/$(prop SubState) NRestarts=$(prop NRestarts) MainPID=$(prop MainPID)"
+    echo "$s"
+    [ "$s" = "active/running NRestarts=0 MainPID=$pid" ]
+}
+check "a state disk that fills up and frees again: active, NRestarts=0, STATUS= says why, exactly once" full_disk
 check "systemd-analyze security on the packaged unit <= 1.5" security
 check "stop the packaged unit: exit 0" check_stop
 
