@@ -16,6 +16,7 @@ use crate::event::Timestamp;
 use crate::forward::Forwarder;
 use crate::health::Health;
 use crate::poll::Poller;
+use crate::progress::Progress;
 use crate::read_limit::ReadLimit;
 use crate::store::{Store, StoreError};
 use crate::summary::Summary;
@@ -84,6 +85,9 @@ pub struct App {
     pub reads: ReadLimit,
     /// What the daemon's polls did since the last summary line.
     pub summary: Arc<Summary>,
+    /// What a `--once` run's polls and deliveries tell its progress bars
+    /// (off unless `--once` on a terminal turns it on).
+    pub progress: Progress,
 }
 
 /// What a reload keeps of the running process.
@@ -98,6 +102,7 @@ struct Kept {
     budget: Arc<ReadBudget>,
     reads: ReadLimit,
     summary: Arc<Summary>,
+    progress: Progress,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -211,15 +216,17 @@ impl App {
                 budget,
                 reads,
                 summary: Arc::default(),
+                progress: Progress::default(),
             },
         )
     }
 
     /// The same process with a new configuration (SIGHUP): the state store,
     /// HTTP client, wake-ups, health, pauses, ARM's read budget, the limit of
-    /// reads in flight and the summary's counts are kept (the budget is made
-    /// anew if its settings changed; the limit's cap changes when the daemon
-    /// applies the new configuration); everything else is rebuilt.
+    /// reads in flight, the summary's counts and the progress are kept (the
+    /// budget is made anew if its settings changed; the limit's cap changes
+    /// when the daemon applies the new configuration); everything else is
+    /// rebuilt.
     pub fn rebuild(&self, config: Config) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
         let same_budget = config.azure.reads_burst == self.config.azure.reads_burst
@@ -242,6 +249,7 @@ impl App {
                 budget,
                 reads: self.reads.clone(),
                 summary: self.summary.clone(),
+                progress: self.progress.clone(),
             },
         )
     }
@@ -258,6 +266,7 @@ impl App {
             budget,
             reads,
             summary,
+            progress,
         } = kept;
         let used: std::collections::BTreeSet<&str> = config
             .subscriptions
@@ -291,15 +300,19 @@ impl App {
             store: store.clone(),
             outbox_ready: outbox_ready.clone(),
             skew: std::sync::Mutex::new(None),
+            progress: progress.clone(),
         });
-        let forwarder = Arc::new(Forwarder::new(
-            http.clone(),
-            &config.guardrails,
-            store.clone(),
-            config.guardrails.backoff,
-            delivered.clone(),
-            health.outages.clone(),
-        ));
+        let forwarder = Arc::new(
+            Forwarder::new(
+                http.clone(),
+                &config.guardrails,
+                store.clone(),
+                config.guardrails.backoff,
+                delivered.clone(),
+                health.outages.clone(),
+            )
+            .with_progress(progress.clone()),
+        );
         Ok(App {
             config,
             store,
@@ -316,6 +329,7 @@ impl App {
             budget,
             reads,
             summary,
+            progress,
         })
     }
 

@@ -13,6 +13,7 @@ use crate::app::{App, StartError, parse_since};
 use crate::cli::{Cli, Command, DeadLetterAction, RunArgs, StateAction};
 use crate::config::{Config, ProcessEnv};
 use crate::outage::{self, Resource};
+use crate::progress::Screen;
 use crate::scheduler;
 
 /// sysexits.h
@@ -46,7 +47,9 @@ fn fail(e: &StartError) -> ExitCode {
     ExitCode::from(start_exit_code(e))
 }
 
-pub fn run(cli: Cli) -> ExitCode {
+/// Runs `cli`'s command; `screen`: the terminal a `--once` run draws its
+/// progress on (see `telemetry::init`).
+pub fn run(cli: Cli, screen: Option<Screen>) -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { config, online }) => check_config(&config, online),
         Some(Command::Import {
@@ -75,7 +78,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::DeadLetters { action }) => dead_letters(action),
         Some(Command::State { action }) => state(action),
         None => match &cli.run.config {
-            Some(path) => run_poller(path, &cli.run),
+            Some(path) => run_poller(path, &cli.run, screen),
             None => {
                 eprintln!("azure-activity-poller: --config FILE is required (see --help)");
                 ExitCode::from(exit::USAGE)
@@ -358,7 +361,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
+fn run_poller(path: &Path, args: &RunArgs, screen: Option<Screen>) -> ExitCode {
     let config = match Config::load(path, &ProcessEnv) {
         Ok(c) => c,
         Err(e) => return fail(&StartError::Config(e)),
@@ -388,7 +391,7 @@ fn run_poller(path: &Path, args: &RunArgs) -> ExitCode {
             Err(e) => return fail(&e),
         };
         log_start(path, &app, "once");
-        once(app, since, args).await
+        once(app, since, args, screen).await
     })
 }
 
@@ -405,11 +408,22 @@ fn log_start(path: &Path, app: &App, mode: &'static str) {
     );
 }
 
-async fn once(app: Arc<App>, since: Option<crate::event::Timestamp>, args: &RunArgs) -> ExitCode {
+async fn once(
+    app: Arc<App>,
+    since: Option<crate::event::Timestamp>,
+    args: &RunArgs,
+    screen: Option<Screen>,
+) -> ExitCode {
     if let Err(e) = crate::detect::at_start(&app.checks).await {
         return fail(&e.into());
     }
+    let drawing = screen.and_then(|s| app.progress.show(&s, &app.config.subscriptions));
     let summary = scheduler::run_once(app, since, args.give_up_after).await;
+    // The bars' last state before the closing lines, which are not drawn
+    // through them.
+    if let Some(d) = drawing {
+        d.finish(summary.delivery.is_ok());
+    }
     let mut code = exit::OK;
     for p in &summary.polls {
         if let Err(e) = &p.outcome {

@@ -161,6 +161,7 @@ pub struct Forwarder {
     outages: Arc<Outages>,
     /// Outcomes the state database did not take yet.
     unwritten: Mutex<Unwritten>,
+    progress: crate::progress::Progress,
 }
 
 /// Outcomes of completed POSTs that the state database did not take (full,
@@ -203,7 +204,13 @@ impl Forwarder {
             last_served: Mutex::new(None),
             outages,
             unwritten: Mutex::new(Unwritten::default()),
+            progress: crate::progress::Progress::default(),
         }
+    }
+
+    /// Deliveries counted for a `--once` run's progress bars as well.
+    pub fn with_progress(self, progress: crate::progress::Progress) -> Self {
+        Forwarder { progress, ..self }
     }
 
     /// POSTs allowed in flight now.
@@ -505,6 +512,7 @@ impl Forwarder {
     fn count_delivered(&self, acks: &[(i64, String)]) {
         for (_, sub) in acks {
             self.delivered.add(sub);
+            self.progress.delivered(sub);
             crate::metrics::delivered(sub);
         }
     }

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outage;
 pub mod poll;
+pub mod progress;
 pub mod read_limit;
 pub mod retry;
 pub mod scheduler;

@@ -5,6 +5,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = azure_activity_poller::cli::Cli::parse();
-    azure_activity_poller::telemetry::init(cli.log_format);
-    azure_activity_poller::commands::run(cli)
+    let progress = cli.command.is_none() && cli.run.once;
+    let screen = azure_activity_poller::telemetry::init(cli.log_format, progress);
+    azure_activity_poller::commands::run(cli, screen)
 }

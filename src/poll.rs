@@ -164,6 +164,8 @@ pub struct Poller {
     pub outbox_ready: Arc<Notify>,
     /// Azure's clock minus ours, from the last `Date` header seen.
     pub skew: std::sync::Mutex<Option<chrono::Duration>>,
+    /// What a `--once` run's progress bars are told (off otherwise).
+    pub progress: crate::progress::Progress,
 }
 
 impl Poller {
@@ -178,10 +180,11 @@ impl Poller {
         let window = window_of(sub);
         let mut cursor = self.cursor(sub, tokens, since, beat).await?;
         let mut report = PollReport::default();
+        let track = self.progress.track(sub.id.as_str());
         loop {
             let now = to_ticks(self.now());
             let (start, end) = self.bounds(sub, &cursor, now);
-            report.window_start.get_or_insert(start);
+            track.window(*report.window_start.get_or_insert(start), now);
             if now - cursor.watermark > window * 2 && self.slices > 1 {
                 // More than two windows behind: the whole way to now, in
                 // parallel slices. (A poll on schedule, about an interval
@@ -205,6 +208,7 @@ impl Poller {
             cursor.watermark = cursor.watermark.max(watermark);
             cursor.pruned_before = cursor.pruned_before.max(watermark - window);
             report.watermark = Some(cursor.watermark);
+            track.reached(cursor.watermark);
             // A chunk that ended before now leaves more to catch up.
             if end >= now || watermark < end {
                 break;
@@ -345,6 +349,7 @@ impl Poller {
             Item::Entry(e) => Some(e.event_timestamp),
             Item::Malformed(_) => None,
         }));
+        let fetched_count = fetched.page.items.len();
         let (entries, malformed) = keep(sub, fetched.page.items, q.end, &mut q.report);
         let next = match &fetched.page.next_link {
             Some(link) => Some(self.client.next_page(link)?),
@@ -363,6 +368,9 @@ impl Poller {
             .record_page(sub.id.as_str(), entries, malformed, advance)
             .await?;
         q.report.count_recorded(&rec);
+        self.progress
+            .track(sub.id.as_str())
+            .page(fetched_count, rec.new);
         if rec.new > 0 {
             self.outbox_ready.notify_one();
         }

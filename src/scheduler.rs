@@ -340,6 +340,7 @@ async fn poll_held(
                 Reporting::Once,
             ))
             .await;
+            app.progress.track(sub.id.as_str()).polled(outcome.is_ok());
             OnceResult {
                 subscription: sub.label(),
                 outcome,

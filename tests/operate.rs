@@ -2,7 +2,8 @@
 //! reload, `status` and `dead-letters` next to a running daemon (on both
 //! state backends; on PostgreSQL with the lease holder and readiness by
 //! share), `state copy` from SQLite to PostgreSQL, the systemd notification
-//! protocol, and the unit's security rating.
+//! protocol, the unit's security rating, and `--once`'s progress bars on a
+//! terminal (and nowhere else).
 
 mod support;
 
@@ -29,6 +30,7 @@ crate::on_both_backends!(
     systemd_notifications_ready_status_watchdog_reloading_stopping,
     a_credential_that_fails_at_start_means_no_ready,
     json_logs_carry_the_poll_line_fields,
+    once_on_a_terminal_shows_progress_per_subscription_and_only_there,
 );
 
 async fn metrics_health_and_readiness(backend: Backend) {
@@ -466,6 +468,84 @@ async fn json_logs_carry_the_poll_line_fields(backend: Backend) {
         assert!(
             serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "{line}"
+        );
+    }
+}
+
+/// The number just before `word` on `line` ("1,234 fetched": 1234).
+fn count_before(line: &str, word: &str) -> Option<u64> {
+    let before = line.split(&format!(" {word}")).next()?;
+    before.rsplit(' ').next()?.replace(',', "").parse().ok()
+}
+
+/// What only a progress bar's line holds: its counts' separator.
+const PROGRESS_MARK: &str = " fetched · ";
+
+async fn once_on_a_terminal_shows_progress_per_subscription_and_only_there(backend: Backend) {
+    let mut h = Harness::on(backend).await;
+    h.set_subscriptions(&[SUB_A, SUB_B]);
+    h.fakes.set_page_size(10);
+    h.azure_lines = "catch_up_slices = 4\n".into();
+    let a = h.fakes.add(spread(SUB_A, "pa", 40, 2 * 3600, "Succeeded"));
+    let b = h.fakes.add(spread(SUB_B, "pb", 25, 2 * 3600, "Succeeded"));
+    let run = h.once_on_terminal(&["--since", "3h"]).await;
+    run.assert_exit(0);
+    h.fakes
+        .assert_delivered_exactly_once(&[a.clone(), b.clone()].concat());
+    let lines = support::terminal::rows(&run.stderr);
+    // Each subscription's bar ends whole and done, with its counts: every
+    // entry fetched (a split reads its boundary twice) and delivered.
+    for (name, n) in [("sub-089bd33f", 40), ("sub-1e8d8218", 25)] {
+        let last = lines
+            .iter()
+            .rev()
+            .find(|l| l.starts_with(name) && l.contains(PROGRESS_MARK))
+            .unwrap_or_else(|| panic!("no progress for {name}:\n{}", run.stderr));
+        assert!(last.contains("100%") && last.contains("done"), "{last}");
+        assert!(last.contains("3h covered"), "{last}");
+        assert_eq!(count_before(last, "delivered"), Some(n), "{last}");
+        assert!(count_before(last, "fetched") >= Some(n), "{last}");
+    }
+    // Log lines are whole lines of their own, not torn by a bar.
+    assert!(
+        lines.iter().any(|l| l.contains("poll complete")),
+        "{}",
+        run.stderr
+    );
+    for l in lines.iter().filter(|l| l.contains(" INFO ")) {
+        assert!(!l.contains(PROGRESS_MARK) && !l.contains("%"), "{l}");
+    }
+
+    // stderr not a terminal (a file): no bars, no escape sequences.
+    let more = h.fakes.add(spread(SUB_A, "pc", 5, 5, "Succeeded"));
+    let run = h.once(&[]).await;
+    run.assert_exit(0);
+    assert!(h.fakes.received_all(&more));
+    assert!(!run.stderr.contains(PROGRESS_MARK), "{}", run.stderr);
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+    assert!(!run.stderr.contains("100%"), "{}", run.stderr);
+
+    // JSON logs on a terminal: JSON lines only, but for the command's own
+    // closing line.
+    let more = h.fakes.add(spread(SUB_B, "pd", 5, 5, "Succeeded"));
+    let run = h.once_on_terminal(&["--log-format", "json"]).await;
+    run.assert_exit(0);
+    assert!(h.fakes.received_all(&more));
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .collect();
+    assert!(lines.iter().any(|l| l.contains("poll complete")));
+    for l in lines
+        .iter()
+        .filter(|l| !l.is_empty() && !l.starts_with("azure-activity-poller: "))
+    {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(l).is_ok(),
+            "not JSON: {l:?}\n{}",
+            run.stderr
         );
     }
 }

@@ -36,6 +36,7 @@ impl Poller {
     ) -> Result<Timestamp, PollError> {
         let window = window_of(sub);
         let mut plan = SlicePlan::cut(start, until, self.slices);
+        let track = self.progress.track(sub.id.as_str());
         tracing::info!(
             subscription_id = %sub.id,
             subscription_name = sub.name.as_deref(),
@@ -79,6 +80,7 @@ impl Poller {
             }
             let moved = finished.then(|| plan.finish(q.start, q.safe_end)).flatten();
             report.absorb(q.report);
+            track.cover(start, plan.covered());
             if let Some(watermark) = moved {
                 let advance = Advance {
                     watermark,

@@ -94,6 +94,8 @@ struct Slice {
 /// The slices of one catch-up, keyed by their start.
 #[derive(Debug)]
 pub struct SlicePlan {
+    /// Where the first slice starts.
+    start: Timestamp,
     slices: BTreeMap<Timestamp, Slice>,
     /// Where the committed prefix ends.
     watermark: Timestamp,
@@ -111,6 +113,7 @@ impl SlicePlan {
     /// `[start, until]` cut into the given contiguous `(start, end)` slices.
     pub fn new(start: Timestamp, slices: Vec<(Timestamp, Timestamp)>) -> Self {
         SlicePlan {
+            start,
             slices: slices
                 .into_iter()
                 .map(|(s, e)| {
@@ -265,6 +268,18 @@ impl SlicePlan {
     pub fn watermark(&self) -> Timestamp {
         self.watermark
     }
+
+    /// How much of the range is read: the committed prefix and every done
+    /// slice past it (for the progress shown, not for the watermark).
+    pub fn covered(&self) -> chrono::Duration {
+        let done: chrono::Duration = self
+            .slices
+            .iter()
+            .filter(|(_, s)| matches!(s.state, State::Done { .. }))
+            .map(|(start, s)| s.end - *start)
+            .sum();
+        self.watermark - self.start + done
+    }
 }
 
 /// `[start, until]` cut into contiguous slices: as many as `parallel` asks
@@ -321,6 +336,8 @@ mod tests {
         assert_eq!(plan.split(mid, oldest, until, 4), Some(4));
         assert_eq!(plan.pending(), 4);
         assert_eq!(plan.running(), 1);
+        // The part done counts as read, though the watermark has not moved.
+        assert_eq!(plan.covered(), chrono::Duration::minutes(10));
         // Contiguous and complete.
         let c = covered(&plan);
         assert_eq!(c[0].0, start);
@@ -340,8 +357,10 @@ mod tests {
                 "{s}: a predecessor is still running"
             );
         }
+        assert_eq!(plan.covered(), chrono::Duration::minutes(30));
         assert_eq!(plan.finish(start, mid), Some(until));
         assert_eq!(plan.watermark(), until);
+        assert_eq!(plan.covered(), chrono::Duration::hours(1));
     }
 
     #[test]

@@ -326,6 +326,36 @@ statuses = ["Succeeded"]
         self.cli(&all).await
     }
 
+    /// Writes the configuration and runs `--once` (plus `args`) to
+    /// completion with stderr on a pseudo-terminal (logging at INFO, as a
+    /// person runs it): `Run::stderr` is everything the terminal showed,
+    /// escape sequences included, lines ending `\r\n`.
+    pub async fn once_on_terminal(&mut self, args: &[&str]) -> Run {
+        let config = self.write_config().display().to_string();
+        let mut all = vec!["--once", "--give-up-after", "5s", "--config", &config];
+        all.extend_from_slice(args);
+        let (mut cmd, _log) = self.command(&all);
+        let terminal = super::terminal::Terminal::open();
+        let side = terminal.side.try_clone().expect("terminal side");
+        cmd.stderr(side).env("RUST_LOG", "info");
+        let child = cmd.spawn().expect("spawn the poller");
+        drop(cmd);
+        let screen = terminal.record();
+        let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("the poller did not finish within 2 minutes")
+            .expect("wait for the poller");
+        let stderr = tokio::task::spawn_blocking(move || screen.join().expect("terminal reader"))
+            .await
+            .expect("join the terminal reader");
+        assert_no_db_password(&stderr);
+        Run {
+            code: out.status.code(),
+            stderr,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        }
+    }
+
     /// Writes the configuration and runs the binary with `args` and
     /// `--config` naming it (a command: `status`, `check-config`, ...),
     /// within two minutes.

@@ -23,7 +23,8 @@
 //! - `wait.rs`: polling with a deadline;
 //! - `deliveries.rs`: comparing deliveries with expectations, event by event;
 //! - `admin.rs`: the daemon's metrics and health endpoints;
-//! - `postgres.rs`: a real PostgreSQL server of the test's own.
+//! - `postgres.rs`: a real PostgreSQL server of the test's own;
+//! - `terminal.rs`: a pseudo-terminal for the binary's stderr.
 #![allow(dead_code)]
 
 pub mod admin;
@@ -36,6 +37,7 @@ pub mod harness;
 pub mod ingest;
 pub mod postgres;
 pub mod process;
+pub mod terminal;
 pub mod wait;
 
 use std::sync::atomic::{AtomicU64, Ordering};
