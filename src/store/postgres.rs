@@ -7,10 +7,12 @@
 //! renewed on the database's clock (`now()`), never the hosts':
 //! `INSERT ... ON CONFLICT DO UPDATE ... WHERE lease.expires_at < now() OR
 //! lease.holder = $me`. Every transaction that records a page (and so may
-//! move a watermark) or deletes outbox rows first reads its lease rows `FOR
-//! SHARE`, still naming this instance as holder: a takeover's upsert waits
-//! for that transaction and a write after the takeover is refused (the
-//! fence).
+//! move a watermark) first reads its lease rows `FOR SHARE`, still naming
+//! this instance as holder: a takeover's upsert waits for that transaction
+//! and a write after the takeover is refused (the fence). Delivery outcomes
+//! are written whoever holds the lease (the endpoint answered this
+//! instance's POST: an accepted event leaves the outbox instead of being
+//! sent again by the new holder); their transaction notes a lost lease.
 //!
 //! Connections come from a `deadpool-postgres` pool, which replaces broken
 //! ones; a statement that fails because the database went away (restart,
@@ -761,9 +763,13 @@ impl PgStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            // Rows of a subscription this instance no longer holds stay for
-            // its new holder (the fence).
-            let held = self.fence(&tx, &subs).await?;
+            // The fence notes leases lost (the daemon drops those
+            // subscriptions). An outcome is written whoever holds the lease
+            // now: the endpoint answered this instance's POST, so an
+            // accepted event leaves the outbox rather than being sent again
+            // by the new holder (it is late when the state database was out
+            // while the endpoint answered, and the lease moved meanwhile).
+            self.fence(&tx, &subs).await?;
             tx.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = f.reason
                  FROM unnest($1::bigint[], $2::text[]) AS f(seq, reason) WHERE outbox.seq = f.seq",
@@ -775,16 +781,12 @@ impl PgStore {
                 "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
                  SELECT o.subscription_id, o.event_data_id, o.event_ts_ns, o.entry, r.reason, $3
                  FROM unnest($1::bigint[], $2::text[]) AS r(seq, reason) JOIN outbox o ON o.seq = r.seq
-                 WHERE o.subscription_id = ANY($4)
                  ORDER BY r.seq",
-                &[reject_seqs, reject_reasons, &to_nanos(chrono::Utc::now()), &held],
+                &[reject_seqs, reject_reasons, &to_nanos(chrono::Utc::now())],
             )
             .await
             .ctx("dead-lettering an event")?;
-            tx.execute(
-                "DELETE FROM outbox WHERE seq = ANY($1) AND subscription_id = ANY($2)",
-                &[removed, &held],
-            )
+            tx.execute("DELETE FROM outbox WHERE seq = ANY($1)", &[removed])
             .await
             .ctx("acknowledging an event")?;
             tx.commit().await.ctx("recording deliveries")
