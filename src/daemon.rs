@@ -77,6 +77,17 @@ fn start_summary(app: &App) -> Summarizing {
     Summarizing { stop, task }
 }
 
+/// The delivery journal's pruning (`journal.rs`): like the summary, a
+/// background task told when to stop.
+type Pruning = Summarizing;
+
+fn start_pruning(app: &App) -> Pruning {
+    let (stop, rx) = watch::channel(false);
+    let (store, retention) = (app.store.clone(), app.config.journal.retention);
+    let task = tokio::spawn(crate::journal::run(store, retention, rx));
+    Pruning { stop, task }
+}
+
 fn start_forwarder(app: &Arc<App>) -> Forwarding {
     let (stop, rx) = watch::channel(false);
     let a = app.clone();
@@ -406,12 +417,15 @@ pub async fn run(
     sup.restart_detection(false);
     let mut forwarding = start_forwarder(&app);
     let summarizing = start_summary(&app);
+    let pruning = start_pruning(&app);
     notify::ready(&sup.status_line());
     let failed = sup
         .supervise(&path, &keeper, &mut forwarding, signals)
         .await;
     notify::stopping();
     sup.stop_detection();
+    let _ = pruning.stop.send(true);
+    let _ = pruning.task.await;
     if let Some(e) = &failed {
         tracing::error!(error = %e, "delivery cannot continue; stopping");
     }

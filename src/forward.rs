@@ -62,7 +62,8 @@ pub const REPLY_LIMIT: Limit = Limit::kib(64);
 /// The outcome of one POST.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    Acked,
+    /// A 2xx, with its status (for the journal).
+    Acked(u16),
     /// Rejected for good: dead-letter it.
     Rejected(String),
     /// Try again later; the endpoint may have said when.
@@ -232,7 +233,7 @@ impl Forwarder {
         let status = resp.status();
         let after = retry_after(resp.headers());
         let outcome = if status.is_success() {
-            Delivery::Acked
+            Delivery::Acked(status.as_u16())
         } else {
             answer(status, after)
         };
@@ -387,7 +388,7 @@ impl Forwarder {
         let mut failures = Vec::new();
         for (ev, outcome) in done {
             match outcome {
-                Delivery::Acked => acks.push(ev.seq),
+                Delivery::Acked(status) => acks.push((ev.seq, *status)),
                 Delivery::Rejected(reason) => {
                     tracing::error!(
                         subscription_id = %ev.subscription_id,
@@ -415,7 +416,7 @@ impl Forwarder {
         }
         self.store.settle(acks, rejects, failures).await?;
         for (ev, outcome) in done {
-            if *outcome == Delivery::Acked {
+            if matches!(outcome, Delivery::Acked(_)) {
                 self.delivered.add(&ev.subscription_id);
                 crate::metrics::delivered(&ev.subscription_id);
                 round.acked += 1;

@@ -329,7 +329,7 @@ impl Poller {
             Item::Entry(e) => Some(e.event_timestamp),
             Item::Malformed(_) => None,
         }));
-        let (entries, malformed) = keep(sub, fetched.page.items, q.end, &mut q.report);
+        let (entries, skipped, malformed) = keep(sub, fetched.page.items, q.end, &mut q.report);
         let next = match &fetched.page.next_link {
             Some(link) => Some(self.client.next_page(link)?),
             None => None,
@@ -341,7 +341,7 @@ impl Poller {
         });
         let rec = self
             .store
-            .record_page(sub.id.as_str(), entries, malformed, advance)
+            .record_page(sub.id.as_str(), entries, skipped, malformed, advance)
             .await?;
         q.report.count_recorded(&rec);
         if rec.new > 0 {
@@ -392,14 +392,16 @@ impl Query {
 }
 
 /// The items of one page that `sub` keeps (by status): entries to record,
-/// and malformed ones to quarantine, stamped with the query's `end`.
+/// and malformed ones to quarantine, stamped with the query's `end`; and
+/// the entries it skips for their status, for the journal.
 fn keep(
     sub: &SubscriptionConfig,
     items: Vec<Item>,
     end: Timestamp,
     report: &mut PollReport,
-) -> (Vec<Entry>, Vec<(Malformed, Timestamp)>) {
+) -> (Vec<Entry>, Vec<Entry>, Vec<(Malformed, Timestamp)>) {
     let mut entries: Vec<Entry> = Vec::new();
+    let mut skipped: Vec<Entry> = Vec::new();
     let mut malformed: Vec<(Malformed, Timestamp)> = Vec::new();
     for item in items {
         report.fetched += 1;
@@ -407,6 +409,9 @@ fn keep(
         let kept = item.status().is_none_or(|s| sub.keeps(s));
         if !kept {
             report.skipped_status += 1;
+            if let Item::Entry(e) = item {
+                skipped.push(e);
+            }
             continue;
         }
         report.kept += 1;
@@ -424,7 +429,7 @@ fn keep(
             }
         }
     }
-    (entries, malformed)
+    (entries, skipped, malformed)
 }
 
 /// `sub`'s look-back window, as a span of time to do sums with.

@@ -35,6 +35,7 @@ use super::{
 use crate::config::{DatabaseTls, DatabaseUrl};
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
 
+mod journal;
 mod lease;
 
 /// The schema this build reads and writes (the `schema_version` table).
@@ -321,6 +322,9 @@ impl PgStore {
             });
         }
         tx.batch_execute(SCHEMA).await.ctx("creating the schema")?;
+        tx.batch_execute(journal::SCHEMA)
+            .await
+            .ctx("creating the schema")?;
         if found != Some(PG_SCHEMA_VERSION) {
             tx.execute("DELETE FROM schema_version", &[])
                 .await
@@ -475,12 +479,16 @@ impl PgStore {
         Ok(held)
     }
 
+    /// With `journal`, the new entries and the `skipped` ones are journaled
+    /// in the page's transaction too.
     pub async fn record_page(
         &self,
         subscription_id: &str,
         entries: &[Entry],
+        skipped: &[Entry],
         malformed: &[(Malformed, Timestamp)],
         advance: Option<Advance>,
+        journal: bool,
     ) -> Result<Recorded, StoreError> {
         // A page may name an id twice: the first is the one recorded.
         let mut unique: Vec<&Entry> = Vec::with_capacity(entries.len());
@@ -494,7 +502,13 @@ impl PgStore {
         let times: Vec<i64> = unique.iter().map(|e| to_nanos(e.event_timestamp)).collect();
         let bodies: Vec<&str> = unique.iter().map(|e| e.raw.get()).collect();
         let (ids, times, bodies) = (&ids, &times, &bodies);
-        if entries.is_empty() && malformed.is_empty() {
+        let skipped: Vec<&Entry> = if journal {
+            skipped.iter().collect()
+        } else {
+            Vec::new()
+        };
+        let (unique, skipped) = (&unique, &skipped);
+        if entries.is_empty() && malformed.is_empty() && skipped.is_empty() {
             return self.record_empty_page(subscription_id, advance).await;
         }
         self.retrying(move || async move {
@@ -504,8 +518,8 @@ impl PgStore {
             if self.fence(&tx, std::slice::from_ref(&sub)).await?.is_empty() {
                 return Err(StoreError::LeaseLost { subscription: sub });
             }
-            let new = tx
-                .execute(
+            let fresh = tx
+                .query(
                     "WITH page AS (
                          SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[]) AS p(id, ts, entry)),
                      fresh AS (
@@ -515,12 +529,23 @@ impl PgStore {
                          RETURNING event_data_id)
                      INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
                      SELECT $1, page.id, page.ts, page.entry FROM page JOIN fresh ON fresh.event_data_id = page.id
-                     ORDER BY page.ts",
+                     ORDER BY page.ts
+                     RETURNING event_data_id",
                     &[&subscription_id, ids, times, bodies],
                 )
                 .await
                 .ctx("queueing events")?;
-            let new = usize::try_from(new).unwrap_or(usize::MAX);
+            let new = fresh.len();
+            if journal {
+                let fresh: std::collections::HashSet<&str> =
+                    fresh.iter().map(|r| r.get::<_, &str>(0)).collect();
+                let queued: Vec<&Entry> = unique
+                    .iter()
+                    .copied()
+                    .filter(|e| fresh.contains(e.event_data_id.as_str()))
+                    .collect();
+                journal::record(&tx, subscription_id, &queued, skipped, chrono::Utc::now()).await?;
+            }
             let rec = Recorded {
                 new,
                 duplicate: entries.len() - new.min(entries.len()),
@@ -730,17 +755,24 @@ impl PgStore {
         super::round_robin(subs, limit, after, read).await
     }
 
+    /// With `journal`, the outcomes are journaled in the same transaction
+    /// (`acks` carry the endpoint's HTTP status).
     pub async fn settle(
         &self,
-        acks: &[i64],
+        acks: &[(i64, u16)],
         rejects: &[(i64, String)],
         failures: &[(i64, String)],
+        journal: bool,
     ) -> Result<(), StoreError> {
         let reject_seqs: Vec<i64> = rejects.iter().map(|(s, _)| *s).collect();
         let reject_reasons: Vec<&str> = rejects.iter().map(|(_, r)| r.as_str()).collect();
         let fail_seqs: Vec<i64> = failures.iter().map(|(s, _)| *s).collect();
         let fail_reasons: Vec<&str> = failures.iter().map(|(_, r)| r.as_str()).collect();
-        let removed: Vec<i64> = acks.iter().chain(&reject_seqs).copied().collect();
+        let removed: Vec<i64> = acks
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(reject_seqs.iter().copied())
+            .collect();
         let (reject_seqs, reject_reasons, fail_seqs, fail_reasons, removed) = (
             &reject_seqs,
             &reject_reasons,
@@ -764,6 +796,10 @@ impl PgStore {
             // Rows of a subscription this instance no longer holds stay for
             // its new holder (the fence).
             let held = self.fence(&tx, &subs).await?;
+            if journal {
+                journal::settle(&tx, acks, (reject_seqs, reject_reasons), &held, &self.me.id)
+                    .await?;
+            }
             tx.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = f.reason
                  FROM unnest($1::bigint[], $2::text[]) AS f(seq, reason) WHERE outbox.seq = f.seq",
@@ -793,6 +829,11 @@ impl PgStore {
     }
 
     pub async fn retry_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
+        // Journaled first: a repeat finds no dead letter left, and does nothing.
+        if self.journal_span().await?.is_some() {
+            self.execute("re-queueing dead letters", journal::REQUEUED, &[&seqs])
+                .await?;
+        }
         let n = self
             .execute(
                 "re-queueing dead letters",

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::journal::{JournalSpan, Story, TraceQuery};
 use super::{
     Advance, Cursor, DeadLetter, DetectionNote, OutboxEvent, ReadLimitNote, Recorded,
     SCHEMA_VERSION, StoreError, SubscriptionState,
@@ -173,6 +174,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(not_db)?;
         conn.execute_batch(SCHEMA).map_err(not_db)?;
+        conn.execute_batch(journal::SCHEMA).map_err(not_db)?;
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(not_db)?;
@@ -238,16 +240,24 @@ impl SqliteStore {
     /// with `advance`, moves the watermark and prunes seen ids in the same one.
     /// One page in one transaction: its new entries queued, its malformed
     /// ones quarantined, and (the last page of a window) the watermark moved.
+    /// With `journal`, the new entries and the `skipped` ones (status not
+    /// forwarded) are journaled in it too.
     pub fn record_page(
         &self,
         subscription_id: &str,
         entries: &[Entry],
+        skipped: &[Entry],
         malformed: &[(Malformed, Timestamp)],
         advance: Option<Advance>,
+        journal: bool,
     ) -> Result<Recorded, StoreError> {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
-            let mut rec = queue(&tx, subscription_id, entries)?;
+            let (mut rec, queued) = queue(&tx, subscription_id, entries)?;
+            if journal {
+                let queued: Vec<&Entry> = queued.into_iter().map(|i| &entries[i]).collect();
+                journal::record(&tx, subscription_id, &queued, skipped, chrono::Utc::now())?;
+            }
             rec.quarantined = quarantine(&tx, subscription_id, malformed)?;
             if let Some(a) = advance {
                 move_watermark(&tx, subscription_id, a)?;
@@ -367,19 +377,25 @@ impl SqliteStore {
 
     /// Records delivery outcomes in one transaction: acknowledged events are
     /// forgotten, rejected ones become dead letters, failed ones count an attempt.
+    /// With `journal`, the outcomes are journaled in it too (`acks` carry
+    /// the endpoint's HTTP status).
     pub fn settle(
         &self,
-        acks: &[i64],
+        acks: &[(i64, u16)],
         rejects: &[(i64, String)],
         failures: &[(i64, String)],
+        journal: bool,
     ) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
+            if journal {
+                journal::settle(&tx, acks, rejects, chrono::Utc::now())?;
+            }
             {
                 let mut del = tx
                     .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
                     .ctx("acknowledging an event")?;
-                for seq in acks {
+                for (seq, _) in acks {
                     del.execute([seq]).ctx("acknowledging an event")?;
                 }
                 let mut fail = tx
@@ -447,7 +463,11 @@ impl SqliteStore {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
             let chosen = chosen_dead_letters(&tx, seqs)?;
+            let journaled = journal::exists(&tx)?;
             for seq in &chosen {
+                if journaled {
+                    journal::requeued(&tx, *seq)?;
+                }
                 tx.execute(
                     "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
                      SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
@@ -628,13 +648,14 @@ const INSERT_SEEN: &str =
     "INSERT OR IGNORE INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES (?1, ?2, ?3)";
 
 /// Queues the entries not seen before (their ids now seen); counts new and
-/// duplicate ones.
+/// duplicate ones, and says which were new (their indices).
 fn queue(
     tx: &rusqlite::Transaction<'_>,
     subscription_id: &str,
     entries: &[Entry],
-) -> Result<Recorded, StoreError> {
+) -> Result<(Recorded, Vec<usize>), StoreError> {
     let mut rec = Recorded::default();
+    let mut queued = Vec::with_capacity(entries.len());
     let mut seen = tx
         .prepare_cached(INSERT_SEEN)
         .ctx("preparing seen insert")?;
@@ -643,7 +664,7 @@ fn queue(
             "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry) VALUES (?1, ?2, ?3, ?4)",
         )
         .ctx("preparing outbox insert")?;
-    for e in entries {
+    for (i, e) in entries.iter().enumerate() {
         let ts = to_nanos(e.event_timestamp);
         if seen
             .execute(params![subscription_id, e.event_data_id, ts])
@@ -657,8 +678,9 @@ fn queue(
             .execute(params![subscription_id, e.event_data_id, ts, e.raw.get()])
             .ctx("queueing an event")?;
         rec.new += 1;
+        queued.push(i);
     }
-    Ok(rec)
+    Ok((rec, queued))
 }
 
 /// Dead-letters the malformed entries not quarantined before; returns how many.
@@ -754,6 +776,38 @@ fn chosen_dead_letters(
         Some(want) => all.into_iter().filter(|s| want.contains(s)).collect(),
     })
 }
+
+/// The delivery journal's side of the store (see `store/journal.rs`).
+impl SqliteStore {
+    /// Notes a daemon start with the journal on or off.
+    pub fn start_journal(&self, on: bool, now: Timestamp) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            journal::start(&tx, on, now)?;
+            tx.commit().ctx("noting the journal's start")
+        })
+    }
+
+    /// One pruning batch (see [`journal::prune`]).
+    pub fn prune_journal(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            let n = journal::prune(&tx, before)?;
+            tx.commit().ctx("pruning the journal")?;
+            Ok(n)
+        })
+    }
+
+    pub fn journal_span(&self) -> Result<Option<JournalSpan>, StoreError> {
+        self.with(|c| journal::span(c))
+    }
+
+    pub fn trace(&self, q: &TraceQuery) -> Result<Vec<Story>, StoreError> {
+        self.with(|c| journal::trace(c, q))
+    }
+}
+
+mod journal;
 
 #[cfg(test)]
 mod tests;
