@@ -118,7 +118,7 @@ fn coverage(
         } else {
             notes.push(format!("not seen between {from} and {to}"));
         }
-    } else if before_journal && q.event.is_none() {
+    } else if q.since.is_some_and(|s| s < holds) {
         notes.push(format!(
             "events before {} may be missing: {why}",
             rfc3339(holds)
