@@ -93,6 +93,16 @@ async fn every_fate_is_traced_with_its_story(backend: Backend) {
         "{retried}"
     );
 
+    // A dead letter put back in the outbox is queued again, then delivered.
+    h.fakes.ingest.lock().unwrap().reject.clear();
+    h.cli(&["dead-letters", "retry", "--all"])
+        .await
+        .assert_exit(0);
+    assert!(story(&mut h, "rej-1").await.contains(" queued rej-1 "));
+    h.once(&[]).await.assert_exit(0);
+    let requeued = story(&mut h, "rej-1").await;
+    assert!(requeued.contains(" delivered rej-1 "), "{requeued}");
+
     // An operator's questions: a resource group (any case), one
     // operation's correlation id, who did it and what.
     let group = format!("/SUBSCRIPTIONS/{SUB_A}/resourcegroups/mssupportgroup/");

@@ -829,20 +829,24 @@ impl PgStore {
     }
 
     pub async fn retry_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
-        // Journaled first: a repeat finds no dead letter left, and does nothing.
-        if self.journal_span().await?.is_some() {
-            self.execute("re-queueing dead letters", journal::REQUEUED, &[&seqs])
-                .await?;
-        }
+        // On a state with a journal, its rows say `queued` again in the same
+        // statement (every part of it sees the dead letters before the delete).
+        let requeued = if self.journal_span().await?.is_some() {
+            journal::REQUEUED
+        } else {
+            ""
+        };
         let n = self
             .execute(
                 "re-queueing dead letters",
-                "WITH moved AS (
-                     DELETE FROM dead_letter WHERE $1::bigint[] IS NULL OR seq = ANY($1)
-                     RETURNING seq, subscription_id, event_data_id, event_ts_ns, failed_at_ns, entry)
-                 INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
-                 SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
-                 FROM moved ORDER BY seq",
+                &format!(
+                    "WITH {requeued}moved AS (
+                         DELETE FROM dead_letter WHERE $1::bigint[] IS NULL OR seq = ANY($1)
+                         RETURNING seq, subscription_id, event_data_id, event_ts_ns, failed_at_ns, entry)
+                     INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                     SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
+                     FROM moved ORDER BY seq"
+                ),
                 &[&seqs],
             )
             .await?;

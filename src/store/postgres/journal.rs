@@ -190,13 +190,13 @@ pub(super) async fn settle(
     Ok(())
 }
 
-/// Dead letters put back in the outbox are queued again (`$1` as in
-/// `retry_dead_letters`: none means all). Run before they are deleted.
-pub(super) const REQUEUED: &str =
-    "UPDATE journal j SET fate = 0, settled_at_ns = NULL, http_status = NULL
-     FROM dead_letter d
-     WHERE ($1::bigint[] IS NULL OR d.seq = ANY($1))
-       AND j.event_data_id = d.event_data_id AND j.subscription_id = d.subscription_id";
+/// Dead letters put back in the outbox are queued again: the first part of
+/// `retry_dead_letters`'s statement (`$1` as there: none means all).
+pub(super) const REQUEUED: &str = "requeued AS (
+         UPDATE journal j SET fate = 0, settled_at_ns = NULL, http_status = NULL
+         FROM dead_letter d
+         WHERE ($1::bigint[] IS NULL OR d.seq = ANY($1))
+           AND j.event_data_id = d.event_data_id AND j.subscription_id = d.subscription_id), ";
 
 impl PgStore {
     /// Notes a daemon start with the journal on or off: turned on after
