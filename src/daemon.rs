@@ -321,6 +321,9 @@ fn warn_restart_only(oc: &Config, nc: &Config) {
     if oc.telemetry_listen != nc.telemetry_listen {
         tracing::warn!("[telemetry] listen changes only on restart");
     }
+    if oc.journal != nc.journal {
+        tracing::warn!("[journal] retention changes only on restart");
+    }
 }
 
 /// Whether credential `name` differs between two configurations (or is
@@ -424,8 +427,10 @@ pub async fn run(
         .await;
     notify::stopping();
     sup.stop_detection();
+    // A batch cut short rolls back, and the next start prunes it again:
+    // nothing to wait for.
     let _ = pruning.stop.send(true);
-    let _ = pruning.task.await;
+    pruning.task.abort();
     if let Some(e) = &failed {
         tracing::error!(error = %e, "delivery cannot continue; stopping");
     }
