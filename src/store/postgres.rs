@@ -502,12 +502,8 @@ impl PgStore {
         let times: Vec<i64> = unique.iter().map(|e| to_nanos(e.event_timestamp)).collect();
         let bodies: Vec<&str> = unique.iter().map(|e| e.raw.get()).collect();
         let (ids, times, bodies) = (&ids, &times, &bodies);
-        let skipped: Vec<&Entry> = if journal {
-            skipped.iter().collect()
-        } else {
-            Vec::new()
-        };
-        let (unique, skipped) = (&unique, &skipped);
+        let skipped = if journal { skipped } else { &[] };
+        let unique = &unique;
         if entries.is_empty() && malformed.is_empty() && skipped.is_empty() {
             return self.record_empty_page(subscription_id, advance).await;
         }
@@ -518,33 +514,30 @@ impl PgStore {
             if self.fence(&tx, std::slice::from_ref(&sub)).await?.is_empty() {
                 return Err(StoreError::LeaseLost { subscription: sub });
             }
-            let fresh = tx
-                .query(
-                    "WITH page AS (
-                         SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[]) AS p(id, ts, entry)),
-                     fresh AS (
-                         INSERT INTO seen (subscription_id, event_data_id, event_ts_ns)
-                         SELECT $1, id, ts FROM page
-                         ON CONFLICT DO NOTHING
-                         RETURNING event_data_id)
-                     INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
-                     SELECT $1, page.id, page.ts, page.entry FROM page JOIN fresh ON fresh.event_data_id = page.id
-                     ORDER BY page.ts
-                     RETURNING event_data_id",
-                    &[&subscription_id, ids, times, bodies],
-                )
-                .await
-                .ctx("queueing events")?;
-            let new = fresh.len();
+            let now = chrono::Utc::now();
+            let new = if journal {
+                journal::queue(&tx, subscription_id, unique, now).await?
+            } else {
+                let n = tx
+                    .execute(
+                        "WITH page AS (
+                             SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[]) AS p(id, ts, entry)),
+                         fresh AS (
+                             INSERT INTO seen (subscription_id, event_data_id, event_ts_ns)
+                             SELECT $1, id, ts FROM page
+                             ON CONFLICT DO NOTHING
+                             RETURNING event_data_id)
+                         INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                         SELECT $1, page.id, page.ts, page.entry FROM page JOIN fresh ON fresh.event_data_id = page.id
+                         ORDER BY page.ts",
+                        &[&subscription_id, ids, times, bodies],
+                    )
+                    .await
+                    .ctx("queueing events")?;
+                usize::try_from(n).unwrap_or(usize::MAX)
+            };
             if journal {
-                let fresh: std::collections::HashSet<&str> =
-                    fresh.iter().map(|r| r.get::<_, &str>(0)).collect();
-                let queued: Vec<&Entry> = unique
-                    .iter()
-                    .copied()
-                    .filter(|e| fresh.contains(e.event_data_id.as_str()))
-                    .collect();
-                journal::record(&tx, subscription_id, &queued, skipped, chrono::Utc::now()).await?;
+                journal::skipped(&tx, subscription_id, skipped, now).await?;
             }
             let rec = Recorded {
                 new,
@@ -808,8 +801,8 @@ impl PgStore {
             .await
             .ctx("noting a failed delivery")?;
             tx.execute(
-                "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
-                 SELECT o.subscription_id, o.event_data_id, o.event_ts_ns, o.entry, r.reason, $3
+                "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns, journal_id)
+                 SELECT o.subscription_id, o.event_data_id, o.event_ts_ns, o.entry, r.reason, $3, o.journal_id
                  FROM unnest($1::bigint[], $2::text[]) AS r(seq, reason) JOIN outbox o ON o.seq = r.seq
                  WHERE o.subscription_id = ANY($4)
                  ORDER BY r.seq",
@@ -831,10 +824,10 @@ impl PgStore {
     pub async fn retry_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
         // On a state with a journal, its rows say `queued` again in the same
         // statement (every part of it sees the dead letters before the delete).
-        let requeued = if self.journal_span().await?.is_some() {
-            journal::REQUEUED
+        let (requeued, link) = if self.journal_span().await?.is_some() {
+            (journal::REQUEUED, ", journal_id")
         } else {
-            ""
+            ("", "")
         };
         let n = self
             .execute(
@@ -842,9 +835,9 @@ impl PgStore {
                 &format!(
                     "WITH {requeued}moved AS (
                          DELETE FROM dead_letter WHERE $1::bigint[] IS NULL OR seq = ANY($1)
-                         RETURNING seq, subscription_id, event_data_id, event_ts_ns, failed_at_ns, entry)
-                     INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
-                     SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
+                         RETURNING seq, subscription_id, event_data_id, event_ts_ns, failed_at_ns, entry{link})
+                     INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry{link})
+                     SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry{link}
                      FROM moved ORDER BY seq"
                 ),
                 &[&seqs],

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::journal::{JournalSpan, Story, TraceQuery};
+use super::journal::{Fate, JournalSpan, Story, TraceQuery};
 use super::{
     Advance, Cursor, DeadLetter, DetectionNote, OutboxEvent, ReadLimitNote, Recorded,
     SCHEMA_VERSION, StoreError, SubscriptionState,
@@ -175,6 +175,7 @@ impl SqliteStore {
             .map_err(not_db)?;
         conn.execute_batch(SCHEMA).map_err(not_db)?;
         conn.execute_batch(journal::SCHEMA).map_err(not_db)?;
+        journal::migrate(&conn).map_err(not_db)?;
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(not_db)?;
@@ -253,10 +254,10 @@ impl SqliteStore {
     ) -> Result<Recorded, StoreError> {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
-            let (mut rec, queued) = queue(&tx, subscription_id, entries)?;
-            if journal {
-                let queued: Vec<&Entry> = queued.into_iter().map(|i| &entries[i]).collect();
-                journal::record(&tx, subscription_id, &queued, skipped, chrono::Utc::now())?;
+            let now = journal.then(chrono::Utc::now);
+            let mut rec = queue(&tx, subscription_id, entries, now)?;
+            if let Some(now) = now {
+                journal::skipped(&tx, subscription_id, skipped, now)?;
             }
             rec.quarantined = quarantine(&tx, subscription_id, malformed)?;
             if let Some(a) = advance {
@@ -406,8 +407,8 @@ impl SqliteStore {
                 }
                 for (seq, reason) in rejects {
                     tx.execute(
-                        "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
-                         SELECT subscription_id, event_data_id, event_ts_ns, entry, ?2, ?3 FROM outbox WHERE seq = ?1",
+                        "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns, journal_id)
+                         SELECT subscription_id, event_data_id, event_ts_ns, entry, ?2, ?3, journal_id FROM outbox WHERE seq = ?1",
                         params![seq, reason, to_nanos(chrono::Utc::now())],
                     )
                     .ctx("dead-lettering an event")?;
@@ -464,16 +465,21 @@ impl SqliteStore {
             let tx = c.transaction().ctx("starting a transaction")?;
             let chosen = chosen_dead_letters(&tx, seqs)?;
             let journaled = journal::exists(&tx)?;
+            // A state this build migrated links dead letters to the journal.
+            let requeue = if journaled {
+                "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry, journal_id)
+                 SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry, journal_id
+                 FROM dead_letter WHERE seq = ?1"
+            } else {
+                "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                 SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
+                 FROM dead_letter WHERE seq = ?1"
+            };
             for seq in &chosen {
                 if journaled {
                     journal::requeued(&tx, *seq)?;
                 }
-                tx.execute(
-                    "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
-                     SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
-                     FROM dead_letter WHERE seq = ?1",
-                    [seq],
-                )
+                tx.execute(requeue, [seq])
                 .ctx("re-queueing a dead letter")?;
                 tx.execute("DELETE FROM dead_letter WHERE seq = ?1", [seq])
                     .ctx("re-queueing a dead letter")?;
@@ -642,29 +648,31 @@ impl SqliteStore {
     }
 }
 
-/// Remembers an id (or a malformed entry's key) as seen; inserts nothing if
-/// it was already.
+/// Remembers an id (or a malformed entry's key, or a skipped entry's) as
+/// seen; inserts nothing if it was already.
 const INSERT_SEEN: &str =
     "INSERT OR IGNORE INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES (?1, ?2, ?3)";
 
 /// Queues the entries not seen before (their ids now seen); counts new and
-/// duplicate ones, and says which were new (their indices).
+/// duplicate ones. With `journal` (the time), each new one is journaled
+/// `queued` and its outbox row names its journal row.
 fn queue(
     tx: &rusqlite::Transaction<'_>,
     subscription_id: &str,
     entries: &[Entry],
-) -> Result<(Recorded, Vec<usize>), StoreError> {
+    journal: Option<Timestamp>,
+) -> Result<Recorded, StoreError> {
     let mut rec = Recorded::default();
-    let mut queued = Vec::with_capacity(entries.len());
     let mut seen = tx
         .prepare_cached(INSERT_SEEN)
         .ctx("preparing seen insert")?;
     let mut outbox = tx
         .prepare_cached(
-            "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry, journal_id)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .ctx("preparing outbox insert")?;
-    for (i, e) in entries.iter().enumerate() {
+    for e in entries {
         let ts = to_nanos(e.event_timestamp);
         if seen
             .execute(params![subscription_id, e.event_data_id, ts])
@@ -674,13 +682,22 @@ fn queue(
             rec.duplicate += 1;
             continue;
         }
+        let journal_id = match journal {
+            Some(now) => Some(journal::insert(tx, subscription_id, e, Fate::Queued, now)?),
+            None => None,
+        };
         outbox
-            .execute(params![subscription_id, e.event_data_id, ts, e.raw.get()])
+            .execute(params![
+                subscription_id,
+                e.event_data_id,
+                ts,
+                e.raw.get(),
+                journal_id
+            ])
             .ctx("queueing an event")?;
         rec.new += 1;
-        queued.push(i);
     }
-    Ok((rec, queued))
+    Ok(rec)
 }
 
 /// Dead-letters the malformed entries not quarantined before; returns how many.

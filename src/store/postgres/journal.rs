@@ -3,9 +3,10 @@
 //! arrays through `unnest`, one statement each), pruning safe for several
 //! instances at once, and what `trace` reads.
 //!
-//! As on SQLite, rows are numbered in the order they were recorded
-//! (an identity column), pruning walks the oldest by that number, and one
-//! unique index, `(event_data_id, subscription_id)`, is the only other.
+//! As on SQLite, rows are numbered in the order they were recorded (an
+//! identity column, the only index), pruning walks the oldest by that
+//! number, the outbox row and the dead letter carry their journal row's
+//! number, and a skipped entry is remembered in `seen` as `skipped:<id>`.
 //! Any instance may prune: a batch locks its rows `FOR UPDATE SKIP LOCKED`,
 //! so two instances pruning together each delete what the other has not
 //! locked, and neither waits.
@@ -37,7 +38,8 @@ CREATE TABLE IF NOT EXISTS journal (
     instance         TEXT,
     detail           TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (event_data_id, subscription_id);
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS journal_id BIGINT;
+ALTER TABLE dead_letter ADD COLUMN IF NOT EXISTS journal_id BIGINT;
 CREATE TABLE IF NOT EXISTS journal_span (
     id               SMALLINT PRIMARY KEY CHECK (id = 1),
     started_at_ns    BIGINT NOT NULL,
@@ -88,50 +90,45 @@ impl<'a> Columns<'a> {
     }
 }
 
-/// Journals a page's entries in its transaction: `kept` are the page's
-/// (unique) kept entries, of which those whose id the page transaction just
-/// added to `seen` (`fresh`) are queued; `skipped` ones are noted once.
-pub(super) async fn record(
+/// Queues a page's entries not seen before and journals each `queued`, its
+/// outbox row naming its journal row: one statement. `entries` have unique
+/// ids; returns how many were new.
+pub(super) async fn queue(
     tx: &deadpool_postgres::Transaction<'_>,
     subscription_id: &str,
-    queued: &[&Entry],
-    skipped: &[&Entry],
+    entries: &[&Entry],
     now: Timestamp,
-) -> Result<(), StoreError> {
-    let now = to_nanos(now);
-    for (entries, fate, on_conflict) in [
-        (
-            queued,
-            Fate::Queued,
-            "DO UPDATE SET fate = excluded.fate, status = excluded.status, fetched_at_ns = excluded.fetched_at_ns",
-        ),
-        (skipped, Fate::Skipped, "DO NOTHING"),
-    ] {
-        if entries.is_empty() {
-            continue;
-        }
-        let c = Columns::of(entries);
-        let detail = (fate == Fate::Skipped).then_some("its status is not forwarded");
-        let sql = format!(
-            "INSERT INTO journal (subscription_id, event_data_id, event_ts_ns, submission_ts_ns,
-                 fetched_at_ns, status, resource_id, operation, caller, correlation_id, fate, detail)
-             SELECT $1, id, ts, sub_ts, $2, status, resource, op, caller, corr, $3, $4
-             FROM unnest($5::text[], $6::bigint[], $7::bigint[], $8::text[], $9::text[],
-                         $10::text[], $11::text[], $12::text[])
-                  AS p(id, ts, sub_ts, status, resource, op, caller, corr)
-             ORDER BY ts
-             ON CONFLICT (event_data_id, subscription_id) {on_conflict}"
-        );
-        let fate = i16::try_from(fate.code()).unwrap_or_default();
-        tx.execute(
-            &sql,
+) -> Result<usize, StoreError> {
+    let c = Columns::of(entries);
+    let bodies: Vec<&str> = entries.iter().map(|e| e.raw.get()).collect();
+    let n = tx
+        .execute(
+            "WITH page AS (
+                 SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $6::bigint[], $7::text[],
+                                      $8::text[], $9::text[], $10::text[], $11::text[])
+                 AS p(id, ts, entry, sub_ts, status, resource, op, caller, corr)),
+             fresh AS (
+                 INSERT INTO seen (subscription_id, event_data_id, event_ts_ns)
+                 SELECT $1, id, ts FROM page
+                 ON CONFLICT DO NOTHING
+                 RETURNING event_data_id),
+             journaled AS (
+                 INSERT INTO journal (subscription_id, event_data_id, event_ts_ns, submission_ts_ns,
+                     fetched_at_ns, status, resource_id, operation, caller, correlation_id, fate)
+                 SELECT $1, page.id, page.ts, page.sub_ts, $5, page.status, page.resource, page.op,
+                        page.caller, page.corr, 0
+                 FROM page JOIN fresh ON fresh.event_data_id = page.id ORDER BY page.ts
+                 RETURNING id, event_data_id)
+             INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry, journal_id)
+             SELECT $1, page.id, page.ts, page.entry, journaled.id
+             FROM page JOIN journaled ON journaled.event_data_id = page.id
+             ORDER BY page.ts",
             &[
                 &subscription_id,
-                &now,
-                &fate,
-                &detail,
                 &c.ids,
                 &c.times,
+                &bodies,
+                &to_nanos(now),
                 &c.submitted,
                 &c.statuses,
                 &c.resources,
@@ -141,8 +138,58 @@ pub(super) async fn record(
             ],
         )
         .await
-        .ctx("journaling events")?;
+        .ctx("queueing events")?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// Journals the entries a page skipped for their status, each once (the
+/// first query of the window notes `skipped:<id>` in `seen`).
+pub(super) async fn skipped(
+    tx: &deadpool_postgres::Transaction<'_>,
+    subscription_id: &str,
+    skipped: &[Entry],
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    let mut ids = std::collections::HashSet::new();
+    let unique: Vec<&Entry> = skipped
+        .iter()
+        .filter(|e| ids.insert(e.event_data_id.as_str()))
+        .collect();
+    if unique.is_empty() {
+        return Ok(());
     }
+    let c = Columns::of(&unique);
+    tx.execute(
+        "WITH page AS (
+             SELECT * FROM unnest($3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
+                                  $8::text[], $9::text[], $10::text[])
+             AS p(id, ts, sub_ts, status, resource, op, caller, corr)),
+         fresh AS (
+             INSERT INTO seen (subscription_id, event_data_id, event_ts_ns)
+             SELECT $1, 'skipped:' || id, ts FROM page
+             ON CONFLICT DO NOTHING
+             RETURNING event_data_id)
+         INSERT INTO journal (subscription_id, event_data_id, event_ts_ns, submission_ts_ns,
+             fetched_at_ns, status, resource_id, operation, caller, correlation_id, fate, detail)
+         SELECT $1, page.id, page.ts, page.sub_ts, $2, page.status, page.resource, page.op,
+                page.caller, page.corr, 3, 'its status is not forwarded'
+         FROM page JOIN fresh ON fresh.event_data_id = 'skipped:' || page.id
+         ORDER BY page.ts",
+        &[
+            &subscription_id,
+            &to_nanos(now),
+            &c.ids,
+            &c.times,
+            &c.submitted,
+            &c.statuses,
+            &c.resources,
+            &c.operations,
+            &c.callers,
+            &c.correlations,
+        ],
+    )
+    .await
+    .ctx("journaling skipped entries")?;
     Ok(())
 }
 
@@ -167,8 +214,7 @@ pub(super) async fn settle(
                     attempts = o.attempts + 1, detail = o.last_error, instance = $4
              FROM unnest($1::bigint[], $2::smallint[]) AS a(seq, status)
              JOIN outbox o ON o.seq = a.seq
-             WHERE j.event_data_id = o.event_data_id AND j.subscription_id = o.subscription_id
-               AND o.subscription_id = ANY($5)",
+             WHERE j.id = o.journal_id AND o.subscription_id = ANY($5)",
             &[&seqs, &statuses, &now, &instance, &held],
         )
         .await
@@ -180,8 +226,7 @@ pub(super) async fn settle(
                     attempts = o.attempts + 1, instance = $4
              FROM unnest($1::bigint[], $2::text[]) AS r(seq, reason)
              JOIN outbox o ON o.seq = r.seq
-             WHERE j.event_data_id = o.event_data_id AND j.subscription_id = o.subscription_id
-               AND o.subscription_id = ANY($5)",
+             WHERE j.id = o.journal_id AND o.subscription_id = ANY($5)",
             &[rejects.0, rejects.1, &now, &instance, &held],
         )
         .await
@@ -195,8 +240,7 @@ pub(super) async fn settle(
 pub(super) const REQUEUED: &str = "requeued AS (
          UPDATE journal j SET fate = 0, settled_at_ns = NULL, http_status = NULL
          FROM dead_letter d
-         WHERE ($1::bigint[] IS NULL OR d.seq = ANY($1))
-           AND j.event_data_id = d.event_data_id AND j.subscription_id = d.subscription_id), ";
+         WHERE ($1::bigint[] IS NULL OR d.seq = ANY($1)) AND j.id = d.journal_id), ";
 
 impl PgStore {
     /// Notes a daemon start with the journal on or off: turned on after

@@ -2,12 +2,16 @@
 //! rows written inside the page and settling transactions, pruning, and
 //! what `trace` reads.
 //!
-//! `journal` is a rowid table: rows are numbered in the order they were
-//! recorded, which is the order they were fetched, so pruning walks the
-//! oldest rows by rowid and needs no index on the fetch time. One unique
-//! index, `(event_data_id, subscription_id)`, finds a row to settle and
-//! answers `trace --event`; the other filters read the table, which keeps
-//! every queued event to one extra index entry.
+//! `journal` is a rowid table without a secondary index: rows are numbered
+//! in the order they were recorded, which is the order they were fetched,
+//! so every write appends at the end of one B-tree and pruning walks the
+//! oldest rows by rowid. The outbox row (and a dead letter) carries its
+//! journal row's number (`journal_id`), so settling finds the row without
+//! an index; a skipped entry is remembered in `seen` under `skipped:<id>`
+//! (pruned with the look-back like any id), so the next query of the window
+//! does not journal it twice. `trace` reads the table: an index on random
+//! ids would cost every queued event a random page write, and a catch-up
+//! far more than the 10% the journal may cost it.
 
 use rusqlite::{OptionalExtension, Transaction, params};
 
@@ -36,7 +40,6 @@ CREATE TABLE IF NOT EXISTS journal (
     instance         TEXT,
     detail           TEXT
 );
-CREATE UNIQUE INDEX IF NOT EXISTS journal_by_event ON journal (event_data_id, subscription_id);
 CREATE TABLE IF NOT EXISTS journal_span (
     id               INTEGER PRIMARY KEY CHECK (id = 1),
     started_at_ns    INTEGER NOT NULL,
@@ -45,54 +48,80 @@ CREATE TABLE IF NOT EXISTS journal_span (
 );
 ";
 
-/// A kept entry newly queued; a row left `skipped` by an earlier
-/// configuration becomes `queued`.
-const QUEUED: &str = "INSERT INTO journal (subscription_id, event_data_id, event_ts_ns,
-        submission_ts_ns, fetched_at_ns, status, resource_id, operation, caller, correlation_id, fate)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-     ON CONFLICT (event_data_id, subscription_id) DO UPDATE
-     SET fate = excluded.fate, status = excluded.status, fetched_at_ns = excluded.fetched_at_ns";
+/// One journal row, `queued` or `skipped`.
+const INSERT: &str = "INSERT INTO journal (subscription_id, event_data_id, event_ts_ns,
+        submission_ts_ns, fetched_at_ns, status, resource_id, operation, caller, correlation_id,
+        fate, detail)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
-/// A skipped entry: every query of the window sees it again, the first row stays.
-const SKIPPED: &str = "INSERT INTO journal (subscription_id, event_data_id, event_ts_ns,
-        submission_ts_ns, fetched_at_ns, status, resource_id, operation, caller, correlation_id, fate, detail)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'its status is not forwarded')
-     ON CONFLICT (event_data_id, subscription_id) DO NOTHING";
+/// Adds the columns that link the outbox and the dead letters to their
+/// journal rows, on a state created before the journal.
+pub(super) fn migrate(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    for table in ["outbox", "dead_letter"] {
+        let has: bool = c.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM pragma_table_info('{table}') WHERE name = 'journal_id')"),
+            [],
+            |r| r.get(0),
+        )?;
+        if !has {
+            c.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN journal_id INTEGER"
+            ))?;
+        }
+    }
+    Ok(())
+}
 
-/// Journals a page's entries in its transaction: `queued` the new ones
-/// (`kept`), `skipped` those whose status is not forwarded.
-pub(super) fn record(
+/// Journals one entry in the page's transaction; returns its row number.
+pub(super) fn insert(
     tx: &Transaction<'_>,
     subscription_id: &str,
-    queued: &[&Entry],
+    e: &Entry,
+    fate: Fate,
+    now: Timestamp,
+) -> Result<i64, StoreError> {
+    let t = &e.trail;
+    let detail = (fate == Fate::Skipped).then_some("its status is not forwarded");
+    tx.prepare_cached(INSERT)
+        .ctx("preparing journal insert")?
+        .execute(params![
+            subscription_id,
+            e.event_data_id,
+            to_nanos(e.event_timestamp),
+            t.submission_timestamp.map(to_nanos),
+            to_nanos(now),
+            e.status,
+            t.resource_id,
+            t.operation,
+            t.caller,
+            t.correlation_id,
+            fate.code(),
+            detail
+        ])
+        .ctx("journaling an event")?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Journals the entries a page skipped for their status, each once: the
+/// first query of the window that sees one notes `skipped:<id>` in `seen`.
+pub(super) fn skipped(
+    tx: &Transaction<'_>,
+    subscription_id: &str,
     skipped: &[Entry],
     now: Timestamp,
 ) -> Result<(), StoreError> {
-    let now = to_nanos(now);
-    for (sql, entries, fate) in [
-        (QUEUED, queued.to_vec(), Fate::Queued),
-        (SKIPPED, skipped.iter().collect(), Fate::Skipped),
-    ] {
-        if entries.is_empty() {
-            continue;
-        }
-        let mut stmt = tx.prepare_cached(sql).ctx("preparing journal insert")?;
-        for e in entries {
-            let t = &e.trail;
-            stmt.execute(params![
+    for e in skipped {
+        let fresh = tx
+            .prepare_cached(super::INSERT_SEEN)
+            .ctx("preparing seen insert")?
+            .execute(params![
                 subscription_id,
-                e.event_data_id,
-                to_nanos(e.event_timestamp),
-                t.submission_timestamp.map(to_nanos),
-                now,
-                e.status,
-                t.resource_id,
-                t.operation,
-                t.caller,
-                t.correlation_id,
-                fate.code()
+                format!("skipped:{}", e.event_data_id),
+                to_nanos(e.event_timestamp)
             ])
-            .ctx("journaling an event")?;
+            .ctx("recording a seen id")?;
+        if fresh > 0 {
+            insert(tx, subscription_id, e, Fate::Skipped, now)?;
         }
     }
     Ok(())
@@ -104,15 +133,13 @@ pub(super) fn record(
 const DELIVERED: &str = "UPDATE journal SET fate = 1, settled_at_ns = ?3, http_status = ?2,
         attempts = o.attempts + 1, detail = o.last_error
      FROM outbox o
-     WHERE o.seq = ?1 AND journal.event_data_id = o.event_data_id
-       AND journal.subscription_id = o.subscription_id";
+     WHERE o.seq = ?1 AND journal.id = o.journal_id";
 
 /// The outbox row `?1` was rejected for `?2` at `?3`.
 const DEAD_LETTERED: &str = "UPDATE journal SET fate = 2, settled_at_ns = ?3, detail = ?2,
         attempts = o.attempts + 1
      FROM outbox o
-     WHERE o.seq = ?1 AND journal.event_data_id = o.event_data_id
-       AND journal.subscription_id = o.subscription_id";
+     WHERE o.seq = ?1 AND journal.id = o.journal_id";
 
 /// Journals a settling transaction's outcomes, before its outbox deletes.
 pub(super) fn settle(
@@ -142,9 +169,7 @@ pub(super) fn settle(
 pub(super) fn requeued(tx: &Transaction<'_>, dead_letter_seq: i64) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE journal SET fate = 0, settled_at_ns = NULL, http_status = NULL
-         FROM dead_letter d
-         WHERE d.seq = ?1 AND journal.event_data_id = d.event_data_id
-           AND journal.subscription_id = d.subscription_id",
+         WHERE id = (SELECT journal_id FROM dead_letter WHERE seq = ?1)",
         [dead_letter_seq],
     )
     .ctx("journaling a re-queued dead letter")?;
