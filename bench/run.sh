@@ -110,8 +110,8 @@ use_journal() { # DIR
     [ "$JOURNAL" = 0 ] || return 0
     printf '\n[journal]\nretention = "0"\n' >> "$1/poller.toml"
 }
-# The journal's bytes in DIR's state: SQLite's pages of the table and its
-# index (dbstat), or PostgreSQL's relation size with indexes and TOAST.
+# The journal's bytes in DIR's state: SQLite's pages of the table
+# (dbstat), or PostgreSQL's relation size with its index and TOAST.
 journal_bytes() { # DIR
     if [ "$STATE" = postgres ]; then
         "$pg_bin/psql" -qAtX -h 127.0.0.1 -p "$pg_port" -U postgres -d poller \
@@ -119,7 +119,7 @@ journal_bytes() { # DIR
     else
         python3 -c 'import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
-print(c.execute("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN (\"journal\", \"journal_by_event\")").fetchone()[0])' "$1/state.db"
+print(c.execute("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name = \"journal\"").fetchone()[0])' "$1/state.db"
     fi
 }
 # What pruning costs on DIR's full SQLite journal: the pruner's statement
