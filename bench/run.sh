@@ -8,6 +8,9 @@
 #   bench/run.sh micro                       # criterion: parse and normalize one page
 #   N=1000000 bench/run.sh backends          # the catch-up and idle runs on SQLite, then on a
 #                                            # local PostgreSQL (started here), and their ratio
+#   N=1000000 RUNS=1 SDK=0 bench/run.sh journal
+#                                            # the catch-up and idle runs with the delivery
+#                                            # journal on, then off, and its bytes per million
 #   bench/run.sh latency [catchup|burst|capacity|fairness|schedule]
 #                                            # over a WAN: bench/latency_proxy.py delays ARM and
 #                                            # the endpoint; see bench/wan.py for the settings
@@ -26,6 +29,9 @@ CONCURRENCY=${CONCURRENCY:-32}
 STATE=${STATE:-sqlite}
 # SDK=0 leaves the Python SDK out of the catch-up runs.
 SDK=${SDK:-1}
+# JOURNAL=0 turns the delivery journal off ([journal] retention = "0"), to
+# measure what it costs (`journal` runs the catch-up with it on and off).
+JOURNAL=${JOURNAL:-1}
 out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 bin=target/release
@@ -99,6 +105,48 @@ use_state() { # DIR
     grep -q "^url = \"postgres://" "$1/poller.toml"
 }
 
+# Turns DIR/poller.toml's delivery journal off when JOURNAL=0.
+use_journal() { # DIR
+    [ "$JOURNAL" = 0 ] || return 0
+    printf '\n[journal]\nretention = "0"\n' >> "$1/poller.toml"
+}
+# The journal's bytes in DIR's state: SQLite's pages of the table
+# (dbstat), or PostgreSQL's relation size with its index and TOAST.
+journal_bytes() { # DIR
+    if [ "$STATE" = postgres ]; then
+        "$pg_bin/psql" -qAtX -h 127.0.0.1 -p "$pg_port" -U postgres -d poller \
+            -c "SELECT COALESCE(pg_total_relation_size(to_regclass('journal')), 0)"
+    else
+        python3 -c 'import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+print(c.execute("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name = \"journal\"").fetchone()[0])' "$1/state.db"
+    fi
+}
+# What pruning costs on DIR's full SQLite journal: the pruner's statement
+# (store/sqlite/journal.rs) when nothing has expired, as every idle minute
+# runs it, then every row expired and pruned in its batches of 1,000.
+prune_cost() { # DIR
+    python3 - "$1/state.db" "$(load)" <<'PY' | tee -a "$out/prune.jsonl"
+import json, sqlite3, sys, time
+c = sqlite3.connect(sys.argv[1], isolation_level=None)
+rows = c.execute("SELECT count(*) FROM journal").fetchone()[0]
+sql = ("DELETE FROM journal WHERE id IN (SELECT id FROM (SELECT id, fetched_at_ns FROM journal "
+       "ORDER BY id LIMIT 1000) WHERE fetched_at_ns < ?)")
+idle = []
+for _ in range(20):
+    t = time.perf_counter(); c.execute("BEGIN"); c.execute(sql, (0,)); c.execute("COMMIT"); idle.append(time.perf_counter() - t)
+cut, batches, t0 = time.time_ns() + 10**9, 0, time.perf_counter()
+while True:
+    c.execute("BEGIN"); n = c.execute(sql, (cut,)).rowcount; c.execute("COMMIT"); batches += 1
+    if n < 1000: break
+took = time.perf_counter() - t0
+print(json.dumps({"summary": "prune", "rows": rows, "idle_statement_ms": round(sorted(idle)[len(idle) // 2] * 1000, 3),
+    "prune_all_s": round(took, 2), "batches": batches, "batch_ms": round(took / batches * 1000, 2), "load": sys.argv[2]}))
+PY
+}
+# The machine's load when a result was taken (it is shared).
+load() { cut -d' ' -f1-3 /proc/loadavg | sed 's/ /, /g'; }
+
 sdk_python() {
     if [ ! -x bench/.venv/bin/python ]; then
         python3 -m venv bench/.venv >&2
@@ -115,6 +163,8 @@ catchup() {
             --backlog-succeeded-only --page-size 200 --arm-tls --interval 1m --window 15m
         sed -i "s/^concurrency = 8$/concurrency = $CONCURRENCY/" "$dir/poller.toml"
         use_state "$dir"
+        use_journal "$dir"
+        local load0; load0=$(load)
         local start end
         start=$(date -u -d '-1 hour' +%FT%TZ); end=$(date -u +%FT%TZ)
         local poller s0 s1
@@ -135,18 +185,20 @@ for l in open(sys.argv[1]):
         delivered=$(report "$dir" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({"delivered": sum(s["delivered"] for s in r["subscriptions"]), "missing": sum(len(s["missing"]) for s in r["subscriptions"]), "duplicates": sum(s["duplicates"] for s in r["subscriptions"])}))')
         local sdk=null
         [ -n "$py" ] && sdk=$(REQUESTS_CA_BUNDLE="$dir/ca.pem" "$py" bench/sdk_list.py "$dir" 00000000-0000-4000-8000-000000000001 "$start" "$end")
-        local line="{\"run\": $run, \"state\": \"$STATE\", \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"server_cpu_s\": $server_cpu, \"poll_phase\": $poll, \"endpoint\": $delivered, \"sdk\": $sdk}"
+        local line="{\"run\": $run, \"state\": \"$STATE\", \"journal\": $JOURNAL, \"journal_bytes\": $(journal_bytes "$dir"), \"load_before\": [$load0], \"load_after\": [$(load)], \"entries\": $N, \"concurrency\": $CONCURRENCY, \"poller\": $poller, \"server_cpu_s\": $server_cpu, \"poll_phase\": $poll, \"endpoint\": $delivered, \"sdk\": $sdk}"
         echo "$line" | tee -a "$out/catchup.jsonl"
+        [ "$JOURNAL" = 1 ] && [ "$STATE" = sqlite ] && prune_cost "$dir"
         stop_emulator
         rm -rf "$dir"
     done
-    python3 - "$out/catchup.jsonl" "$STATE" <<'PY' | tee -a "$out/summary.jsonl"
+    python3 - "$out/catchup.jsonl" "$STATE" "$JOURNAL" <<'PY' | tee -a "$out/summary.jsonl"
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l).get("state", "sqlite") == sys.argv[2]]
+rows = [json.loads(l) for l in open(sys.argv[1]) if json.loads(l).get("state", "sqlite") == sys.argv[2] and json.loads(l).get("journal", 1) == int(sys.argv[3])]
 med = lambda xs: statistics.median(xs)
 p = med([r["entries"] / r["poller"]["wall_s"] for r in rows])
 pp = med([r["poll_phase"]["fetched"] / r["poll_phase"]["took_s"] for r in rows])
-summary = {"summary": "catchup", "state": sys.argv[2], "runs": len(rows),
+summary = {"summary": "catchup", "state": sys.argv[2], "journal": int(sys.argv[3]), "runs": len(rows),
+    "journal_bytes_per_million": round(med([r.get("journal_bytes", 0) * 1e6 / r["entries"] for r in rows])),
     "poller_entries_per_s": round(p), "poller_peak_rss_mib": round(med([r["poller"]["peak_rss_kib"] for r in rows]) / 1024, 1),
     "poller_cpu_s": round(med([r["poller"]["cpu_s"] for r in rows]), 1),
     "server_cpu_s": round(med([r.get("server_cpu_s", 0) for r in rows]), 1),
@@ -168,6 +220,7 @@ idle() {
     start_emulator "$dir" --subscriptions "$SUBS" --rate 0 --interval "${interval}s" --window "$((interval * 3))s"
     sed -i "s/^concurrency = 4$/concurrency = 16/" "$dir/poller.toml"
     use_state "$dir"
+    use_journal "$dir"
     (cd "$dir" && SSL_CERT_FILE="$dir/ca.pem" RUST_LOG=warn "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" 2> "$dir/poller.log") &
     local pid=$!
     # Let the first round (a probe and a poll each) pass, then measure.
@@ -181,7 +234,7 @@ idle() {
     local rss; rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid_poller/status")
     local hz; hz=$(getconf CLK_TCK)
     kill -TERM "$pid_poller"; wait "$pid" || true
-    python3 - "$t0" "$t1" "$hz" "$seconds" "$interval" "$SUBS" "$rss" "$r0" "$r1" "$STATE" "$p0" "$p1" <<'PY' | tee -a "$out/idle.jsonl"
+    python3 - "$t0" "$t1" "$hz" "$seconds" "$interval" "$SUBS" "$rss" "$r0" "$r1" "$STATE" "$p0" "$p1" "$JOURNAL" "$(load)" <<'PY' | tee -a "$out/idle.jsonl"
 import json, sys
 t0, t1, hz, secs, interval, subs, rss, r0, r1 = map(float, sys.argv[1:10])
 cpu = (t1 - t0) / hz
@@ -190,7 +243,7 @@ per_poll = cpu / polls
 # At a 60 s interval: subs * 60 polls an hour.
 cpu_per_hour = per_poll * subs * 60
 server_cpu = (float(sys.argv[12]) - float(sys.argv[11])) / hz
-print(json.dumps({"summary": "idle", "state": sys.argv[10], "subscriptions": int(subs),
+print(json.dumps({"summary": "idle", "state": sys.argv[10], "journal": int(sys.argv[13]), "load_after": sys.argv[14], "subscriptions": int(subs),
     "server_cpu_s_measured": round(server_cpu, 2), "server_core_percent_at_60s": round(server_cpu / polls * subs * 60 / 36, 3), "interval_s": interval, "measured_s": secs,
     "cpu_s_measured": round(cpu, 2), "cpu_ms_per_poll": round(per_poll * 1000, 3),
     "cpu_s_per_hour_at_60s": round(cpu_per_hour, 1), "core_percent_at_60s": round(cpu_per_hour / 36, 3),
@@ -261,12 +314,15 @@ PY
 
 case "$what" in
     catchup) catchup ;;
+    # The delivery journal's cost: the catch-up and the idle daemon with it
+    # on, then off (RUNS each), and the journal's bytes.
+    journal) JOURNAL=1 catchup; JOURNAL=0 catchup; JOURNAL=1 idle; JOURNAL=0 idle ;;
     backends) backends ;;
     latency) latency ;;
     idle) idle ;;
     overlap) overlap ;;
     micro) micro ;;
     all) catchup; idle; overlap; micro ;;
-    *) echo "usage: bench/run.sh [catchup|idle|backends|overlap|micro|latency [SCENARIO]|all]" >&2; exit 64 ;;
+    *) echo "usage: bench/run.sh [catchup|idle|backends|journal|overlap|micro|latency [SCENARIO]|all]" >&2; exit 64 ;;
 esac
 echo "results: $out" >&2

@@ -199,7 +199,10 @@ impl App {
     pub async fn build_with(config: Config, health: Arc<Health>) -> Result<App, StartError> {
         refuse_handler_conflicts(&config)?;
         let instance = crate::store::Instance::new();
-        let store = Store::open(&config.state, &instance).await?;
+        let mut store = Store::open(&config.state, &instance).await?;
+        store
+            .start_journal(config.journal.retention.is_some())
+            .await?;
         let http = http_client()?;
         let budget = read_budget(&config);
         let reads = ReadLimit::new(config.azure.concurrency);

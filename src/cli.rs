@@ -109,6 +109,51 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Did Guardrails get it? Find events in the delivery journal and print
+    /// each one's story: fetched when, then delivered (when, HTTP status,
+    /// attempts), dead-lettered (why), skipped (its status is not forwarded)
+    /// or still queued. One line each, or --json (one object a line). Says
+    /// so when the journal does not hold the time asked about. Safe next to
+    /// a running daemon.
+    #[command(
+        after_help = "Examples:\n  azure-activity-poller trace --config poller.toml --event 3b3b6e5c-0000-4a7f-9d3e-1d2c3b4a5f60\n  azure-activity-poller trace --config poller.toml --resource /subscriptions/SUB/resourceGroups/rg1/providers/Microsoft.Storage/storageAccounts/x --since 2h\n  azure-activity-poller trace --config poller.toml --correlation 6c1d... --json | jq .story",
+        group(clap::ArgGroup::new("what").required(true).multiple(true)
+            .args(["event", "resource", "correlation", "caller", "operation", "since", "until"]))
+    )]
+    Trace {
+        /// The configuration file (for the state).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: PathBuf,
+        /// An eventDataId.
+        #[arg(long, value_name = "EVENT_DATA_ID")]
+        event: Option<String>,
+        /// A resource id, or the start of one (any case): a resource group
+        /// finds every resource in it.
+        #[arg(long, value_name = "RESOURCE_ID")]
+        resource: Option<String>,
+        /// A correlation id: every entry of one operation (Started, Succeeded, ...).
+        #[arg(long, value_name = "ID")]
+        correlation: Option<String>,
+        /// Who made the change (any case).
+        #[arg(long, value_name = "CALLER")]
+        caller: Option<String>,
+        /// An operation name, as `Microsoft.Storage/storageAccounts/write` (any case).
+        #[arg(long, value_name = "NAME")]
+        operation: Option<String>,
+        /// Events from this eventTimestamp: a duration back from now ("2h",
+        /// "3days") or an RFC 3339 time.
+        #[arg(long, value_name = "DURATION|RFC3339")]
+        since: Option<String>,
+        /// Events up to this eventTimestamp, as --since.
+        #[arg(long, value_name = "DURATION|RFC3339")]
+        until: Option<String>,
+        /// At most this many events (oldest first).
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: u32,
+        /// One JSON object a line instead of text; notes go to stderr.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and act on events the endpoint rejected, or entries the poller
     /// could not identify.
     #[command(

@@ -76,6 +76,49 @@ pub fn run(cli: Cli, screen: Option<Screen>) -> ExitCode {
         },
         Some(Command::Status { config, json }) => status(&config, json),
         Some(Command::DeadLetters { action }) => dead_letters(action),
+        Some(Command::Trace {
+            config,
+            event,
+            resource,
+            correlation,
+            caller,
+            operation,
+            since,
+            until,
+            limit,
+            json,
+        }) => {
+            let now = Utc::now();
+            let instant = |s: Option<String>, what: &str| match s {
+                None => Ok(None),
+                Some(s) => crate::trace::parse_instant(&s, now)
+                    .map(Some)
+                    .ok_or_else(|| {
+                        format!("{what} {s:?}: neither a duration (\"2h\") nor an RFC 3339 time")
+                    }),
+            };
+            let range = instant(since, "--since").and_then(|s| Ok((s, instant(until, "--until")?)));
+            match range {
+                Ok((since, until)) => trace(
+                    &config,
+                    crate::store::journal::TraceQuery {
+                        event,
+                        resource,
+                        correlation,
+                        caller,
+                        operation,
+                        since,
+                        until,
+                        limit: i64::from(limit),
+                    },
+                    json,
+                ),
+                Err(e) => {
+                    eprintln!("azure-activity-poller: trace: {e}");
+                    ExitCode::from(exit::USAGE)
+                }
+            }
+        }
         Some(Command::State { action }) => state(action),
         None => match &cli.run.config {
             Some(path) => run_poller(path, &cli.run, screen),
@@ -234,6 +277,45 @@ fn status(config: &Path, json: bool) -> ExitCode {
         }
         Ok(status) => {
             print!("{}", crate::status::render_table(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => status_exit(&e),
+    }
+}
+
+fn trace(config: &Path, q: crate::store::journal::TraceQuery, json: bool) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let limit = q.limit;
+    match rt.block_on(crate::trace::run(config, q)) {
+        Ok(found) => {
+            for e in &found.events {
+                if json {
+                    match serde_json::to_string(&crate::trace::TraceLine::of(e)) {
+                        Ok(line) => println!("{line}"),
+                        Err(e) => eprintln!("azure-activity-poller: {e}"),
+                    }
+                } else {
+                    println!("{}", crate::trace::render_line(e));
+                }
+            }
+            let mut notes = found.notes;
+            if found.truncated {
+                notes.push(format!(
+                    "more than {limit} events match: narrow the search or raise --limit"
+                ));
+            }
+            for n in notes {
+                // The answer itself when nothing matched; for scripts
+                // reading JSON, a remark on stderr.
+                if json {
+                    eprintln!("azure-activity-poller: {n}");
+                } else {
+                    println!("{n}");
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => status_exit(&e),
@@ -418,7 +500,13 @@ async fn once(
         return fail(&e.into());
     }
     let drawing = screen.and_then(|s| app.progress.show(&s, &app.config.subscriptions));
+    let (store, retention) = (app.store.clone(), app.config.journal.retention);
     let summary = scheduler::run_once(app, since, args.give_up_after).await;
+    // A `--once` deployment (a timer) has no background task to prune the
+    // journal: each run does a pass at its end.
+    if let Err(e) = crate::journal::prune(&store, retention, None).await {
+        tracing::warn!(error = %e, "cannot prune the delivery journal; the next run tries again");
+    }
     // The bars' last state before the closing lines, which are not drawn
     // through them.
     if let Some(d) = drawing {

@@ -78,6 +78,17 @@ fn start_summary(app: &App) -> Summarizing {
     Summarizing { stop, task }
 }
 
+/// The delivery journal's pruning (`journal.rs`): like the summary, a
+/// background task told when to stop.
+type Pruning = Summarizing;
+
+fn start_pruning(app: &App) -> Pruning {
+    let (stop, rx) = watch::channel(false);
+    let (store, retention) = (app.store.clone(), app.config.journal.retention);
+    let task = tokio::spawn(crate::journal::run(store, retention, rx));
+    Pruning { stop, task }
+}
+
 fn start_forwarder(app: &Arc<App>) -> Forwarding {
     // Published from the start, not only when it moves (for the rules).
     crate::metrics::concurrency_limit(app.forwarder.concurrency_limit());
@@ -325,6 +336,9 @@ fn warn_restart_only(oc: &Config, nc: &Config) {
     if oc.telemetry_listen != nc.telemetry_listen {
         tracing::warn!("[telemetry] listen changes only on restart");
     }
+    if oc.journal != nc.journal {
+        tracing::warn!("[journal] retention changes only on restart");
+    }
 }
 
 /// Whether credential `name` differs between two configurations (or is
@@ -421,12 +435,17 @@ pub async fn run(
     sup.restart_detection(false);
     let mut forwarding = start_forwarder(&app);
     let summarizing = start_summary(&app);
+    let pruning = start_pruning(&app);
     notify::ready(&sup.status_line());
     let failed = sup
         .supervise(&path, &keeper, &mut forwarding, signals)
         .await;
     notify::stopping();
     sup.stop_detection();
+    // A batch cut short rolls back, and the next start prunes it again:
+    // nothing to wait for.
+    let _ = pruning.stop.send(true);
+    pruning.task.abort();
     if let Some(e) = &failed {
         tracing::error!(error = %e, "delivery cannot continue; stopping");
     }

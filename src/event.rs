@@ -69,8 +69,22 @@ pub struct Entry {
     pub event_timestamp: Timestamp,
     /// `status.value`, when present.
     pub status: Option<String>,
+    /// What the delivery journal keeps of it besides id, time and status.
+    pub trail: Trail,
     /// The entry exactly as received.
     pub raw: Box<RawValue>,
+}
+
+/// The fields of an entry the delivery journal keeps to find it again
+/// (`trace`): read with the id, timestamp and status in the same pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trail {
+    pub submission_timestamp: Option<Timestamp>,
+    pub resource_id: Option<String>,
+    /// `operationName.value`.
+    pub operation: Option<String>,
+    pub caller: Option<String>,
+    pub correlation_id: Option<String>,
 }
 
 impl Entry {
@@ -85,6 +99,7 @@ impl PartialEq for Entry {
         self.event_data_id == other.event_data_id
             && self.event_timestamp == other.event_timestamp
             && self.status == other.status
+            && self.trail == other.trail
             && self.raw.get() == other.raw.get()
     }
 }
@@ -168,6 +183,16 @@ struct Probe<'a> {
     status: Option<&'a RawValue>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
+    #[serde(rename = "submissionTimestamp", borrow, default)]
+    submission_timestamp: Option<&'a RawValue>,
+    #[serde(rename = "resourceId", borrow, default)]
+    resource_id: Option<&'a RawValue>,
+    #[serde(rename = "operationName", borrow, default)]
+    operation_name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    caller: Option<&'a RawValue>,
+    #[serde(rename = "correlationId", borrow, default)]
+    correlation_id: Option<&'a RawValue>,
 }
 
 impl Page {
@@ -229,7 +254,7 @@ impl Item {
 
     /// Classifies one entry from its text, which must be a JSON object.
     pub fn from_raw(raw: Box<RawValue>) -> Item {
-        let (id, ts_raw, status) = match serde_json::from_str::<Probe<'_>>(raw.get()) {
+        let (id, ts_raw, status, trail) = match serde_json::from_str::<Probe<'_>>(raw.get()) {
             Ok(p) => (
                 string(p.event_data_id)
                     .map(|s| s.trim().to_string())
@@ -238,6 +263,15 @@ impl Item {
                 p.event_timestamp
                     .map(|t| (string(Some(t)), t.get().to_string())),
                 localizable_raw(p.status),
+                Trail {
+                    submission_timestamp: string(p.submission_timestamp)
+                        .as_deref()
+                        .and_then(parse_timestamp),
+                    resource_id: string(p.resource_id),
+                    operation: localizable_raw(p.operation_name),
+                    caller: string(p.caller),
+                    correlation_id: string(p.correlation_id),
+                },
             ),
             // Duplicate keys and the like: read it the slow way (last key wins).
             Err(_) => {
@@ -252,6 +286,15 @@ impl Item {
                         .get("eventTimestamp")
                         .map(|t| (t.as_str().map(str::to_string), t.to_string())),
                     localizable(fields.get("status")).map(str::to_string),
+                    Trail {
+                        submission_timestamp: get("submissionTimestamp")
+                            .as_deref()
+                            .and_then(parse_timestamp),
+                        resource_id: get("resourceId"),
+                        operation: localizable(fields.get("operationName")).map(str::to_string),
+                        caller: get("caller"),
+                        correlation_id: get("correlationId"),
+                    },
                 )
             }
         };
@@ -264,6 +307,7 @@ impl Item {
                 event_data_id,
                 event_timestamp: to_ticks(event_timestamp),
                 status,
+                trail,
                 raw,
             }),
             (id, _) => {

@@ -63,7 +63,8 @@ pub const REPLY_LIMIT: Limit = Limit::kib(64);
 /// The outcome of one POST.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
-    Acked,
+    /// A 2xx, with its status (for the journal).
+    Acked(u16),
     /// Rejected for good: dead-letter it.
     Rejected(String),
     /// Try again later; the endpoint may have said when.
@@ -172,9 +173,13 @@ pub struct Forwarder {
 /// the write failed are completed and their outcomes held the same way.
 #[derive(Debug, Default)]
 struct Unwritten {
-    acks: Vec<(i64, String)>,
+    acks: Vec<Accepted>,
     rejects: Vec<(i64, String)>,
 }
+
+/// An event the endpoint accepted: its outbox sequence number, the HTTP
+/// status (for the journal) and its subscription.
+type Accepted = (i64, u16, String);
 
 /// The smallest outbox read, so that a low limit does not mean tiny reads.
 const MIN_BATCH: usize = 32;
@@ -261,7 +266,7 @@ impl Forwarder {
         let status = resp.status();
         let after = retry_after(resp.headers());
         let outcome = if status.is_success() {
-            Delivery::Acked
+            Delivery::Acked(status.as_u16())
         } else {
             answer(status, after)
         };
@@ -366,7 +371,7 @@ impl Forwarder {
         skip.extend(self.waiting());
         {
             let held = self.lock_unwritten();
-            skip.extend(held.acks.iter().map(|(seq, _)| *seq));
+            skip.extend(held.acks.iter().map(|(seq, _, _)| *seq));
             skip.extend(held.rejects.iter().map(|(seq, _)| *seq));
         }
         let want = (limit * 2).max(MIN_BATCH);
@@ -436,7 +441,7 @@ impl Forwarder {
         let mut failures = Vec::new();
         for (ev, outcome) in done {
             match outcome {
-                Delivery::Acked => acks.push(ev.seq),
+                Delivery::Acked(status) => acks.push((ev.seq, *status)),
                 Delivery::Rejected(reason) => {
                     tracing::error!(
                         subscription_id = %ev.subscription_id,
@@ -462,10 +467,12 @@ impl Forwarder {
                 }
             }
         }
-        let accepted: Vec<(i64, String)> = done
+        let accepted: Vec<Accepted> = done
             .iter()
-            .filter(|(_, o)| *o == Delivery::Acked)
-            .map(|(ev, _)| (ev.seq, ev.subscription_id.clone()))
+            .filter_map(|(ev, o)| match o {
+                Delivery::Acked(status) => Some((ev.seq, *status, ev.subscription_id.clone())),
+                _ => None,
+            })
             .collect();
         let any_acked = !accepted.is_empty();
         round.acked += accepted.len();
@@ -501,7 +508,7 @@ impl Forwarder {
             }
             (held.acks.clone(), held.rejects.clone())
         };
-        let seqs = acks.iter().map(|(seq, _)| *seq).collect();
+        let seqs = acks.iter().map(|(seq, status, _)| (*seq, *status)).collect();
         self.store.settle(seqs, rejects, Vec::new()).await?;
         *self.lock_unwritten() = Unwritten::default();
         self.count_delivered(&acks);
@@ -509,8 +516,8 @@ impl Forwarder {
     }
 
     /// Counts events whose delivery is written, by subscription.
-    fn count_delivered(&self, acks: &[(i64, String)]) {
-        for (_, sub) in acks {
+    fn count_delivered(&self, acks: &[Accepted]) {
+        for (_, _, sub) in acks {
             self.delivered.add(sub);
             self.progress.delivered(sub);
             crate::metrics::delivered(sub);

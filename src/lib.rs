@@ -22,6 +22,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod import;
+pub mod journal;
 pub mod lease;
 pub mod metrics;
 pub mod notify;
@@ -35,6 +36,7 @@ pub mod status;
 pub mod store;
 pub mod summary;
 pub mod telemetry;
+pub mod trace;
 
 /// `text` followed by the causes of an error (its `source()` chain, from
 /// `first`), `: `-joined, skipping a cause `text` already holds. Clients

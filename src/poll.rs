@@ -350,7 +350,7 @@ impl Poller {
             Item::Malformed(_) => None,
         }));
         let fetched_count = fetched.page.items.len();
-        let (entries, malformed) = keep(sub, fetched.page.items, q.end, &mut q.report);
+        let (entries, skipped, malformed) = keep(sub, fetched.page.items, q.end, &mut q.report);
         let next = match &fetched.page.next_link {
             Some(link) => Some(self.client.next_page(link)?),
             None => None,
@@ -365,7 +365,7 @@ impl Poller {
         });
         let rec = self
             .store
-            .record_page(sub.id.as_str(), entries, malformed, advance)
+            .record_page(sub.id.as_str(), entries, skipped, malformed, advance)
             .await?;
         q.report.count_recorded(&rec);
         self.progress
@@ -479,14 +479,16 @@ impl Query {
 }
 
 /// The items of one page that `sub` keeps (by status): entries to record,
-/// and malformed ones to quarantine, stamped with the query's `end`.
+/// and malformed ones to quarantine, stamped with the query's `end`; and
+/// the entries it skips for their status, for the journal.
 fn keep(
     sub: &SubscriptionConfig,
     items: Vec<Item>,
     end: Timestamp,
     report: &mut PollReport,
-) -> (Vec<Entry>, Vec<(Malformed, Timestamp)>) {
+) -> (Vec<Entry>, Vec<Entry>, Vec<(Malformed, Timestamp)>) {
     let mut entries: Vec<Entry> = Vec::new();
+    let mut skipped: Vec<Entry> = Vec::new();
     let mut malformed: Vec<(Malformed, Timestamp)> = Vec::new();
     for item in items {
         report.fetched += 1;
@@ -494,6 +496,9 @@ fn keep(
         let kept = item.status().is_none_or(|s| sub.keeps(s));
         if !kept {
             report.skipped_status += 1;
+            if let Item::Entry(e) = item {
+                skipped.push(e);
+            }
             continue;
         }
         report.kept += 1;
@@ -511,7 +516,7 @@ fn keep(
             }
         }
     }
-    (entries, malformed)
+    (entries, skipped, malformed)
 }
 
 /// `sub`'s look-back window, as a span of time to do sums with.

@@ -1031,3 +1031,34 @@ fn an_ha_lease_out_of_range_is_reported() {
         run.context()
     );
 }
+
+// --------------------------------------------------------- [journal] ----
+
+#[test]
+fn a_journal_retention_of_a_duration_or_zero_is_valid() {
+    for value in ["\"14d\"", "\"0\""] {
+        let text = format!("{BASE}\n[journal]\nretention = {value}\n");
+        check(&text).assert_valid();
+    }
+}
+
+#[test]
+fn a_journal_retention_out_of_range_or_unreadable_is_reported() {
+    let short = format!("{BASE}\n[journal]\nretention = \"10s\"\n");
+    let at = locate(&short, "\"10s\"");
+    check(&short).assert_problem(
+        at,
+        &["[journal] retention must be \"0\" (off) or between 1m and 366d"],
+    );
+    let bad = format!("{BASE}\n[journal]\nretention = \"a week\"\n");
+    let at = locate(&bad, "\"a week\"");
+    check(&bad).assert_problem(at, &["[journal] retention: cannot parse \"a week\""]);
+    let unknown = format!("{BASE}\n[journal]\nkeep = \"7d\"\n");
+    let run = check(&unknown);
+    assert_eq!(run.code, Some(CONFIG_EXIT), "{}", run.context());
+    assert!(
+        run.stderr.contains("unknown field `keep`"),
+        "{}",
+        run.context()
+    );
+}

@@ -13,7 +13,7 @@
 //! `Azure`), its validation and its resolved form (`AzureConfig`): `state.rs`,
 //! `ha.rs`, `azure.rs`, `credentials.rs`, `guardrails.rs` (and
 //! `guardrails_api.rs`), `subscriptions.rs` (`[defaults]` too),
-//! `telemetry.rs`, `detection.rs`. What they share: `check.rs` (the problem
+//! `telemetry.rs`, `detection.rs`, `journal.rs`. What they share: `check.rs` (the problem
 //! collector, the file read a section at a time), `secret.rs` (secrets from
 //! a file, the environment or inline), `permissions.rs` (who can read the
 //! files), `env.rs`. Imports run from this file to the sections and from the
@@ -27,6 +27,7 @@ mod env;
 mod guardrails;
 mod guardrails_api;
 mod ha;
+mod journal;
 mod permissions;
 mod secret;
 mod state;
@@ -47,6 +48,7 @@ pub use env::{Env, ProcessEnv};
 pub use guardrails::{DeliveryConcurrency, Format, GuardrailsConfig, IngestUrl};
 pub use guardrails_api::GuardrailsApiConfig;
 pub use ha::HaConfig;
+pub use journal::{DEFAULT_JOURNAL_RETENTION, JournalConfig};
 pub use permissions::service_readability;
 pub(crate) use state::DatabaseTls;
 pub use state::{DatabaseUrl, StateConfig};
@@ -99,6 +101,8 @@ pub struct Config {
     /// `[telemetry] listen`: where /metrics, /healthz and /readyz are served.
     pub telemetry_listen: Option<std::net::SocketAddr>,
     pub detection: DetectionConfig,
+    /// `[journal]`: the delivery journal `trace` reads.
+    pub journal: JournalConfig,
     /// Things worth a warning, not an error: files with secrets that other
     /// users can read.
     pub warnings: Vec<String>,
@@ -119,6 +123,7 @@ struct File {
     telemetry: Option<telemetry::Telemetry>,
     detection: Option<detection::Detection>,
     ha: Option<ha::Ha>,
+    journal: Option<journal::Journal>,
 }
 
 impl Pieces for File {
@@ -132,6 +137,7 @@ impl Pieces for File {
         self.telemetry = part.telemetry.or(self.telemetry.take());
         self.detection = part.detection.or(self.detection.take());
         self.ha = part.ha.or(self.ha.take());
+        self.journal = part.journal.or(self.journal.take());
     }
 }
 
@@ -227,6 +233,7 @@ fn validate(
     );
     let telemetry_listen = telemetry::validate(file.telemetry.as_ref(), ck);
     let detection = detection::validate(file.detection.as_ref(), ck);
+    let journal = journal::validate(file.journal.as_ref(), ck);
     Some(Config {
         path: path.to_path_buf(),
         state: state?,
@@ -237,6 +244,7 @@ fn validate(
         subscriptions,
         telemetry_listen,
         detection: detection?,
+        journal: journal?,
         warnings: Vec::new(),
     })
 }

@@ -87,7 +87,13 @@ impl Poller {
                     prune_before: watermark - window,
                 };
                 self.store
-                    .record_page(sub.id.as_str(), Vec::new(), Vec::new(), Some(advance))
+                    .record_page(
+                        sub.id.as_str(),
+                        Vec::new(),
+                        Vec::new(),
+                        Vec::new(),
+                        Some(advance),
+                    )
                     .await?;
             }
         }

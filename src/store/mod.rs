@@ -16,9 +16,12 @@
 //!   move state another instance now owns.
 //!
 //! Either way, a page's new events and its watermark move commit together,
-//! and an outbox row is deleted only after the endpoint's 2xx.
+//! and an outbox row is deleted only after the endpoint's 2xx. Both
+//! transactions also write the delivery journal (`journal.rs`), what
+//! `trace` reads.
 
 pub mod copy;
+pub mod journal;
 pub mod postgres;
 pub mod sqlite;
 
@@ -299,6 +302,8 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     held: Held,
+    /// Pages and deliveries are journaled (`[journal] retention` not 0).
+    journal: bool,
 }
 
 /// Runs a closure on the SQLite store on the blocking pool, so that disk
@@ -330,7 +335,11 @@ impl Store {
                 Backend::Postgres(PgStore::open(url, me, held.clone(), true).await?)
             }
         };
-        Ok(Store { backend, held })
+        Ok(Store {
+            backend,
+            held,
+            journal: false,
+        })
     }
 
     /// Opens an existing store without creating or migrating anything, for
@@ -350,7 +359,50 @@ impl Store {
                 Backend::Postgres(PgStore::open(url, &Instance::new(), held.clone(), false).await?)
             }
         };
-        Ok(Store { backend, held })
+        Ok(Store {
+            backend,
+            held,
+            journal: false,
+        })
+    }
+
+    /// Turns the delivery journal on or off for this process, and notes the
+    /// start in the state (`journal_span`), so that `trace` knows since
+    /// when the journal holds everything.
+    pub async fn start_journal(&mut self, on: bool) -> Result<(), StoreError> {
+        let now = chrono::Utc::now();
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.start_journal(on, now)).await?,
+            Backend::Postgres(p) => p.start_journal(on, now).await?,
+        }
+        self.journal = on;
+        Ok(())
+    }
+
+    /// One pruning batch: up to [`journal::PRUNE_BATCH`] of the oldest
+    /// journal rows fetched before `before`; returns how many went.
+    pub async fn prune_journal(&self, before: Timestamp) -> Result<usize, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.prune_journal(before)).await,
+            Backend::Postgres(p) => p.prune_journal(before).await,
+        }
+    }
+
+    /// Since when the journal holds everything; `None` on a state no daemon
+    /// with a journal ran on (nothing is created here).
+    pub async fn journal_span(&self) -> Result<Option<journal::JournalSpan>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, |s| s.journal_span()).await,
+            Backend::Postgres(p) => p.journal_span().await,
+        }
+    }
+
+    /// The journaled events matching `q`, oldest first (none without a journal).
+    pub async fn trace(&self, q: journal::TraceQuery) -> Result<Vec<journal::Story>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(s) => blocking(s, move |s| s.trace(&q)).await,
+            Backend::Postgres(p) => p.trace(&q).await,
+        }
     }
 
     /// Where the state lives, printable (a database URL's password redacted).
@@ -400,24 +452,35 @@ impl Store {
     /// with `advance`, moves the watermark and prunes seen ids in the same one.
     /// On shared state the transaction first checks that this instance still
     /// holds the subscription's lease ([`StoreError::LeaseLost`] if not).
+    /// With the journal on, the new entries are journaled `queued` and the
+    /// `skipped` ones (status not forwarded) `skipped`, in that transaction.
     pub async fn record_page(
         &self,
         subscription_id: &str,
         entries: Vec<Entry>,
+        skipped: Vec<Entry>,
         malformed: Vec<(Malformed, Timestamp)>,
         advance: Option<Advance>,
     ) -> Result<Recorded, StoreError> {
+        let journal = self.journal;
         match &self.backend {
             Backend::Sqlite(s) => {
                 let id = subscription_id.to_string();
                 blocking(s, move |s| {
-                    s.record_page(&id, &entries, &malformed, advance)
+                    s.record_page(&id, &entries, &skipped, &malformed, advance, journal)
                 })
                 .await
             }
             Backend::Postgres(p) => {
-                p.record_page(subscription_id, &entries, &malformed, advance)
-                    .await
+                p.record_page(
+                    subscription_id,
+                    &entries,
+                    &skipped,
+                    &malformed,
+                    advance,
+                    journal,
+                )
+                .await
             }
         }
     }
@@ -499,15 +562,19 @@ impl Store {
     /// forgotten, rejected ones become dead letters, failed ones count an
     /// attempt. On shared state, rows of subscriptions whose lease this
     /// instance lost are left alone (their new holder delivers them).
+    /// `acks` carry the endpoint's HTTP status, for the journal.
     pub async fn settle(
         &self,
-        acks: Vec<i64>,
+        acks: Vec<(i64, u16)>,
         rejects: Vec<(i64, String)>,
         failures: Vec<(i64, String)>,
     ) -> Result<(), StoreError> {
+        let journal = self.journal;
         match &self.backend {
-            Backend::Sqlite(s) => blocking(s, move |s| s.settle(&acks, &rejects, &failures)).await,
-            Backend::Postgres(p) => p.settle(&acks, &rejects, &failures).await,
+            Backend::Sqlite(s) => {
+                blocking(s, move |s| s.settle(&acks, &rejects, &failures, journal)).await
+            }
+            Backend::Postgres(p) => p.settle(&acks, &rejects, &failures, journal).await,
         }
     }
 

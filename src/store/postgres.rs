@@ -37,6 +37,7 @@ use super::{
 use crate::config::{DatabaseTls, DatabaseUrl};
 use crate::event::{Entry, Malformed, Timestamp, from_nanos, to_nanos};
 
+mod journal;
 mod lease;
 
 /// The schema this build reads and writes (the `schema_version` table).
@@ -323,6 +324,9 @@ impl PgStore {
             });
         }
         tx.batch_execute(SCHEMA).await.ctx("creating the schema")?;
+        tx.batch_execute(journal::SCHEMA)
+            .await
+            .ctx("creating the schema")?;
         if found != Some(PG_SCHEMA_VERSION) {
             tx.execute("DELETE FROM schema_version", &[])
                 .await
@@ -477,12 +481,16 @@ impl PgStore {
         Ok(held)
     }
 
+    /// With `journal`, the new entries and the `skipped` ones are journaled
+    /// in the page's transaction too.
     pub async fn record_page(
         &self,
         subscription_id: &str,
         entries: &[Entry],
+        skipped: &[Entry],
         malformed: &[(Malformed, Timestamp)],
         advance: Option<Advance>,
+        journal: bool,
     ) -> Result<Recorded, StoreError> {
         // A page may name an id twice: the first is the one recorded.
         let mut unique: Vec<&Entry> = Vec::with_capacity(entries.len());
@@ -496,7 +504,9 @@ impl PgStore {
         let times: Vec<i64> = unique.iter().map(|e| to_nanos(e.event_timestamp)).collect();
         let bodies: Vec<&str> = unique.iter().map(|e| e.raw.get()).collect();
         let (ids, times, bodies) = (&ids, &times, &bodies);
-        if entries.is_empty() && malformed.is_empty() {
+        let skipped = if journal { skipped } else { &[] };
+        let unique = &unique;
+        if entries.is_empty() && malformed.is_empty() && skipped.is_empty() {
             return self.record_empty_page(subscription_id, advance).await;
         }
         self.retrying(move || async move {
@@ -506,23 +516,31 @@ impl PgStore {
             if self.fence(&tx, std::slice::from_ref(&sub)).await?.is_empty() {
                 return Err(StoreError::LeaseLost { subscription: sub });
             }
-            let new = tx
-                .execute(
-                    "WITH page AS (
-                         SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[]) AS p(id, ts, entry)),
-                     fresh AS (
-                         INSERT INTO seen (subscription_id, event_data_id, event_ts_ns)
-                         SELECT $1, id, ts FROM page
-                         ON CONFLICT DO NOTHING
-                         RETURNING event_data_id)
-                     INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
-                     SELECT $1, page.id, page.ts, page.entry FROM page JOIN fresh ON fresh.event_data_id = page.id
-                     ORDER BY page.ts",
-                    &[&subscription_id, ids, times, bodies],
-                )
-                .await
-                .ctx("queueing events")?;
-            let new = usize::try_from(new).unwrap_or(usize::MAX);
+            let now = chrono::Utc::now();
+            let new = if journal {
+                journal::queue(&tx, subscription_id, unique, now).await?
+            } else {
+                let n = tx
+                    .execute(
+                        "WITH page AS (
+                             SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[]) AS p(id, ts, entry)),
+                         fresh AS (
+                             INSERT INTO seen (subscription_id, event_data_id, event_ts_ns)
+                             SELECT $1, id, ts FROM page
+                             ON CONFLICT DO NOTHING
+                             RETURNING event_data_id)
+                         INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                         SELECT $1, page.id, page.ts, page.entry FROM page JOIN fresh ON fresh.event_data_id = page.id
+                         ORDER BY page.ts",
+                        &[&subscription_id, ids, times, bodies],
+                    )
+                    .await
+                    .ctx("queueing events")?;
+                usize::try_from(n).unwrap_or(usize::MAX)
+            };
+            if journal {
+                journal::skipped(&tx, subscription_id, skipped, now).await?;
+            }
             let rec = Recorded {
                 new,
                 duplicate: entries.len() - new.min(entries.len()),
@@ -732,17 +750,24 @@ impl PgStore {
         super::round_robin(subs, limit, after, read).await
     }
 
+    /// With `journal`, the outcomes are journaled in the same transaction
+    /// (`acks` carry the endpoint's HTTP status).
     pub async fn settle(
         &self,
-        acks: &[i64],
+        acks: &[(i64, u16)],
         rejects: &[(i64, String)],
         failures: &[(i64, String)],
+        journal: bool,
     ) -> Result<(), StoreError> {
         let reject_seqs: Vec<i64> = rejects.iter().map(|(s, _)| *s).collect();
         let reject_reasons: Vec<&str> = rejects.iter().map(|(_, r)| r.as_str()).collect();
         let fail_seqs: Vec<i64> = failures.iter().map(|(s, _)| *s).collect();
         let fail_reasons: Vec<&str> = failures.iter().map(|(_, r)| r.as_str()).collect();
-        let removed: Vec<i64> = acks.iter().chain(&reject_seqs).copied().collect();
+        let removed: Vec<i64> = acks
+            .iter()
+            .map(|(s, _)| *s)
+            .chain(reject_seqs.iter().copied())
+            .collect();
         let (reject_seqs, reject_reasons, fail_seqs, fail_reasons, removed) = (
             &reject_seqs,
             &reject_reasons,
@@ -770,6 +795,10 @@ impl PgStore {
             // by the new holder (it is late when the state database was out
             // while the endpoint answered, and the lease moved meanwhile).
             self.fence(&tx, &subs).await?;
+            if journal {
+                journal::settle(&tx, acks, (reject_seqs, reject_reasons), &subs, &self.me.id)
+                    .await?;
+            }
             tx.execute(
                 "UPDATE outbox SET attempts = attempts + 1, last_error = f.reason
                  FROM unnest($1::bigint[], $2::text[]) AS f(seq, reason) WHERE outbox.seq = f.seq",
@@ -778,8 +807,8 @@ impl PgStore {
             .await
             .ctx("noting a failed delivery")?;
             tx.execute(
-                "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
-                 SELECT o.subscription_id, o.event_data_id, o.event_ts_ns, o.entry, r.reason, $3
+                "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns, journal_id)
+                 SELECT o.subscription_id, o.event_data_id, o.event_ts_ns, o.entry, r.reason, $3, o.journal_id
                  FROM unnest($1::bigint[], $2::text[]) AS r(seq, reason) JOIN outbox o ON o.seq = r.seq
                  ORDER BY r.seq",
                 &[reject_seqs, reject_reasons, &to_nanos(chrono::Utc::now())],
@@ -795,15 +824,24 @@ impl PgStore {
     }
 
     pub async fn retry_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
+        // On a state with a journal, its rows say `queued` again in the same
+        // statement (every part of it sees the dead letters before the delete).
+        let (requeued, link) = if self.journal_span().await?.is_some() {
+            (journal::REQUEUED, ", journal_id")
+        } else {
+            ("", "")
+        };
         let n = self
             .execute(
                 "re-queueing dead letters",
-                "WITH moved AS (
-                     DELETE FROM dead_letter WHERE $1::bigint[] IS NULL OR seq = ANY($1)
-                     RETURNING seq, subscription_id, event_data_id, event_ts_ns, failed_at_ns, entry)
-                 INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
-                 SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
-                 FROM moved ORDER BY seq",
+                &format!(
+                    "WITH {requeued}moved AS (
+                         DELETE FROM dead_letter WHERE $1::bigint[] IS NULL OR seq = ANY($1)
+                         RETURNING seq, subscription_id, event_data_id, event_ts_ns, failed_at_ns, entry{link})
+                     INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry{link})
+                     SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry{link}
+                     FROM moved ORDER BY seq"
+                ),
                 &[&seqs],
             )
             .await?;

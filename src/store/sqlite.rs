@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::journal::{Fate, JournalSpan, Story, TraceQuery};
 use super::{
     Advance, Cursor, DeadLetter, DetectionNote, OutboxEvent, ReadLimitNote, Recorded,
     SCHEMA_VERSION, StoreError, SubscriptionState,
@@ -173,6 +174,8 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(not_db)?;
         conn.execute_batch(SCHEMA).map_err(not_db)?;
+        conn.execute_batch(journal::SCHEMA).map_err(not_db)?;
+        journal::migrate(&conn).map_err(not_db)?;
         if version < SCHEMA_VERSION {
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(not_db)?;
@@ -238,16 +241,24 @@ impl SqliteStore {
     /// with `advance`, moves the watermark and prunes seen ids in the same one.
     /// One page in one transaction: its new entries queued, its malformed
     /// ones quarantined, and (the last page of a window) the watermark moved.
+    /// With `journal`, the new entries and the `skipped` ones (status not
+    /// forwarded) are journaled in it too.
     pub fn record_page(
         &self,
         subscription_id: &str,
         entries: &[Entry],
+        skipped: &[Entry],
         malformed: &[(Malformed, Timestamp)],
         advance: Option<Advance>,
+        journal: bool,
     ) -> Result<Recorded, StoreError> {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
-            let mut rec = queue(&tx, subscription_id, entries)?;
+            let now = journal.then(chrono::Utc::now);
+            let mut rec = queue(&tx, subscription_id, entries, now)?;
+            if let Some(now) = now {
+                journal::skipped(&tx, subscription_id, skipped, now)?;
+            }
             rec.quarantined = quarantine(&tx, subscription_id, malformed)?;
             if let Some(a) = advance {
                 move_watermark(&tx, subscription_id, a)?;
@@ -367,19 +378,25 @@ impl SqliteStore {
 
     /// Records delivery outcomes in one transaction: acknowledged events are
     /// forgotten, rejected ones become dead letters, failed ones count an attempt.
+    /// With `journal`, the outcomes are journaled in it too (`acks` carry
+    /// the endpoint's HTTP status).
     pub fn settle(
         &self,
-        acks: &[i64],
+        acks: &[(i64, u16)],
         rejects: &[(i64, String)],
         failures: &[(i64, String)],
+        journal: bool,
     ) -> Result<(), StoreError> {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
+            if journal {
+                journal::settle(&tx, acks, rejects, chrono::Utc::now())?;
+            }
             {
                 let mut del = tx
                     .prepare_cached("DELETE FROM outbox WHERE seq = ?1")
                     .ctx("acknowledging an event")?;
-                for seq in acks {
+                for (seq, _) in acks {
                     del.execute([seq]).ctx("acknowledging an event")?;
                 }
                 let mut fail = tx
@@ -390,8 +407,8 @@ impl SqliteStore {
                 }
                 for (seq, reason) in rejects {
                     tx.execute(
-                        "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns)
-                         SELECT subscription_id, event_data_id, event_ts_ns, entry, ?2, ?3 FROM outbox WHERE seq = ?1",
+                        "INSERT INTO dead_letter (subscription_id, event_data_id, event_ts_ns, entry, reason, failed_at_ns, journal_id)
+                         SELECT subscription_id, event_data_id, event_ts_ns, entry, ?2, ?3, journal_id FROM outbox WHERE seq = ?1",
                         params![seq, reason, to_nanos(chrono::Utc::now())],
                     )
                     .ctx("dead-lettering an event")?;
@@ -447,13 +464,22 @@ impl SqliteStore {
         self.with(|c| {
             let tx = c.transaction().ctx("starting a transaction")?;
             let chosen = chosen_dead_letters(&tx, seqs)?;
+            let journaled = journal::exists(&tx)?;
+            // A state this build migrated links dead letters to the journal.
+            let requeue = if journaled {
+                "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry, journal_id)
+                 SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry, journal_id
+                 FROM dead_letter WHERE seq = ?1"
+            } else {
+                "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
+                 SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
+                 FROM dead_letter WHERE seq = ?1"
+            };
             for seq in &chosen {
-                tx.execute(
-                    "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry)
-                     SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry
-                     FROM dead_letter WHERE seq = ?1",
-                    [seq],
-                )
+                if journaled {
+                    journal::requeued(&tx, *seq)?;
+                }
+                tx.execute(requeue, [seq])
                 .ctx("re-queueing a dead letter")?;
                 tx.execute("DELETE FROM dead_letter WHERE seq = ?1", [seq])
                     .ctx("re-queueing a dead letter")?;
@@ -622,17 +648,19 @@ impl SqliteStore {
     }
 }
 
-/// Remembers an id (or a malformed entry's key) as seen; inserts nothing if
-/// it was already.
+/// Remembers an id (or a malformed entry's key, or a skipped entry's) as
+/// seen; inserts nothing if it was already.
 const INSERT_SEEN: &str =
     "INSERT OR IGNORE INTO seen (subscription_id, event_data_id, event_ts_ns) VALUES (?1, ?2, ?3)";
 
 /// Queues the entries not seen before (their ids now seen); counts new and
-/// duplicate ones.
+/// duplicate ones. With `journal` (the time), each new one is journaled
+/// `queued` and its outbox row names its journal row.
 fn queue(
     tx: &rusqlite::Transaction<'_>,
     subscription_id: &str,
     entries: &[Entry],
+    journal: Option<Timestamp>,
 ) -> Result<Recorded, StoreError> {
     let mut rec = Recorded::default();
     let mut seen = tx
@@ -640,7 +668,8 @@ fn queue(
         .ctx("preparing seen insert")?;
     let mut outbox = tx
         .prepare_cached(
-            "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO outbox (subscription_id, event_data_id, event_ts_ns, entry, journal_id)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )
         .ctx("preparing outbox insert")?;
     for e in entries {
@@ -653,8 +682,18 @@ fn queue(
             rec.duplicate += 1;
             continue;
         }
+        let journal_id = match journal {
+            Some(now) => Some(journal::insert(tx, subscription_id, e, Fate::Queued, now)?),
+            None => None,
+        };
         outbox
-            .execute(params![subscription_id, e.event_data_id, ts, e.raw.get()])
+            .execute(params![
+                subscription_id,
+                e.event_data_id,
+                ts,
+                e.raw.get(),
+                journal_id
+            ])
             .ctx("queueing an event")?;
         rec.new += 1;
     }
@@ -754,6 +793,38 @@ fn chosen_dead_letters(
         Some(want) => all.into_iter().filter(|s| want.contains(s)).collect(),
     })
 }
+
+/// The delivery journal's side of the store (see `store/journal.rs`).
+impl SqliteStore {
+    /// Notes a daemon start with the journal on or off.
+    pub fn start_journal(&self, on: bool, now: Timestamp) -> Result<(), StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            journal::start(&tx, on, now)?;
+            tx.commit().ctx("noting the journal's start")
+        })
+    }
+
+    /// One pruning batch (see [`journal::prune`]).
+    pub fn prune_journal(&self, before: Timestamp) -> Result<usize, StoreError> {
+        self.with(|c| {
+            let tx = c.transaction().ctx("starting a transaction")?;
+            let n = journal::prune(&tx, before)?;
+            tx.commit().ctx("pruning the journal")?;
+            Ok(n)
+        })
+    }
+
+    pub fn journal_span(&self) -> Result<Option<JournalSpan>, StoreError> {
+        self.with(|c| journal::span(c))
+    }
+
+    pub fn trace(&self, q: &TraceQuery) -> Result<Vec<Story>, StoreError> {
+        self.with(|c| journal::trace(c, q))
+    }
+}
+
+mod journal;
 
 #[cfg(test)]
 mod tests;

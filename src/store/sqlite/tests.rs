@@ -8,6 +8,7 @@ fn entry(id: &str, ts: &str) -> Entry {
         event_data_id: id.into(),
         event_timestamp: parse_timestamp(ts).unwrap(),
         status: Some("Succeeded".into()),
+        trail: Default::default(),
         raw: serde_json::value::to_raw_value(&json!({"eventDataId": id})).unwrap(),
     }
 }
@@ -20,11 +21,11 @@ fn an_entry_is_queued_once_and_pruned_after_the_lookback() {
     store.init_cursor("sub", t0).unwrap();
     let a = entry("a", "2026-01-01T00:01:00Z");
     let r = store
-        .record_page("sub", std::slice::from_ref(&a), &[], None)
+        .record_page("sub", std::slice::from_ref(&a), &[], &[], None, true)
         .unwrap();
     assert_eq!((r.new, r.duplicate), (1, 0));
     let r = store
-        .record_page("sub", std::slice::from_ref(&a), &[], None)
+        .record_page("sub", std::slice::from_ref(&a), &[], &[], None, true)
         .unwrap();
     assert_eq!((r.new, r.duplicate), (0, 1));
     assert_eq!(store.outbox_depth().unwrap(), 1);
@@ -35,10 +36,12 @@ fn an_entry_is_queued_once_and_pruned_after_the_lookback() {
             "sub",
             &[],
             &[],
+            &[],
             Some(Advance {
                 watermark: later,
                 prune_before: later,
             }),
+            true,
         )
         .unwrap();
     let c = store.cursor("sub").unwrap().unwrap();
@@ -50,10 +53,12 @@ fn an_entry_is_queued_once_and_pruned_after_the_lookback() {
             "sub",
             &[],
             &[],
+            &[],
             Some(Advance {
                 watermark: t0,
                 prune_before: t0,
             }),
+            true,
         )
         .unwrap();
     assert_eq!(store.cursor("sub").unwrap().unwrap().watermark, later);
@@ -66,10 +71,19 @@ fn a_backlog_never_crowds_out_another_subscriptions_events() {
     let backlog: Vec<Entry> = (0..500)
         .map(|i| entry(&format!("old-{i:03}"), "2026-01-01T00:00:00Z"))
         .collect();
-    store.record_page("backfill", &backlog, &[], None).unwrap();
+    store
+        .record_page("backfill", &backlog, &[], &[], None, true)
+        .unwrap();
     for (sub, id) in [("live-1", "l1"), ("live-2", "l2")] {
         store
-            .record_page(sub, &[entry(id, "2026-01-02T00:00:00Z")], &[], None)
+            .record_page(
+                sub,
+                &[entry(id, "2026-01-02T00:00:00Z")],
+                &[],
+                &[],
+                None,
+                true,
+            )
             .unwrap();
     }
     let batch = store.next_batch(8, &[], None).unwrap();
@@ -200,7 +214,9 @@ fn ack_and_reject_empty_the_outbox() {
                 entry("b", "2026-01-01T00:00:01Z"),
             ],
             &[],
+            &[],
             None,
+            true,
         )
         .unwrap();
     let batch = store.next_batch(10, &[], None).unwrap();
@@ -218,4 +234,119 @@ fn ack_and_reject_empty_the_outbox() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].event_data_id, "a");
     assert_eq!(dead[0].reason, "HTTP 400");
+}
+
+fn story_of(store: &SqliteStore, id: &str) -> crate::store::journal::Story {
+    let q = crate::store::journal::TraceQuery {
+        event: Some(id.into()),
+        limit: 10,
+        ..Default::default()
+    };
+    let mut found = store.trace(&q).unwrap();
+    assert_eq!(found.len(), 1, "{id}: {found:?}");
+    found.remove(0)
+}
+
+#[test]
+fn the_journal_follows_each_event_to_its_fate_and_is_pruned_oldest_first() {
+    use crate::store::journal::Fate;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+    let now = chrono::Utc::now();
+    store.start_journal(true, now).unwrap();
+    let mut skipped = entry("started", "2026-01-01T00:00:00Z");
+    skipped.status = Some("Started".into());
+    let page = [
+        entry("ok", "2026-01-01T00:00:01Z"),
+        entry("bad", "2026-01-01T00:00:02Z"),
+    ];
+    store
+        .record_page(
+            "sub",
+            &page,
+            std::slice::from_ref(&skipped),
+            &[],
+            None,
+            true,
+        )
+        .unwrap();
+    // The window's next query sees them all again: nothing changes.
+    store
+        .record_page(
+            "sub",
+            &page,
+            std::slice::from_ref(&skipped),
+            &[],
+            None,
+            true,
+        )
+        .unwrap();
+    let batch = store.next_batch(10, &[], None).unwrap();
+    let seq = |id: &str| batch.iter().find(|e| e.event_data_id == id).unwrap().seq;
+    store
+        .settle(&[], &[], &[(seq("ok"), "HTTP 503".into())], true)
+        .unwrap();
+    let waiting = story_of(&store, "ok");
+    assert_eq!(waiting.fate, Fate::Queued);
+    assert_eq!(waiting.waiting, Some((1, Some("HTTP 503".into()))));
+    store
+        .settle(
+            &[(seq("ok"), 202)],
+            &[(seq("bad"), "HTTP 400 Bad Request".into())],
+            &[],
+            true,
+        )
+        .unwrap();
+    let ok = story_of(&store, "ok");
+    assert_eq!(
+        (ok.fate, ok.http_status, ok.attempts, ok.detail.as_deref()),
+        (Fate::Delivered, Some(202), Some(2), Some("HTTP 503"))
+    );
+    let bad = story_of(&store, "bad");
+    assert_eq!(
+        (bad.fate, bad.detail.as_deref()),
+        (Fate::DeadLettered, Some("HTTP 400 Bad Request"))
+    );
+    assert_eq!(story_of(&store, "started").fate, Fate::Skipped);
+    // Re-queued from the dead letters, it is queued again.
+    store.retry_dead_letters(None).unwrap();
+    assert_eq!(story_of(&store, "bad").fate, Fate::Queued);
+    // Nothing was fetched before `now`; everything was before a later cutoff.
+    assert_eq!(
+        store
+            .prune_journal(now - chrono::Duration::hours(1))
+            .unwrap(),
+        0
+    );
+    let later = chrono::Utc::now() + chrono::Duration::seconds(1);
+    assert_eq!(store.prune_journal(later).unwrap(), 3);
+    let span = store.journal_span().unwrap().unwrap();
+    assert_eq!(
+        span.pruned_before,
+        Some(crate::event::from_nanos(to_nanos(later)))
+    );
+    assert_eq!(span.holds_from(), span.pruned_before.unwrap());
+}
+
+#[test]
+fn without_the_journal_nothing_is_journaled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+    store.start_journal(false, chrono::Utc::now()).unwrap();
+    store
+        .record_page(
+            "sub",
+            &[entry("a", "2026-01-01T00:00:01Z")],
+            &[],
+            &[],
+            None,
+            false,
+        )
+        .unwrap();
+    let q = crate::store::journal::TraceQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(store.trace(&q).unwrap().is_empty());
+    assert!(store.journal_span().unwrap().unwrap().off_since.is_some());
 }
