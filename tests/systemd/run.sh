@@ -452,20 +452,26 @@ check "the packaged unit, as shipped, starts with README's commands once the sec
 
 # ------------------------------------------------------ a state disk fills --
 # The state on a small filesystem of the service's own (a tmpfs in its mount
-# namespace, the state copied in before it starts), filled from inside that
-# namespace while the emulator's log goes on, then freed: the unit stays
-# active, never restarted, says why in its status, and delivers exactly once.
+# namespace; the state copied in by the service's own shell before it execs
+# the poller, since every Exec*= line gets a namespace of its own), filled
+# from inside that namespace while the emulator's log goes on, then freed:
+# the unit stays active, never restarted, says why in its status, and
+# delivers exactly once.
 SMALL=/var/lib/aap-small
 full_disk() {
     local dropin=/etc/systemd/system/$UNIT.service.d pid s i
     GT=90 g "systemctl stop $UNIT" || return 1
     mkdir -p "$ROOT$dropin"
-    printf '[Service]\nTemporaryFileSystem=%s:size=16M,mode=0777\nExecStartPre=/bin/sh -c "cp /var/lib/%s/state.db* %s/"\n' \
-        "$SMALL" "$UNIT" "$SMALL" >"$ROOT$dropin/small-state.conf"
+    cat >"$ROOT$dropin/small-state.conf" <<EOF_DROPIN
+[Service]
+TemporaryFileSystem=$SMALL:size=16M,mode=0777
+ExecStart=
+ExecStart=/bin/sh -c 'cp /var/lib/$UNIT/state.db* $SMALL/ && exec /usr/bin/azure-activity-poller --config /etc/azure-activity-poller/poller.toml'
+EOF_DROPIN
     sed -i "s|/var/lib/$UNIT/state.db|$SMALL/state.db|" "$CONF"
     g "systemctl daemon-reload && systemctl reset-failed $UNIT; systemctl start $UNIT" || { g "journalctl -u $UNIT -n 20 --no-pager"; return 1; }
     pid=$(prop MainPID)
-    g "nsenter -t $pid -m -- sh -c 'cat /dev/zero > $SMALL/filler 2>/dev/null; df -h $SMALL | tail -1'"
+    g "nsenter -t $pid -m -- sh -c 'ls -l $SMALL; cat /dev/zero > $SMALL/filler 2>/dev/null; df -h $SMALL | tail -1'"
     status_says() { prop StatusText | grep -q 'the state database unavailable'; }
     wait_until 90 status_says || { echo "STATUS=$(prop StatusText)"; g "journalctl -u $UNIT -n 20 --no-pager"; return 1; }
     echo "STATUS=$(prop StatusText)"
