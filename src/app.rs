@@ -83,6 +83,9 @@ pub struct App {
     pub reads: ReadLimit,
     /// What the daemon's polls did since the last summary line.
     pub summary: Arc<Summary>,
+    /// When this process built its first `App` (kept across reloads): the
+    /// origin of every subscription's poll schedule (`scheduler.rs`).
+    pub started: tokio::time::Instant,
 }
 
 /// What a reload keeps of the running process.
@@ -97,6 +100,7 @@ struct Kept {
     budget: Arc<ReadBudget>,
     reads: ReadLimit,
     summary: Arc<Summary>,
+    started: tokio::time::Instant,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -204,6 +208,7 @@ impl App {
                 budget,
                 reads,
                 summary: Arc::default(),
+                started: tokio::time::Instant::now(),
             },
         )
     }
@@ -235,6 +240,7 @@ impl App {
                 budget,
                 reads: self.reads.clone(),
                 summary: self.summary.clone(),
+                started: self.started,
             },
         )
     }
@@ -251,6 +257,7 @@ impl App {
             budget,
             reads,
             summary,
+            started,
         } = kept;
         let used: std::collections::BTreeSet<&str> = config
             .subscriptions
@@ -308,6 +315,7 @@ impl App {
             budget,
             reads,
             summary,
+            started,
         })
     }
 
