@@ -80,6 +80,9 @@ fn first_poll(
     (first, next)
 }
 
+/// How many tasks read their watermark for [`overdue`] at once.
+static OVERDUE_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
 /// Whether a subscription is owed a poll at once, before its turn in the
 /// first interval: its watermark is more than two intervals behind (the
 /// daemon was stopped for a while, or the instance that held it stopped
@@ -418,7 +421,12 @@ pub async fn subscription_task(
     let mut paused = app.pauses.subscribe();
     let is_paused = |p: &watch::Receiver<crate::detect::Paused>| p.borrow().contains_key(&id);
     let interval = sub.schedule.interval();
-    let owed = overdue(&app, &sub).await;
+    let owed = {
+        // A few at a time: at a start every task asks at once, and each
+        // read's state (kilobytes) waiting for the store would add up.
+        let _turn = OVERDUE_CHECKS.acquire().await;
+        Box::pin(overdue(&app, &sub)).await
+    };
     let (first_at, next) = first_poll(
         app.started,
         Instant::now(),
@@ -426,10 +434,9 @@ pub async fn subscription_task(
         interval,
         owed,
     );
+    // The first tick is the first poll; the grid goes on from `next`.
     let mut first = true;
-    let first_sleep = tokio::time::sleep_until(first_at);
-    tokio::pin!(first_sleep);
-    let mut tick = tokio::time::interval_at(next, interval);
+    let mut tick = tokio::time::interval_at(first_at, interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut warned_late: Option<Instant> = None;
     loop {
@@ -438,11 +445,12 @@ pub async fn subscription_task(
         let mut due = None;
         tokio::select! {
             _ = stop.changed() => break,
-            _ = &mut first_sleep, if first => {
-                first = false;
-                due = Some(first_at);
+            at = tick.tick() => {
+                due = Some(at);
+                if std::mem::take(&mut first) {
+                    tick.reset_at(next);
+                }
             }
-            at = tick.tick() => due = Some(at),
             changed = paused.changed(), if was_paused => {
                 if changed.is_err() || is_paused(&paused) {
                     continue;
@@ -456,22 +464,55 @@ pub async fn subscription_task(
         if is_paused(&paused) {
             continue;
         }
-        let asked = Instant::now();
-        let permit = tokio::select! {
-            p = app.reads.acquire() => p,
-            _ = stop.changed() => break,
+        // On the heap, and only while it waits or runs: the permit's wait
+        // and the poll's state would otherwise make every idle task as large
+        // (see the size test below).
+        let turn = Turn {
+            due,
+            paused: &mut paused,
+            stop: &mut stop,
+            warned_late: &mut warned_late,
         };
-        let Some(_permit) = permit else {
+        if !Box::pin(take_turn(&app, &sub, since, &beat, turn)).await {
             break;
-        };
-        let late = due.is_some_and(|due| {
-            note_start_delay(&app, &sub, due, asked.elapsed(), &mut warned_late)
-        });
-        beat.set_busy(true);
-        let reporting = Reporting::Daemon { late };
-        poll_unless_paused(&app, &sub, since, &beat, &mut paused, reporting).await;
+        }
     }
     beat.set_busy(false);
+}
+
+/// What one turn of a subscription's loop works with besides the poll's own.
+struct Turn<'a> {
+    /// When the poll was due (`None`: resumed after a pause).
+    due: Option<Instant>,
+    paused: &'a mut watch::Receiver<crate::detect::Paused>,
+    stop: &'a mut watch::Receiver<bool>,
+    warned_late: &'a mut Option<Instant>,
+}
+
+/// Waits for a read permit, then polls (unless paused meanwhile); false
+/// when told to stop while waiting.
+async fn take_turn(
+    app: &App,
+    sub: &SubscriptionConfig,
+    since: Option<Timestamp>,
+    beat: &Heartbeat,
+    turn: Turn<'_>,
+) -> bool {
+    let asked = Instant::now();
+    let permit = tokio::select! {
+        p = app.reads.acquire() => p,
+        _ = turn.stop.changed() => return false,
+    };
+    let Some(_permit) = permit else {
+        return false;
+    };
+    let late = turn
+        .due
+        .is_some_and(|due| note_start_delay(app, sub, due, asked.elapsed(), turn.warned_late));
+    beat.set_busy(true);
+    let reporting = Reporting::Daemon { late };
+    poll_unless_paused(app, sub, since, beat, turn.paused, reporting).await;
+    true
 }
 
 /// How late a poll due at `due` starts (after waiting `waited` for the read
@@ -616,5 +657,19 @@ mod tests {
         let second = Duration::from_secs(1);
         let (first, next) = first_poll(origin, origin, Duration::ZERO, second, false);
         assert_eq!((first, next), (origin, origin + second));
+    }
+
+    /// The size of what a function returns (here: a future, before it runs).
+    fn size_of_output<A, B, C, D, E, G, R>(_: impl FnOnce(A, B, C, D, E, G) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn an_idle_subscription_task_is_small() {
+        // One per subscription, alive for the daemon's life: at 10,000
+        // subscriptions every kilobyte here is 10 MB.
+        let size = size_of_output(subscription_task);
+        println!("subscription task: {size} bytes");
+        assert!(size <= 1024, "{size} bytes");
     }
 }
