@@ -308,20 +308,9 @@ async fn blocking<R: Send + 'static>(
     f: impl FnOnce(&SqliteStore) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, StoreError> {
     let store = store.clone();
-    // Waits here, not on a blocking thread (see `SqliteStore::gate`); the
-    // permit goes with the call, so a caller that gives up mid-call does
-    // not let another start beside it.
-    let permit = store
-        .gate()
-        .acquire_owned()
+    tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        f(&store)
-    })
-    .await
-    .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 impl Store {

@@ -36,11 +36,6 @@ impl<T> Context<T> for Result<T, rusqlite::Error> {
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
-    /// One call at a time on the blocking pool: the connection takes one
-    /// anyway, and every other call parked on its lock would hold a thread
-    /// of its own (hundreds of polls at once grew the pool to hundreds of
-    /// threads, each with its stack and malloc arena).
-    gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -166,7 +161,6 @@ impl SqliteStore {
             return Ok(SqliteStore {
                 conn: Arc::new(Mutex::new(conn)),
                 path: path.to_path_buf(),
-                gate: Arc::new(tokio::sync::Semaphore::new(1)),
             });
         }
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -186,17 +180,11 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path: path.to_path_buf(),
-            gate: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The permit a call on the blocking pool holds while it runs.
-    pub(super) fn gate(&self) -> Arc<tokio::sync::Semaphore> {
-        self.gate.clone()
     }
 
     fn with<R>(
