@@ -144,8 +144,16 @@ class Run:
         p = self.spawn(args, "poller.log", env=self.poller_env())
         samples, stopped_early, last = [], False, None
         next_sample = start + (sample_every or 1e9)
+        # Peak RSS and threads, sampled as it runs: a `--once` run exits
+        # before the end's /proc read (VmHWM only grows, so only its last
+        # 0.2 s can be missed).
+        seen = {}
+        # The bench's own processes share the cores: their CPU during the run.
+        others = {"emulator": getattr(self, "emulator", None), "proxy": getattr(self, "proxy_proc", None)}
+        others_before = {k: cpu_seconds(o.pid) for k, o in others.items() if o is not None}
         while p.poll() is None:
             now = time.monotonic()
+            seen = proc_peaks(p.pid, seen)
             if now - start >= seconds:
                 break
             if now >= next_sample:
@@ -169,6 +177,12 @@ class Run:
                 p.kill()
                 p.wait()
         wall = time.monotonic() - start
+        if seen:
+            usage["peak_rss_mib"] = max(usage.get("peak_rss_mib") or 0, seen["peak_rss_mib"])
+            usage["peak_threads"] = seen["peak_threads"]
+            usage.setdefault("cpu_s", seen.get("cpu_s"))
+        usage["bench_cpu_s"] = {k: round((cpu_seconds(others[k].pid) or 0) - (v or 0), 2)
+                                for k, v in others_before.items()}
         if usage.get("cpu_s") is not None:
             usage["cpu_share_of_one_core"] = round(usage["cpu_s"] / wall, 4)
         return {"exit": p.returncode, "wall_s": round(wall, 2), "timed_out": timed_out,
@@ -209,6 +223,29 @@ def proc_usage(pid):
         return {"cpu_s": round(cpu, 2), "peak_rss_mib": round(hwm / 1024, 1)}
     except (OSError, StopIteration, IndexError, ValueError):
         return {}
+
+
+def proc_peaks(pid, seen):
+    """The largest VmHWM and thread count of a running process so far."""
+    try:
+        status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status") if ":" in l)
+        hwm = int(status["VmHWM"].split()[0]) / 1024
+        threads = int(status["Threads"])
+    except (OSError, KeyError, ValueError):
+        return seen
+    cpu = cpu_seconds(pid)
+    return {"peak_rss_mib": round(max(seen.get("peak_rss_mib", 0), hwm), 1),
+            "peak_threads": max(seen.get("peak_threads", 0), threads),
+            "cpu_s": cpu if cpu is not None else seen.get("cpu_s")}
+
+
+def cpu_seconds(pid):
+    """User and system CPU seconds of a running process, or None."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def info_lines(run):
@@ -333,8 +370,11 @@ def burst(out):
                       "arm_budget_s": row["arm_budget_s"], "sdk_s": sdk,
                       "x_sdk": round(sdk / secs, 2) if secs and sdk else None,
                       "listing_x_budget": round(listing / row["arm_budget_s"], 2) if listing and row["arm_budget_s"] else None,
-                      "peak_rss_mib": row["poller"].get("peak_rss_mib")},
+                      "peak_rss_mib": row["poller"].get("peak_rss_mib"), "poller_cpu_s": row["poller"].get("cpu_s"),
+                      "bench_cpu_s": row["poller"].get("bench_cpu_s")},
                 f"burst of {n:,} within 10 min, --since 1h: {secs}s end to end, listing {listing}s;"
+                f" CPU-s poller {row['poller'].get('cpu_s')}, bench {row['poller'].get('bench_cpu_s')};"
+                f" peak RSS {row['poller'].get('peak_rss_mib')} MiB;"
                 f" ARM budget limit {row['arm_budget_s']}s; SDK listing {sdk}s"
                 f" | target: at least 5x the SDK (<= {round(sdk / 5, 1) if sdk else '?'}s) and the listing within 2x the budget"
                 f" (<= {2 * row['arm_budget_s']:g}s)")
@@ -468,12 +508,16 @@ def schedule(out):
                       "share_on_time_from_first_poll": row["share_on_time_from_first_poll"],
                       "polls": polls, "list_calls": list_calls, "first_poll_after_s": row["first_poll_after_s"],
                       "cpu_share_of_one_core": poller.get("cpu_share_of_one_core"),
-                      "peak_rss_mib": poller.get("peak_rss_mib"), "info_lines_per_s": row["info_lines_per_s"]},
+                      "peak_rss_mib": poller.get("peak_rss_mib"), "peak_threads": poller.get("peak_threads"),
+                      "arm_peak_open_connections": proxy.get("arm", {}).get("peak_open_connections"),
+                      "info_lines_per_s": row["info_lines_per_s"]},
                 f"{n:,} subscriptions, 1-minute interval, ARM {run.arm_ms:g} ms one way, {poller['wall_s']}s:"
                 f" {made_p:,} of {slots_p:,} scheduled polls on time ({100 * (row['share_on_time_from_process_start'] or 0):.1f}%;"
                 f" {100 * (row['share_on_time_from_first_poll'] or 0):.1f}% counted from the first poll, {row['first_poll_after_s']}s after start);"
                 f" {polls:,} polls, {list_calls:,} List calls; CPU {100 * (poller.get('cpu_share_of_one_core') or 0):.1f}% of a core,"
-                f" peak RSS {poller.get('peak_rss_mib')} MiB, {row['info_lines_per_s']} INFO lines/s"
+                f" peak RSS {poller.get('peak_rss_mib')} MiB ({poller.get('peak_threads')} threads at most,"
+                f" {proxy.get('arm', {}).get('peak_open_connections')} ARM connections open at most),"
+                f" {row['info_lines_per_s']} INFO lines/s"
                 f" | target: >= 99% on time, first poll <= 30s, CPU <= 10%, RSS <= 48 MiB, < 1 line/s")
     finally:
         run.close()

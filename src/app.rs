@@ -88,6 +88,9 @@ pub struct App {
     /// What a `--once` run's polls and deliveries tell its progress bars
     /// (off unless `--once` on a terminal turns it on).
     pub progress: Progress,
+    /// When this process built its first `App` (kept across reloads): the
+    /// origin of every subscription's poll schedule (`scheduler.rs`).
+    pub started: tokio::time::Instant,
 }
 
 /// What a reload keeps of the running process.
@@ -103,6 +106,7 @@ struct Kept {
     reads: ReadLimit,
     summary: Arc<Summary>,
     progress: Progress,
+    started: tokio::time::Instant,
 }
 
 /// The one HTTP client: rustls, trusting the system store and `SSL_CERT_FILE`.
@@ -220,6 +224,7 @@ impl App {
                 reads,
                 summary: Arc::default(),
                 progress: Progress::default(),
+                started: tokio::time::Instant::now(),
             },
         )
     }
@@ -253,6 +258,7 @@ impl App {
                 reads: self.reads.clone(),
                 summary: self.summary.clone(),
                 progress: self.progress.clone(),
+                started: self.started,
             },
         )
     }
@@ -270,6 +276,7 @@ impl App {
             reads,
             summary,
             progress,
+            started,
         } = kept;
         let used: std::collections::BTreeSet<&str> = config
             .subscriptions
@@ -333,6 +340,7 @@ impl App {
             reads,
             summary,
             progress,
+            started,
         })
     }
 

@@ -45,6 +45,59 @@ fn phase(id: &str, interval: Duration) -> Duration {
     Duration::from_secs(h % interval.as_secs().max(1))
 }
 
+/// When a subscription task started at `now` polls first, and the first
+/// point after that of its grid (`origin + phase + k x interval`, where every
+/// later poll falls), so that each interval counted from the process start
+/// has one poll of each subscription.
+///
+/// The first polls are spread over what is left of the first interval by
+/// phase, rather than all made at once: at 10,000 subscriptions "at once"
+/// held 600 ARM connections open together (and their buffers: 100 MiB), for
+/// a schedule that asks for 167 polls a second. A subscription that is
+/// `owed` a poll (see [`overdue`]), or a task started an interval or more
+/// after the process (a reload, a lease taken over), polls at once.
+fn first_poll(
+    origin: Instant,
+    now: Instant,
+    phase: Duration,
+    interval: Duration,
+    owed: bool,
+) -> (Instant, Instant) {
+    let elapsed = now.saturating_duration_since(origin);
+    let first = if owed || elapsed >= interval {
+        now
+    } else {
+        // Scaled into the rest of the first interval: phase 0 now, the last
+        // phase just before the interval ends.
+        now + phase.mul_f64((interval - elapsed).as_secs_f64() / interval.as_secs_f64())
+    };
+    let since_phase = first.saturating_duration_since(origin + phase);
+    let next = if first < origin + phase {
+        origin + phase
+    } else {
+        let k = since_phase.as_nanos() / interval.as_nanos().max(1) + 1;
+        origin + phase + interval * u32::try_from(k).unwrap_or(u32::MAX)
+    };
+    (first, next)
+}
+
+/// How many tasks read their watermark for [`overdue`] at once.
+static OVERDUE_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+/// Whether a subscription is owed a poll at once, before its turn in the
+/// first interval: its watermark is more than two intervals behind (the
+/// daemon was stopped for a while, or the instance that held it stopped
+/// polling it), so entries wait. One never polled owes nothing yet: its
+/// first poll places its look-back (one window) from then.
+async fn overdue(app: &App, sub: &SubscriptionConfig) -> bool {
+    let Ok(Some(cursor)) = app.store.cursor(sub.id.as_str()).await else {
+        return false;
+    };
+    (app.poller.now() - cursor.watermark)
+        .to_std()
+        .is_ok_and(|behind| behind > sub.schedule.interval() * 2)
+}
+
 /// A subscription's "polls start late" warning is repeated at most this often.
 const LATE_WARNING_EVERY: Duration = Duration::from_secs(600);
 
@@ -381,19 +434,22 @@ pub async fn subscription_task(
     let mut paused = app.pauses.subscribe();
     let is_paused = |p: &watch::Receiver<crate::detect::Paused>| p.borrow().contains_key(&id);
     let interval = sub.schedule.interval();
-    // The first poll at once; then on this subscription's own phase of the
-    // interval, so that many subscriptions spread their polls (and ARM's
-    // load) over the interval instead of all polling at the same instant.
-    // A phase of zero is the first poll's own slot: the next one is an
-    // interval later, not a second poll at once (which, behind a slow first
-    // poll, would also count as a whole interval late).
-    let mut first = true;
-    let started = Instant::now();
-    let next = match phase(&id, interval) {
-        p if p.is_zero() => interval,
-        p => p,
+    let owed = {
+        // A few at a time: at a start every task asks at once, and each
+        // read's state (kilobytes) waiting for the store would add up.
+        let _turn = OVERDUE_CHECKS.acquire().await;
+        Box::pin(overdue(&app, &sub)).await
     };
-    let mut tick = tokio::time::interval_at(started + next, interval);
+    let (first_at, next) = first_poll(
+        app.started,
+        Instant::now(),
+        phase(&id, interval),
+        interval,
+        owed,
+    );
+    // The first tick is the first poll; the grid goes on from `next`.
+    let mut first = true;
+    let mut tick = tokio::time::interval_at(first_at, interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut warned_late: Option<Instant> = None;
     loop {
@@ -402,11 +458,12 @@ pub async fn subscription_task(
         let mut due = None;
         tokio::select! {
             _ = stop.changed() => break,
-            _ = std::future::ready(()), if first => {
-                first = false;
-                due = Some(started);
+            at = tick.tick() => {
+                due = Some(at);
+                if std::mem::take(&mut first) {
+                    tick.reset_at(next);
+                }
             }
-            at = tick.tick() => due = Some(at),
             changed = paused.changed(), if was_paused => {
                 if changed.is_err() || is_paused(&paused) {
                     continue;
@@ -420,22 +477,55 @@ pub async fn subscription_task(
         if is_paused(&paused) {
             continue;
         }
-        let asked = Instant::now();
-        let permit = tokio::select! {
-            p = app.reads.acquire() => p,
-            _ = stop.changed() => break,
+        // On the heap, and only while it waits or runs: the permit's wait
+        // and the poll's state would otherwise make every idle task as large
+        // (see the size test below).
+        let turn = Turn {
+            due,
+            paused: &mut paused,
+            stop: &mut stop,
+            warned_late: &mut warned_late,
         };
-        let Some(_permit) = permit else {
+        if !Box::pin(take_turn(&app, &sub, since, &beat, turn)).await {
             break;
-        };
-        let late = due.is_some_and(|due| {
-            note_start_delay(&app, &sub, due, asked.elapsed(), &mut warned_late)
-        });
-        beat.set_busy(true);
-        let reporting = Reporting::Daemon { late };
-        poll_unless_paused(&app, &sub, since, &beat, &mut paused, reporting).await;
+        }
     }
     beat.set_busy(false);
+}
+
+/// What one turn of a subscription's loop works with besides the poll's own.
+struct Turn<'a> {
+    /// When the poll was due (`None`: resumed after a pause).
+    due: Option<Instant>,
+    paused: &'a mut watch::Receiver<crate::detect::Paused>,
+    stop: &'a mut watch::Receiver<bool>,
+    warned_late: &'a mut Option<Instant>,
+}
+
+/// Waits for a read permit, then polls (unless paused meanwhile); false
+/// when told to stop while waiting.
+async fn take_turn(
+    app: &App,
+    sub: &SubscriptionConfig,
+    since: Option<Timestamp>,
+    beat: &Heartbeat,
+    turn: Turn<'_>,
+) -> bool {
+    let asked = Instant::now();
+    let permit = tokio::select! {
+        p = app.reads.acquire() => p,
+        _ = turn.stop.changed() => return false,
+    };
+    let Some(_permit) = permit else {
+        return false;
+    };
+    let late = turn
+        .due
+        .is_some_and(|due| note_start_delay(app, sub, due, asked.elapsed(), turn.warned_late));
+    beat.set_busy(true);
+    let reporting = Reporting::Daemon { late };
+    poll_unless_paused(app, sub, since, beat, turn.paused, reporting).await;
+    true
 }
 
 /// How late a poll due at `due` starts (after waiting `waited` for the read
@@ -538,5 +628,61 @@ mod tests {
                 .count();
             assert!(n > 50, "tenth {tenth}: {n}");
         }
+    }
+
+    #[test]
+    fn first_polls_spread_over_the_rest_of_the_first_interval_and_keep_every_slot() {
+        let minute = Duration::from_secs(60);
+        let origin = Instant::now();
+        for elapsed_ms in [0, 5_500, 30_000, 59_900] {
+            let now = origin + Duration::from_millis(elapsed_ms);
+            let mut firsts = Vec::new();
+            for p in 0..60 {
+                let phase = Duration::from_secs(p);
+                let (first, next) = first_poll(origin, now, phase, minute, false);
+                // Within the first interval counted from the process start,
+                // and the grid goes on from the next one: no interval
+                // without a poll, none with two but the first.
+                assert!(first >= now && first < origin + minute, "phase {p}");
+                assert_eq!(next, origin + phase + minute, "phase {p}");
+                assert!(next - first <= minute, "phase {p}");
+                firsts.push(first);
+            }
+            // Spread in phase order, the earliest at once.
+            assert_eq!(firsts[0], now);
+            assert!(firsts.windows(2).all(|w| w[0] < w[1]));
+        }
+    }
+
+    #[test]
+    fn an_owed_subscription_or_a_late_task_polls_at_once() {
+        let minute = Duration::from_secs(60);
+        let origin = Instant::now();
+        let phase = Duration::from_secs(40);
+        let now = origin + Duration::from_secs(5);
+        let (first, next) = first_poll(origin, now, phase, minute, true);
+        assert_eq!((first, next), (now, origin + phase));
+        // A reload or a lease taken over an interval or more after the start.
+        let now = origin + Duration::from_secs(130);
+        let (first, next) = first_poll(origin, now, phase, minute, false);
+        assert_eq!((first, next), (now, origin + phase + 2 * minute));
+        // A zero phase (every interval under two seconds has it).
+        let second = Duration::from_secs(1);
+        let (first, next) = first_poll(origin, origin, Duration::ZERO, second, false);
+        assert_eq!((first, next), (origin, origin + second));
+    }
+
+    /// The size of what a function returns (here: a future, before it runs).
+    fn size_of_output<A, B, C, D, E, G, R>(_: impl FnOnce(A, B, C, D, E, G) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn an_idle_subscription_task_is_small() {
+        // One per subscription, alive for the daemon's life: at 10,000
+        // subscriptions every kilobyte here is 10 MB.
+        let size = size_of_output(subscription_task);
+        println!("subscription task: {size} bytes");
+        assert!(size <= 1024, "{size} bytes");
     }
 }

@@ -54,8 +54,9 @@ async fn the_read_limit_grows_under_latency_and_backs_off_on_429s(backend: Backe
     let d = h.daemon(&[]);
     let addr = admin_addr(&d).await;
 
-    // The start's backlog (every subscription due at once) and then the
-    // demand take the limit past what it began with.
+    // The demand (the first polls spread over the first interval, then the
+    // schedule: 30 a second at 1.2 s) takes the limit past what it began
+    // with.
     eventually_async(
         Duration::from_secs(30),
         "arm_reads_limit above its initial 32",

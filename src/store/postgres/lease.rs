@@ -192,26 +192,32 @@ impl PgStore {
             let at = fastrand::usize(..free.len());
             free.rotate_left(at);
         }
-        for sub in free {
-            if mine.len() >= share {
-                break;
-            }
-            let taken = c
-                .query_opt(
-                    "INSERT INTO lease (subscription_id, holder, expires_at)
-                     VALUES ($1, $2, now() + make_interval(secs => $3))
-                     ON CONFLICT (subscription_id) DO UPDATE
-                     SET holder = excluded.holder, expires_at = excluded.expires_at
-                     WHERE lease.expires_at < now() OR lease.holder = excluded.holder
-                     RETURNING subscription_id",
-                    &[&sub, &self.me.id, &secs],
-                )
-                .await
-                .ctx(LEASE_ROUND)?;
-            if taken.is_some() {
-                tracing::info!(subscription = %sub, "took the lease on this subscription");
-                mine.insert(sub);
-            }
+        // As many at once as the share still needs, in one statement (one
+        // per subscription took 5,000 round trips at 10,000 subscriptions);
+        // again with the next ones for any another instance took first.
+        let mut free = free.as_slice();
+        while mine.len() < share && !free.is_empty() {
+            let (batch, rest) = free.split_at((share - mine.len()).min(free.len()));
+            free = rest;
+            // Locked in id order, so that two instances taking overlapping
+            // batches wait for each other rather than deadlock.
+            let mut batch = batch.to_vec();
+            batch.sort_unstable();
+            let taken: Vec<String> = lease_ids(
+                c,
+                "INSERT INTO lease (subscription_id, holder, expires_at)
+                 SELECT s, $2, now() + make_interval(secs => $3)
+                 FROM unnest($1::text[]) AS s ORDER BY s
+                 ON CONFLICT (subscription_id) DO UPDATE
+                 SET holder = excluded.holder, expires_at = excluded.expires_at
+                 WHERE lease.expires_at < now() OR lease.holder = excluded.holder
+                 RETURNING subscription_id",
+                &[&batch, &self.me.id, &secs],
+            )
+            .await?;
+            // The supervisor says which it now polls, in one line for many.
+            tracing::debug!(taken = taken.len(), asked = batch.len(), "took leases");
+            mine.extend(taken);
         }
         Ok(())
     }
