@@ -508,7 +508,10 @@ impl Forwarder {
             }
             (held.acks.clone(), held.rejects.clone())
         };
-        let seqs = acks.iter().map(|(seq, status, _)| (*seq, *status)).collect();
+        let seqs = acks
+            .iter()
+            .map(|(seq, status, _)| (*seq, *status))
+            .collect();
         self.store.settle(seqs, rejects, Vec::new()).await?;
         *self.lock_unwritten() = Unwritten::default();
         self.count_delivered(&acks);
