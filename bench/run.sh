@@ -110,16 +110,18 @@ use_journal() { # DIR
     [ "$JOURNAL" = 0 ] || return 0
     printf '\n[journal]\nretention = "0"\n' >> "$1/poller.toml"
 }
-# The journal's bytes in DIR's state: SQLite's pages of the table
-# (dbstat), or PostgreSQL's relation size with its index and TOAST.
+# The journal's bytes in DIR's state: SQLite's pages of its tables (the
+# rows and their outcomes, dbstat), or PostgreSQL's relation sizes with
+# their indexes and TOAST.
 journal_bytes() { # DIR
     if [ "$STATE" = postgres ]; then
         "$pg_bin/psql" -qAtX -h 127.0.0.1 -p "$pg_port" -U postgres -d poller \
-            -c "SELECT COALESCE(pg_total_relation_size(to_regclass('journal')), 0)"
+            -c "SELECT COALESCE(pg_total_relation_size(to_regclass('journal')), 0)
+                   + COALESCE(pg_total_relation_size(to_regclass('journal_outcome')), 0)"
     else
         python3 -c 'import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
-print(c.execute("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name = \"journal\"").fetchone()[0])' "$1/state.db"
+print(c.execute("SELECT COALESCE(SUM(pgsize), 0) FROM dbstat WHERE name IN (\"journal\", \"journal_outcome\")").fetchone()[0])' "$1/state.db"
     fi
 }
 # What pruning costs on DIR's full SQLite journal: the pruner's statement
@@ -130,14 +132,18 @@ prune_cost() { # DIR
 import json, sqlite3, sys, time
 c = sqlite3.connect(sys.argv[1], isolation_level=None)
 rows = c.execute("SELECT count(*) FROM journal").fetchone()[0]
-sql = ("DELETE FROM journal WHERE id IN (SELECT id FROM (SELECT id, fetched_at_ns FROM journal "
-       "ORDER BY id LIMIT 1000) WHERE fetched_at_ns < ?)")
+oldest = "SELECT id FROM (SELECT id, fetched_at_ns FROM journal ORDER BY id LIMIT 1000) WHERE fetched_at_ns < ?"
+outcomes = f"DELETE FROM journal_outcome WHERE journal_id IN ({oldest})"
+sql = f"DELETE FROM journal WHERE id IN ({oldest})"
+def batch(cut):
+    c.execute("BEGIN"); c.execute(outcomes, (cut,)); n = c.execute(sql, (cut,)).rowcount; c.execute("COMMIT")
+    return n
 idle = []
 for _ in range(20):
-    t = time.perf_counter(); c.execute("BEGIN"); c.execute(sql, (0,)); c.execute("COMMIT"); idle.append(time.perf_counter() - t)
+    t = time.perf_counter(); batch(0); idle.append(time.perf_counter() - t)
 cut, batches, t0 = time.time_ns() + 10**9, 0, time.perf_counter()
 while True:
-    c.execute("BEGIN"); n = c.execute(sql, (cut,)).rowcount; c.execute("COMMIT"); batches += 1
+    n = batch(cut); batches += 1
     if n < 1000: break
 took = time.perf_counter() - t0
 print(json.dumps({"summary": "prune", "rows": rows, "idle_statement_ms": round(sorted(idle)[len(idle) // 2] * 1000, 3),

@@ -4,9 +4,16 @@
 //!
 //! Rows are written in the transactions that already exist: a page's
 //! transaction queues its new entries and journals them (`queued`, or
-//! `skipped` with the status); the forwarder's settling transaction turns
-//! them `delivered` (time, HTTP status, attempts, the instance on shared
-//! state) or `dead-lettered` (why). A retry is not written: the outbox row
+//! `skipped` with the status); the forwarder's settling transaction appends
+//! an outcome to `journal_outcome`: `delivered` (time, HTTP status,
+//! attempts, the instance on shared state) or `dead-lettered` (why), and a
+//! dead letter put back in the outbox appends `queued` again. Outcomes are
+//! small rows in their own table, never an update of the wide journal row:
+//! rows are written in fetch order but settled in delivery order, and
+//! updating them in place dirtied a different page of the journal for
+//! nearly every acknowledgement (settling ran 2.3 times slower, see
+//! BENCHMARKS.md section 10). `trace` reads each row with its latest
+//! outcome. A retry is not written: the outbox row
 //! counts attempts and keeps the last error, and `trace` reads it there for
 //! an event still waiting. Rows are kept for `[journal] retention` after
 //! they were fetched and pruned in the background, oldest first, in small
@@ -136,17 +143,40 @@ pub enum Param {
     Int(i64),
 }
 
-/// The columns `trace` reads, in [`Story`]'s order (`o` is the outbox row
-/// of a queued event).
-pub const STORY_COLUMNS: &str = "j.subscription_id, j.event_data_id, j.event_ts_ns,
-    j.submission_ts_ns, j.fetched_at_ns, j.status, j.resource_id, j.operation, j.caller,
-    j.correlation_id, j.fate, j.settled_at_ns, j.http_status, j.attempts, j.instance, j.detail,
-    o.attempts, o.last_error";
+/// A journal row `j` and its latest outcome `x`, if it has one (the
+/// outcome settled last; a row settled in place by an earlier build of this
+/// cycle has none, and its own columns say the same).
+pub const OUTCOME_FROM: &str = "journal j LEFT JOIN journal_outcome x ON x.journal_id = j.id
+    AND x.settled_at_ns = (SELECT max(l.settled_at_ns) FROM journal_outcome l
+                           WHERE l.journal_id = j.id)";
 
-/// The outbox row of a queued event, by the outbox's own index.
-pub const STORY_FROM: &str = "journal j LEFT JOIN outbox o ON j.fate = 0
+/// The attempts, instance and detail of [`OUTCOME_FROM`]'s latest outcome
+/// (or of the row itself), in that order.
+pub const OUTCOME_KEPT: &str = "COALESCE(x.attempts, j.attempts),
+    COALESCE(x.instance, j.instance), COALESCE(x.detail, j.detail)";
+
+/// The columns `trace` reads, in [`Story`]'s order (`o` is the outbox row
+/// of a queued event). An event queued again after it was dead-lettered
+/// (outcome `queued`) is not settled, and its status is the one it had.
+fn story_columns() -> String {
+    format!(
+        "j.subscription_id, j.event_data_id, j.event_ts_ns,
+    j.submission_ts_ns, j.fetched_at_ns, j.status, j.resource_id, j.operation, j.caller,
+    j.correlation_id, COALESCE(x.fate, j.fate),
+    CASE WHEN x.fate = 0 THEN NULL ELSE COALESCE(x.settled_at_ns, j.settled_at_ns) END,
+    COALESCE(x.http_status, j.http_status), {OUTCOME_KEPT}, o.attempts, o.last_error"
+    )
+}
+
+/// [`OUTCOME_FROM`] and the outbox row of a queued event, by the outbox's
+/// own index.
+fn story_from() -> String {
+    format!(
+        "{OUTCOME_FROM} LEFT JOIN outbox o ON COALESCE(x.fate, j.fate) = 0
     AND o.subscription_id = j.subscription_id AND o.event_ts_ns = j.event_ts_ns
-    AND o.event_data_id = j.event_data_id";
+    AND o.event_data_id = j.event_data_id"
+    )
+}
 
 /// The whole trace statement, parameters written by `mark(n)` (`?n` for
 /// SQLite, `$n` for PostgreSQL): text matches are case-insensitive (Azure's
@@ -193,7 +223,9 @@ pub fn trace_sql(q: &TraceQuery, mark: impl Fn(usize) -> String) -> (String, Vec
     };
     params.push(Param::Int(q.limit));
     let sql = format!(
-        "SELECT {STORY_COLUMNS} FROM {STORY_FROM} {filter} ORDER BY j.event_ts_ns, j.id LIMIT {}",
+        "SELECT {} FROM {} {filter} ORDER BY j.event_ts_ns, j.id LIMIT {}",
+        story_columns(),
+        story_from(),
         mark(params.len())
     );
     (sql, params)

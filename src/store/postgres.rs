@@ -824,13 +824,16 @@ impl PgStore {
     }
 
     pub async fn retry_dead_letters(&self, seqs: Option<&[i64]>) -> Result<usize, StoreError> {
-        // On a state with a journal, its rows say `queued` again in the same
+        // On a state with a journal, its rows are `queued` again in the same
         // statement (every part of it sees the dead letters before the delete).
-        let (requeued, link) = if self.journal_span().await?.is_some() {
-            (journal::REQUEUED, ", journal_id")
+        let now = to_nanos(chrono::Utc::now());
+        let journaled = self.journal_span().await?.is_some();
+        let (requeued, link) = if journaled {
+            (journal::requeued(), ", journal_id")
         } else {
-            ("", "")
+            (String::new(), "")
         };
+        let params: &[&(dyn ToSql + Sync)] = if journaled { &[&seqs, &now] } else { &[&seqs] };
         let n = self
             .execute(
                 "re-queueing dead letters",
@@ -842,7 +845,7 @@ impl PgStore {
                      SELECT subscription_id, event_data_id, COALESCE(event_ts_ns, failed_at_ns), entry{link}
                      FROM moved ORDER BY seq"
                 ),
-                &[&seqs],
+                params,
             )
             .await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))

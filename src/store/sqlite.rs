@@ -477,7 +477,7 @@ impl SqliteStore {
             };
             for seq in &chosen {
                 if journaled {
-                    journal::requeued(&tx, *seq)?;
+                    journal::requeued(&tx, *seq, chrono::Utc::now())?;
                 }
                 tx.execute(requeue, [seq])
                 .ctx("re-queueing a dead letter")?;

@@ -6,7 +6,8 @@
 //! As on SQLite, rows are numbered in the order they were recorded (an
 //! identity column, the only index), pruning walks the oldest by that
 //! number, the outbox row and the dead letter carry their journal row's
-//! number, and a skipped entry is remembered in `seen` as `skipped:<id>`.
+//! number, a skipped entry is remembered in `seen` as `skipped:<id>`, and
+//! settling appends outcomes (keyed by the journal row and the time).
 //! Any instance may prune: a batch locks its rows `FOR UPDATE SKIP LOCKED`,
 //! so two instances pruning together each delete what the other has not
 //! locked, and neither waits.
@@ -16,7 +17,9 @@ use tokio_postgres::types::ToSql;
 use super::{Context, PgStore};
 use crate::event::{Entry, Timestamp, from_nanos, to_nanos};
 use crate::store::StoreError;
-use crate::store::journal::{Fate, JournalSpan, PRUNE_BATCH, Param, Story, TraceQuery, trace_sql};
+use crate::store::journal::{
+    Fate, JournalSpan, OUTCOME_FROM, OUTCOME_KEPT, PRUNE_BATCH, Param, Story, TraceQuery, trace_sql,
+};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS journal (
@@ -37,6 +40,16 @@ CREATE TABLE IF NOT EXISTS journal (
     attempts         INTEGER,
     instance         TEXT,
     detail           TEXT
+);
+CREATE TABLE IF NOT EXISTS journal_outcome (
+    journal_id       BIGINT NOT NULL,
+    settled_at_ns    BIGINT NOT NULL,
+    fate             SMALLINT NOT NULL,
+    http_status      SMALLINT,
+    attempts         INTEGER,
+    instance         TEXT,
+    detail           TEXT,
+    PRIMARY KEY (journal_id, settled_at_ns)
 );
 ALTER TABLE outbox ADD COLUMN IF NOT EXISTS journal_id BIGINT;
 ALTER TABLE dead_letter ADD COLUMN IF NOT EXISTS journal_id BIGINT;
@@ -211,11 +224,13 @@ pub(super) async fn settle(
             .map(|(_, st)| i16::try_from(*st).unwrap_or(i16::MAX))
             .collect();
         tx.execute(
-            "UPDATE journal j SET fate = 1, settled_at_ns = $3, http_status = a.status,
-                    attempts = o.attempts + 1, detail = o.last_error, instance = $4
+            "INSERT INTO journal_outcome
+                 (journal_id, settled_at_ns, fate, http_status, attempts, detail, instance)
+             SELECT o.journal_id, $3, 1, a.status, o.attempts + 1, o.last_error, $4
              FROM unnest($1::bigint[], $2::smallint[]) AS a(seq, status)
              JOIN outbox o ON o.seq = a.seq
-             WHERE j.id = o.journal_id AND o.subscription_id = ANY($5)",
+             WHERE o.journal_id IS NOT NULL AND o.subscription_id = ANY($5)
+             ON CONFLICT DO NOTHING",
             &[&seqs, &statuses, &now, &instance, &held],
         )
         .await
@@ -223,11 +238,13 @@ pub(super) async fn settle(
     }
     if !rejects.0.is_empty() {
         tx.execute(
-            "UPDATE journal j SET fate = 2, settled_at_ns = $3, detail = r.reason,
-                    attempts = o.attempts + 1, instance = $4
+            "INSERT INTO journal_outcome
+                 (journal_id, settled_at_ns, fate, detail, attempts, instance)
+             SELECT o.journal_id, $3, 2, r.reason, o.attempts + 1, $4
              FROM unnest($1::bigint[], $2::text[]) AS r(seq, reason)
              JOIN outbox o ON o.seq = r.seq
-             WHERE j.id = o.journal_id AND o.subscription_id = ANY($5)",
+             WHERE o.journal_id IS NOT NULL AND o.subscription_id = ANY($5)
+             ON CONFLICT DO NOTHING",
             &[rejects.0, rejects.1, &now, &instance, &held],
         )
         .await
@@ -236,12 +253,20 @@ pub(super) async fn settle(
     Ok(())
 }
 
-/// Dead letters put back in the outbox are queued again: the first part of
-/// `retry_dead_letters`'s statement (`$1` as there: none means all).
-pub(super) const REQUEUED: &str = "requeued AS (
-         UPDATE journal j SET fate = 0, settled_at_ns = NULL, http_status = NULL
-         FROM dead_letter d
-         WHERE ($1::bigint[] IS NULL OR d.seq = ANY($1)) AND j.id = d.journal_id), ";
+/// Dead letters put back in the outbox are queued again, an outcome each
+/// that keeps the attempts and why: the first part of
+/// `retry_dead_letters`'s statement (`$1` as there: none means all; `$2`
+/// the time).
+pub(super) fn requeued() -> String {
+    format!(
+        "requeued AS (
+         INSERT INTO journal_outcome (journal_id, settled_at_ns, fate, attempts, instance, detail)
+         SELECT j.id, $2, 0, {OUTCOME_KEPT}
+         FROM dead_letter d, {OUTCOME_FROM}
+         WHERE ($1::bigint[] IS NULL OR d.seq = ANY($1)) AND j.id = d.journal_id
+         ON CONFLICT DO NOTHING), "
+    )
+}
 
 impl PgStore {
     /// Notes a daemon start with the journal on or off: turned on after
@@ -276,6 +301,8 @@ impl PgStore {
                        AND fetched_at_ns < $1
                      FOR UPDATE SKIP LOCKED),
                  gone AS (DELETE FROM journal WHERE id IN (SELECT id FROM oldest) RETURNING 1),
+                 outcomes AS (
+                     DELETE FROM journal_outcome WHERE journal_id IN (SELECT id FROM oldest)),
                  noted AS (
                      UPDATE journal_span SET pruned_before_ns = GREATEST(pruned_before_ns, $1)
                      WHERE EXISTS (SELECT 1 FROM gone))

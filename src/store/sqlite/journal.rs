@@ -9,7 +9,10 @@
 //! journal row's number (`journal_id`), so settling finds the row without
 //! an index; a skipped entry is remembered in `seen` under `skipped:<id>`
 //! (pruned with the look-back like any id), so the next query of the window
-//! does not journal it twice. `trace` reads the table: an index on random
+//! does not journal it twice. Settling appends to `journal_outcome`, keyed
+//! by the journal row and the time (without a rowid: the outcomes of one
+//! row sit together, and `trace` finds the latest by the key), small rows
+//! that settle without touching the wide ones. `trace` reads the table: an index on random
 //! ids would cost every queued event a random page write, and a catch-up
 //! far more than the 10% the journal may cost it.
 
@@ -18,7 +21,9 @@ use rusqlite::{OptionalExtension, Transaction, params};
 use super::Context;
 use crate::event::{Entry, Timestamp, from_nanos, to_nanos};
 use crate::store::StoreError;
-use crate::store::journal::{Fate, JournalSpan, PRUNE_BATCH, Param, Story, TraceQuery, trace_sql};
+use crate::store::journal::{
+    Fate, JournalSpan, OUTCOME_FROM, OUTCOME_KEPT, PRUNE_BATCH, Param, Story, TraceQuery, trace_sql,
+};
 
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS journal (
@@ -40,6 +45,16 @@ CREATE TABLE IF NOT EXISTS journal (
     instance         TEXT,
     detail           TEXT
 );
+CREATE TABLE IF NOT EXISTS journal_outcome (
+    journal_id       INTEGER NOT NULL,
+    settled_at_ns    INTEGER NOT NULL,
+    fate             INTEGER NOT NULL,
+    http_status      INTEGER,
+    attempts         INTEGER,
+    instance         TEXT,
+    detail           TEXT,
+    PRIMARY KEY (journal_id, settled_at_ns)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS journal_span (
     id               INTEGER PRIMARY KEY CHECK (id = 1),
     started_at_ns    INTEGER NOT NULL,
@@ -127,19 +142,19 @@ pub(super) fn skipped(
     Ok(())
 }
 
-/// The outbox row `?1` was acknowledged with HTTP `?2` at `?3`: its
-/// journal row says so, with the attempts and the last failure before it.
-/// Run before the outbox row is deleted.
-const DELIVERED: &str = "UPDATE journal SET fate = 1, settled_at_ns = ?3, http_status = ?2,
-        attempts = o.attempts + 1, detail = o.last_error
-     FROM outbox o
-     WHERE o.seq = ?1 AND journal.id = o.journal_id";
+/// The outbox row `?1` was acknowledged with HTTP `?2` at `?3`: an outcome
+/// says so, with the attempts and the last failure before it. Run before
+/// the outbox row is deleted.
+const DELIVERED: &str = "INSERT OR REPLACE INTO journal_outcome
+        (journal_id, settled_at_ns, fate, http_status, attempts, detail)
+     SELECT journal_id, ?3, 1, ?2, attempts + 1, last_error
+     FROM outbox WHERE seq = ?1 AND journal_id IS NOT NULL";
 
 /// The outbox row `?1` was rejected for `?2` at `?3`.
-const DEAD_LETTERED: &str = "UPDATE journal SET fate = 2, settled_at_ns = ?3, detail = ?2,
-        attempts = o.attempts + 1
-     FROM outbox o
-     WHERE o.seq = ?1 AND journal.id = o.journal_id";
+const DEAD_LETTERED: &str = "INSERT OR REPLACE INTO journal_outcome
+        (journal_id, settled_at_ns, fate, detail, attempts)
+     SELECT journal_id, ?3, 2, ?2, attempts + 1
+     FROM outbox WHERE seq = ?1 AND journal_id IS NOT NULL";
 
 /// Journals a settling transaction's outcomes, before its outbox deletes.
 pub(super) fn settle(
@@ -165,12 +180,22 @@ pub(super) fn settle(
     Ok(())
 }
 
-/// A dead letter `?1` put back in the outbox is queued again.
-pub(super) fn requeued(tx: &Transaction<'_>, dead_letter_seq: i64) -> Result<(), StoreError> {
+/// A dead letter `?1` put back in the outbox at `now` is queued again: an
+/// outcome says so, keeping the attempts and why it was dead-lettered.
+pub(super) fn requeued(
+    tx: &Transaction<'_>,
+    dead_letter_seq: i64,
+    now: Timestamp,
+) -> Result<(), StoreError> {
     tx.execute(
-        "UPDATE journal SET fate = 0, settled_at_ns = NULL, http_status = NULL
-         WHERE id = (SELECT journal_id FROM dead_letter WHERE seq = ?1)",
-        [dead_letter_seq],
+        &format!(
+            "INSERT OR REPLACE INTO journal_outcome
+                 (journal_id, settled_at_ns, fate, attempts, instance, detail)
+             SELECT j.id, ?2, 0, {OUTCOME_KEPT}
+             FROM dead_letter d, {OUTCOME_FROM}
+             WHERE d.seq = ?1 AND j.id = d.journal_id"
+        ),
+        params![dead_letter_seq, to_nanos(now)],
     )
     .ctx("journaling a re-queued dead letter")?;
     Ok(())
@@ -198,11 +223,17 @@ pub(super) fn start(tx: &Transaction<'_>, on: bool, now: Timestamp) -> Result<()
 /// that a journal with nothing to prune costs one short index walk.
 pub(super) fn prune(tx: &Transaction<'_>, before: Timestamp) -> Result<usize, StoreError> {
     let before = to_nanos(before);
+    // The same rows' outcomes first, while the rows still name them.
+    let oldest = "SELECT id FROM (SELECT id, fetched_at_ns FROM journal ORDER BY id LIMIT ?2)
+                  WHERE fetched_at_ns < ?1";
+    tx.execute(
+        &format!("DELETE FROM journal_outcome WHERE journal_id IN ({oldest})"),
+        params![before, PRUNE_BATCH],
+    )
+    .ctx("pruning the journal")?;
     let deleted = tx
         .execute(
-            "DELETE FROM journal WHERE id IN (
-                 SELECT id FROM (SELECT id, fetched_at_ns FROM journal ORDER BY id LIMIT ?2)
-                 WHERE fetched_at_ns < ?1)",
+            &format!("DELETE FROM journal WHERE id IN ({oldest})"),
             params![before, PRUNE_BATCH],
         )
         .ctx("pruning the journal")?;

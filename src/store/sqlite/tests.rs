@@ -310,7 +310,36 @@ fn the_journal_follows_each_event_to_its_fate_and_is_pruned_oldest_first() {
     assert_eq!(story_of(&store, "started").fate, Fate::Skipped);
     // Re-queued from the dead letters, it is queued again.
     store.retry_dead_letters(None).unwrap();
-    assert_eq!(story_of(&store, "bad").fate, Fate::Queued);
+    let again = story_of(&store, "bad");
+    assert_eq!(
+        (again.fate, again.settled_at, again.attempts),
+        (Fate::Queued, None, Some(1))
+    );
+    // Delivered at last: the latest outcome is the story.
+    let batch = store.next_batch(10, &[], None).unwrap();
+    store
+        .settle(&[(batch[0].seq, 200)], &[], &[], true)
+        .unwrap();
+    let bad = story_of(&store, "bad");
+    assert_eq!(
+        (bad.fate, bad.http_status, bad.attempts),
+        (Fate::Delivered, Some(200), Some(1))
+    );
+    let outcomes = || {
+        store
+            .with(|c| {
+                c.query_row("SELECT count(*) FROM journal_outcome", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .ctx("counting")
+            })
+            .unwrap()
+    };
+    assert_eq!(
+        outcomes(),
+        4,
+        "delivered, dead-lettered, queued again, delivered"
+    );
     // Nothing was fetched before `now`; everything was before a later cutoff.
     assert_eq!(
         store
@@ -320,6 +349,7 @@ fn the_journal_follows_each_event_to_its_fate_and_is_pruned_oldest_first() {
     );
     let later = chrono::Utc::now() + chrono::Duration::seconds(1);
     assert_eq!(store.prune_journal(later).unwrap(), 3);
+    assert_eq!(outcomes(), 0, "pruned with their rows");
     let span = store.journal_span().unwrap().unwrap();
     assert_eq!(
         span.pruned_before,
