@@ -113,6 +113,12 @@ fn describe() {
     );
     describe_gauge!(name("outbox_depth"), "Events waiting for delivery.");
     describe_gauge!(name("dead_letters"), "Events in the dead-letter table.");
+    describe_requests_and_state();
+}
+
+/// The descriptions of the request, limit, outage, detection and lease metrics.
+fn describe_requests_and_state() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         name("azure_requests_total"),
         "Requests to Azure by HTTP status."
