@@ -24,7 +24,8 @@ and a one-line summary with its target on stderr):
             scheduled polls made on time, the first poll's delay, the
             poller's CPU and peak RSS, and its log lines a second at INFO.
 
-LAT_SDK=0 skips the SDK's listing; LAT_KEEP=1 keeps each run's directory (the
+LAT_GUARDRAILS="max_concurrency = 256" adds settings to [guardrails] (to compare with the
+default). LAT_SDK=0 skips the SDK's listing; LAT_KEEP=1 keeps each run's directory (the
 poller's log, the proxy's stats). Settings are the poller's defaults: the emulator's poller.toml pins
 [guardrails] concurrency and retry pauses, which are removed here.
 """
@@ -75,6 +76,9 @@ class Run:
         section, sep2, tail = rest.partition("\n[")
         section = "\n".join(l for l in section.split("\n")
                             if not re.match(r"(concurrency|retry_base|retry_max) =", l))
+        # LAT_GUARDRAILS="max_concurrency = 256": a setting to compare against the default.
+        if os.environ.get("LAT_GUARDRAILS"):
+            section = os.environ["LAT_GUARDRAILS"] + "\n" + section
         with open(toml, "w") as f:
             f.write(head + sep + section + sep2 + tail)
 

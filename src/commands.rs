@@ -432,10 +432,18 @@ fn demo(duration: std::time::Duration) -> ExitCode {
     }
 }
 
+/// Threads for blocking work: SQLite calls (one connection, so callers take
+/// turns anyway), DNS lookups, file reads. Tokio's default (512) let 10,000
+/// subscriptions' store calls, each waiting for the one SQLite connection on a
+/// thread of its own, grow the process to 183 threads (and as many malloc
+/// arenas) at the start; more calls than this wait in the queue instead.
+const BLOCKING_THREADS: usize = 16;
+
 /// The async runtime, or the exit code for a process that cannot have one.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .map_err(|e| {
             eprintln!("azure-activity-poller: cannot start the async runtime: {e}");

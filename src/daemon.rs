@@ -53,7 +53,7 @@ pub enum Signal {
 const STALL_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 struct Running {
-    sub: SubscriptionConfig,
+    sub: Arc<SubscriptionConfig>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
     beat: Arc<Heartbeat>,
@@ -113,7 +113,7 @@ struct Supervisor {
 }
 
 impl Supervisor {
-    fn start(&mut self, sub: SubscriptionConfig, previous: Option<JoinHandle<()>>) {
+    fn start(&mut self, sub: Arc<SubscriptionConfig>, previous: Option<JoinHandle<()>>) {
         let (stop, rx) = watch::channel(false);
         let beat = Arc::new(Heartbeat::default());
         self.app.health.track(&sub);
@@ -157,7 +157,7 @@ impl Supervisor {
             self.app.health.untrack(&id);
         }
         self.released.retain(|_, t| !t.is_finished());
-        let start: Vec<SubscriptionConfig> = self
+        let start: Vec<Arc<SubscriptionConfig>> = self
             .app
             .config
             .subscriptions
@@ -165,7 +165,7 @@ impl Supervisor {
             .filter(|s| held.contains(s.id.as_str()) && !self.running.contains_key(s.id.as_str()))
             .cloned()
             .collect();
-        let labels: Vec<String> = start.iter().map(SubscriptionConfig::label).collect();
+        let labels: Vec<String> = start.iter().map(|s| s.label()).collect();
         log_lease_changes("held by this instance: polling it", &labels);
         for sub in start {
             tracing::debug!(subscription = %sub.label(), "held by this instance: polling it");
@@ -240,7 +240,7 @@ impl Supervisor {
             // what it measured stays.
             new.reads.set_cap(nc.azure.concurrency);
         }
-        let wanted: BTreeMap<String, SubscriptionConfig> = nc
+        let wanted: BTreeMap<String, Arc<SubscriptionConfig>> = nc
             .subscriptions
             .iter()
             .map(|s| (s.id.to_string(), s.clone()))
@@ -284,7 +284,7 @@ impl Supervisor {
     }
 
     /// Stops the tasks of subscriptions no longer configured; how many.
-    fn retire_unwanted(&mut self, wanted: &BTreeMap<String, SubscriptionConfig>) -> usize {
+    fn retire_unwanted(&mut self, wanted: &BTreeMap<String, Arc<SubscriptionConfig>>) -> usize {
         let gone = self.running_but_not(|id| wanted.contains_key(id));
         for id in &gone {
             if let Some(task) = self.retire(id) {

@@ -10,8 +10,18 @@
 //! between those:
 //! - while polls wait and every permit is taken (a start, when every
 //!   subscription is due at once, or a latency that just rose), the limit
-//!   doubles at each adjustment, like TCP's slow start, so a WAN's hundreds of
-//!   reads in flight are reached in a second or two instead of a minute;
+//!   doubles, like TCP's slow start, so a WAN's hundreds of reads in flight
+//!   are reached in a few seconds instead of a minute;
+//! - like TCP's slow start too, it grows at most twofold per round: the time
+//!   a poll holds its permit, between [`ADJUST_EVERY`] and [`MAX_ROUND`]
+//!   (before any poll has finished, one doubling, then a wait of
+//!   [`MAX_ROUND`]). A poll on a new connection pays the TCP and TLS
+//!   handshakes first (1.5 s at 250 ms one way, three times an empty poll on
+//!   a warm one): growing faster than answers come back only opens
+//!   connections that the next second no longer needs. At the
+//!   10,000-subscription start the limit used to double every 250 ms to its
+//!   cap, and 500 connections (56 KiB of buffers each) were opened where
+//!   about 200 serve the schedule once they are reused;
 //! - when ARM throttles (HTTP 429) a good part of the polls
 //!   ([`THROTTLED_SHARE`] of the recent ones), the limit is cut by a quarter
 //!   and held there for [`THROTTLE_HOLD`]: more reads in flight would only be
@@ -47,6 +57,9 @@ pub const ADJUST_EVERY: Duration = Duration::from_millis(250);
 /// average: arrivals are bursty (polls of many subscriptions share a second
 /// of the interval) and round trips vary.
 pub const HEADROOM: f64 = 2.0;
+/// The longest round (see the module's text): the limit may double at least
+/// this often while polls wait, however long a poll holds its permit.
+pub const MAX_ROUND: Duration = Duration::from_secs(2);
 /// After a cut for throttling, the limit does not grow for this long.
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(30);
 /// A cut for throttling leaves this fraction of the limit.
@@ -144,6 +157,8 @@ struct State {
     throttled_since_cut: bool,
     /// The last cut for throttling.
     throttled_at: Option<Instant>,
+    /// The last time the limit grew: it grows at most twofold per round.
+    grown_at: Option<Instant>,
     bound: Bound,
 }
 
@@ -151,6 +166,19 @@ impl State {
     fn cut_lately(&self, now: Instant) -> bool {
         self.throttled_at
             .is_some_and(|t| now.duration_since(t) < CUT_EVERY)
+    }
+
+    /// How far the limit may grow now: twofold once per round, where a round
+    /// is the time a poll holds its permit (between [`ADJUST_EVERY`] and
+    /// [`MAX_ROUND`]; [`MAX_ROUND`] until a poll has finished).
+    fn growth_allowed(&self, now: Instant) -> usize {
+        let round = self.hold.map_or(MAX_ROUND, |h| {
+            Duration::from_secs_f64(h.max(0.0)).clamp(ADJUST_EVERY, MAX_ROUND)
+        });
+        match self.grown_at {
+            Some(t) if now.duration_since(t) < round => self.limit,
+            _ => self.limit.saturating_mul(2),
+        }
     }
 }
 
@@ -198,6 +226,7 @@ impl ReadLimit {
                     throttled_share: 0.0,
                     throttled_since_cut: false,
                     throttled_at: None,
+                    grown_at: None,
                     bound: Bound::Demand,
                 }),
             }),
@@ -323,7 +352,17 @@ impl Inner {
             target = target.min(s.limit);
         }
         let capped = target > self.cap();
-        self.set(s, target.min(self.cap()));
+        let target = target.min(self.cap());
+        let target = if target > s.limit {
+            let allowed = s.growth_allowed(now);
+            if allowed > s.limit {
+                s.grown_at = Some(now);
+            }
+            target.min(allowed)
+        } else {
+            target
+        };
+        self.set(s, target);
         s.bound = if throttled {
             Bound::Throttled
         } else if capped {
@@ -443,10 +482,11 @@ mod tests {
         tokio::task::yield_now().await;
         let mut limits = Vec::new();
         for _ in 0..4 {
-            // As if an adjustment window had passed.
+            // As if a round had passed.
             {
                 let mut s = l.inner.lock();
                 s.window_start -= ADJUST_EVERY;
+                s.grown_at = s.grown_at.map(|t| t - MAX_ROUND);
                 l.inner.adjust(&mut s, Instant::now());
             }
             tokio::task::yield_now().await;
@@ -460,11 +500,67 @@ mod tests {
         drop(held);
     }
 
+    /// A backlog at a start over a WAN: the limit doubles once, then once
+    /// per round (how long a poll holds its permit), not at every
+    /// adjustment: the 10,000-subscription start opened 500 connections
+    /// where about 200 serve once they are reused.
+    #[test]
+    fn a_backlog_grows_the_limit_twofold_per_round_not_per_adjustment() {
+        let l = ReadLimit::new(DEFAULT_CAP);
+        let mut s = l.inner.lock();
+        let t0 = Instant::now();
+        s.window_start = t0;
+        let at = |s: &mut State, ms: u64| {
+            s.waiting = 500;
+            s.in_flight = s.limit;
+            s.arrivals = 40;
+            // Every permit taken.
+            l.inner.semaphore.forget_permits(usize::MAX);
+            l.inner.adjust(s, t0 + Duration::from_millis(ms));
+            s.limit
+        };
+        // Nothing finished yet: one doubling, then a wait of MAX_ROUND.
+        assert_eq!(at(&mut s, 250), 64);
+        assert_eq!(at(&mut s, 500), 64);
+        assert_eq!(at(&mut s, 1_000), 64);
+        assert_eq!(at(&mut s, 2_250), 128);
+        // Polls finish holding their permits 1.5 s (a new connection's
+        // handshakes first): a doubling every 1.5 s.
+        s.hold = Some(1.5);
+        assert_eq!(at(&mut s, 2_500), 128);
+        assert_eq!(at(&mut s, 3_500), 128);
+        assert_eq!(at(&mut s, 3_750), 256);
+        assert_eq!(at(&mut s, 4_000), 256);
+        assert_eq!(at(&mut s, 5_250), 512);
+        // A poll held for minutes (a long catch-up) does not stop growth
+        // for minutes: a round is MAX_ROUND at most.
+        drop(s);
+        let l = ReadLimit::new(DEFAULT_CAP);
+        let mut s = l.inner.lock();
+        s.window_start = t0;
+        s.hold = Some(300.0);
+        s.rate = Some(1.0);
+        let at = |s: &mut State, ms: u64| {
+            s.waiting = 500;
+            s.in_flight = s.limit;
+            s.arrivals = 40;
+            // Every permit taken.
+            l.inner.semaphore.forget_permits(usize::MAX);
+            l.inner.adjust(s, t0 + Duration::from_millis(ms));
+            s.limit
+        };
+        assert_eq!(at(&mut s, 250), 64);
+        assert_eq!(at(&mut s, 2_000), 64);
+        assert_eq!(at(&mut s, 2_250), 128);
+    }
+
     #[test]
     fn the_limit_follows_littles_law_and_shrinks_without_interrupting() {
         let l = ReadLimit::new(512);
         {
             let mut s = l.inner.lock();
+            // Within one doubling of what demand asks.
+            l.inner.set(&mut s, 64);
             s.in_flight = 0;
             // 100 polls a second, each holding its permit 0.5 s: 50 in
             // flight on average, 100 with headroom.

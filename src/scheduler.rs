@@ -421,7 +421,7 @@ async fn poll_held(
 /// When the pause lifts, it polls at once, from its watermark.
 pub async fn subscription_task(
     app: Arc<App>,
-    sub: SubscriptionConfig,
+    sub: Arc<SubscriptionConfig>,
     since: Option<Timestamp>,
     mut stop: watch::Receiver<bool>,
     beat: Arc<Heartbeat>,

@@ -181,6 +181,13 @@ fn ingest_url(
     }
 }
 
+/// `[guardrails] max_concurrency` by default: POSTs in flight at most. One
+/// event per POST, so over a 50 ms round trip this is at most 10,240 events a
+/// second; 256 capped a 20,000-entry burst's delivery at 5,120 a second,
+/// while the endpoint kept up. Each POST in flight holds a connection (about
+/// 56 KiB of buffers over HTTP/1.1), so the cap bounds memory too.
+pub const DEFAULT_MAX_DELIVERIES: usize = 512;
+
 /// `concurrency`: `"adaptive"` (the default, up to `max_concurrency`) or a
 /// fixed number of POSTs in flight.
 fn delivery_concurrency(g: &Guardrails, ck: &mut Checker<'_>) -> Option<DeliveryConcurrency> {
@@ -188,7 +195,7 @@ fn delivery_concurrency(g: &Guardrails, ck: &mut Checker<'_>) -> Option<Delivery
         &g.max_concurrency,
         "[guardrails] max_concurrency",
         4096,
-        256,
+        DEFAULT_MAX_DELIVERIES,
     );
     let fixed = match g.concurrency.as_ref() {
         None => None,

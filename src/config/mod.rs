@@ -97,7 +97,9 @@ pub struct Config {
     pub azure: AzureConfig,
     pub credentials: BTreeMap<String, CredentialConfig>,
     pub guardrails: GuardrailsConfig,
-    pub subscriptions: Vec<SubscriptionConfig>,
+    /// Shared (`Arc`): the supervisor, each subscription's task and the
+    /// detection keep the same one, not copies (10,000 of them at an estate).
+    pub subscriptions: Vec<std::sync::Arc<SubscriptionConfig>>,
     /// `[telemetry] listen`: where /metrics, /healthz and /readyz are served.
     pub telemetry_listen: Option<std::net::SocketAddr>,
     pub detection: DetectionConfig,
@@ -183,7 +185,7 @@ impl Config {
     }
 
     /// Subscriptions whose feeds are detected (`event_handlers = "detect"`).
-    pub fn detected_subscriptions(&self) -> Vec<SubscriptionConfig> {
+    pub fn detected_subscriptions(&self) -> Vec<std::sync::Arc<SubscriptionConfig>> {
         self.subscriptions
             .iter()
             .filter(|s| s.event_handlers == EventHandlers::Detect)
@@ -196,6 +198,7 @@ impl Config {
         self.subscriptions
             .iter()
             .filter(|s| s.event_handlers == EventHandlers::Active)
+            .map(|s| &**s)
             .collect()
     }
 }

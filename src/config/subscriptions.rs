@@ -186,7 +186,7 @@ pub(super) fn validate(
     credentials: &[&str],
     optional: bool,
     ck: &mut Checker<'_>,
-) -> Vec<SubscriptionConfig> {
+) -> Vec<std::sync::Arc<SubscriptionConfig>> {
     let d = Inherited::validate(defaults, ck);
     if subscriptions.is_empty() && !ck.unreadable.contains("subscription") && !optional {
         ck.at(ck.end(), "no [[subscription]] configured: add at least one");
@@ -205,7 +205,7 @@ pub(super) fn validate(
             continue;
         }
         if let Some(s) = validate_one(id, sub, &d, credentials, ck) {
-            out.push(s);
+            out.push(std::sync::Arc::new(s));
         }
     }
     out

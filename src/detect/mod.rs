@@ -236,9 +236,9 @@ impl Detector {
 /// Detects every subscription of `subs` at once, in their order.
 pub async fn detect_all(
     detector: &Detector,
-    subs: &[SubscriptionConfig],
+    subs: &[Arc<SubscriptionConfig>],
     tokens: &BTreeMap<String, Arc<TokenSource>>,
-) -> Vec<(SubscriptionConfig, Detection)> {
+) -> Vec<(Arc<SubscriptionConfig>, Detection)> {
     let asked: Vec<Asked> = subs
         .iter()
         .map(|s| Asked {
@@ -263,7 +263,7 @@ pub fn explain(sub: &SubscriptionConfig, findings: &[String]) -> String {
 pub struct Checks {
     pub detector: Arc<Detector>,
     pub tokens: BTreeMap<String, Arc<TokenSource>>,
-    pub subscriptions: Vec<SubscriptionConfig>,
+    pub subscriptions: Vec<Arc<SubscriptionConfig>>,
     pub settings: DetectionConfig,
     pub store: Store,
     pub pauses: Arc<Pauses>,
@@ -272,7 +272,7 @@ pub struct Checks {
 
 impl Checks {
     /// The subscriptions with `event_handlers = "detect"`, in file order.
-    fn detected(&self) -> Vec<SubscriptionConfig> {
+    fn detected(&self) -> Vec<Arc<SubscriptionConfig>> {
         self.subscriptions
             .iter()
             .filter(|s| s.event_handlers == EventHandlers::Detect)
@@ -283,8 +283,8 @@ impl Checks {
     /// Asks about every subscription of `subs` (see [`detect_all`]).
     async fn detect_all(
         &self,
-        subs: &[SubscriptionConfig],
-    ) -> Vec<(SubscriptionConfig, Detection)> {
+        subs: &[Arc<SubscriptionConfig>],
+    ) -> Vec<(Arc<SubscriptionConfig>, Detection)> {
         detect_all(&self.detector, subs, &self.tokens).await
     }
 

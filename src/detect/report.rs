@@ -2,6 +2,8 @@
 //! details below it, and what the poller would do.
 
 use super::{DetectError, Detection, GuardrailsFinding, PolicyFinding, Verdict, explain};
+use std::sync::Arc;
+
 use crate::config::{EventHandlers, OnUnknown, SubscriptionConfig};
 
 /// What `check-config --online` concludes for one subscription.
@@ -22,7 +24,7 @@ const HEADER: [&str; 5] = [
 
 /// The `check-config --online` table, the details below it, and the worst outcome.
 pub fn render_online(
-    checked: &[(SubscriptionConfig, Detection)],
+    checked: &[(Arc<SubscriptionConfig>, Detection)],
     on_unknown: OnUnknown,
 ) -> (String, Outcome) {
     let mut rows = vec![HEADER.map(String::from)];

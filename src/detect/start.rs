@@ -5,6 +5,7 @@
 //! operator's override, warned about at every start.
 
 use std::time::Duration;
+use std::sync::Arc;
 
 use super::{Checks, Detection, START_CHECK_LIMIT, Verdict, explain};
 use crate::config::{EventHandlers, OnUnknown, SubscriptionConfig};
@@ -91,7 +92,7 @@ pub async fn at_start(checks: &Checks) -> Result<(), Refusal> {
 
 /// `event_handlers = false`: the operator vouches that nothing else feeds
 /// the subscription; said at every start.
-fn warn_overrides(subscriptions: &[SubscriptionConfig]) {
+fn warn_overrides(subscriptions: &[Arc<SubscriptionConfig>]) {
     for sub in subscriptions {
         if sub.event_handlers == EventHandlers::Absent {
             tracing::warn!(
@@ -106,8 +107,8 @@ fn warn_overrides(subscriptions: &[SubscriptionConfig]) {
 /// Asks about `subs`, for at most [`START_CHECK_LIMIT`].
 async fn check_within_limit(
     checks: &Checks,
-    subs: &[SubscriptionConfig],
-) -> Result<Vec<(SubscriptionConfig, Detection)>, Refusal> {
+    subs: &[Arc<SubscriptionConfig>],
+) -> Result<Vec<(Arc<SubscriptionConfig>, Detection)>, Refusal> {
     let checking = checks.detect_all(subs);
     let keep_systemd_waiting = async {
         // Many subscriptions over a WAN may take longer than the unit's
