@@ -184,6 +184,9 @@ class Run:
         if seen:
             usage["peak_rss_mib"] = max(usage.get("peak_rss_mib") or 0, seen["peak_rss_mib"])
             usage["peak_threads"] = seen["peak_threads"]
+            usage["peak_sockets"] = seen.get("peak_sockets")
+            # (second, RSS MiB, sockets open)
+            usage["trace"] = [(i, r, k) for i, r, k, _ in seen.get("trace", [])]
             usage.setdefault("cpu_s", seen.get("cpu_s"))
         usage["bench_cpu_s"] = {k: round((cpu_seconds(others[k].pid) or 0) - (v or 0), 2)
                                 for k, v in others_before.items()}
@@ -238,9 +241,30 @@ def proc_peaks(pid, seen):
     except (OSError, KeyError, ValueError):
         return seen
     cpu = cpu_seconds(pid)
+    rss = int(status["VmRSS"].split()[0]) / 1024
+    sockets = open_sockets(pid)
     return {"peak_rss_mib": round(max(seen.get("peak_rss_mib", 0), hwm), 1),
             "peak_threads": max(seen.get("peak_threads", 0), threads),
+            "peak_sockets": max(seen.get("peak_sockets", 0), sockets),
+            # RSS and sockets open about once a second, to see when the peak came.
+            "trace": trace_point(seen.get("trace", []), round(rss, 1), sockets),
             "cpu_s": cpu if cpu is not None else seen.get("cpu_s")}
+
+
+def open_sockets(pid):
+    """Sockets the process holds open (its connections, as it sees them)."""
+    try:
+        return sum(1 for fd in os.listdir(f"/proc/{pid}/fd")
+                   if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"))
+    except OSError:
+        return 0
+
+
+def trace_point(trace, rss, sockets):
+    now = time.monotonic()
+    if not trace or now - trace[-1][3] >= 1.0:
+        trace = trace + [(len(trace), rss, sockets, now)]
+    return trace
 
 
 def cpu_seconds(pid):

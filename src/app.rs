@@ -126,6 +126,15 @@ pub fn http_client() -> Result<reqwest::Client, StartError> {
         .map_err(|e| StartError::Http(e.to_string()))
 }
 
+/// The polls a second the schedule asks for: every subscription once per interval.
+fn polls_per_second(config: &Config) -> f64 {
+    config
+        .subscriptions
+        .iter()
+        .map(|s| 1.0 / s.schedule.interval().as_secs_f64().max(1.0))
+        .sum()
+}
+
 /// Refuses subscriptions with active event handlers: exit 78, nothing polled.
 pub fn refuse_handler_conflicts(config: &Config) -> Result<(), StartError> {
     let conflicts: Vec<String> = config
@@ -209,7 +218,7 @@ impl App {
             .await?;
         let http = http_client()?;
         let budget = read_budget(&config);
-        let reads = ReadLimit::new(config.azure.concurrency);
+        let reads = ReadLimit::for_schedule(config.azure.concurrency, polls_per_second(&config));
         Self::assemble(
             config,
             Kept {

@@ -5,7 +5,7 @@
 //!
 //! Names, all prefixed `azure_activity_poller_`:
 //! - `polls_total{subscription,result}`            polls by result (ok, error)
-//! - `poll_duration_seconds{subscription}`         histogram
+//! - `poll_duration_seconds`                       histogram, all subscriptions together
 //! - `entries_fetched_total{subscription}`         entries read from Azure
 //! - `entries_kept_total{subscription}`            entries with a forwarded status
 //! - `entries_skipped_total{subscription,reason}`  status, duplicate, malformed
@@ -40,6 +40,10 @@
 //! nothing (an `absent` series and a quiet one look alike to a rule). Gauges
 //! of a subscription removed by a reload keep their last value until the
 //! process restarts (the `metrics` facade cannot unregister a series).
+//! The `entries_*_total` counters of a subscription appear at its first
+//! entry: an idle subscription has none (at 10,000 subscriptions, 50,000
+//! series of 0 and their memory), and `rate()`/`increase()` read a missing
+//! series as no entries.
 
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -88,7 +92,7 @@ fn describe() {
     describe_histogram!(
         name("poll_duration_seconds"),
         metrics::Unit::Seconds,
-        "Time one poll took."
+        "Time one poll took (all subscriptions)."
     );
     describe_counter!(
         name("entries_fetched_total"),
@@ -234,10 +238,18 @@ pub fn poll_finished(
     let sub = subscription.to_string();
     let result = if report.is_some() { "ok" } else { "error" };
     counter!(name("polls_total"), "subscription" => sub.clone(), "result" => result).increment(1);
-    histogram!(name("poll_duration_seconds"), "subscription" => sub.clone()).record(seconds);
+    // One histogram for all subscriptions: per subscription it was 14 series
+    // each (11 buckets, sum, count), 140,000 at an estate of 10,000, and a
+    // sample buffer each between scrapes. How long one subscription's polls
+    // take is in `status` and its poll lines.
+    histogram!(name("poll_duration_seconds")).record(seconds);
     if let Some(r) = report {
+        // A counter appears at its first entry, not at an idle poll's zero:
+        // at 10,000 idle subscriptions these five were 50,000 series of 0.
         let add = |metric: &str, n: usize| {
-            counter!(name(metric), "subscription" => sub.clone()).increment(n as u64);
+            if n > 0 {
+                counter!(name(metric), "subscription" => sub.clone()).increment(n as u64);
+            }
         };
         add("entries_fetched_total", r.fetched);
         add("entries_kept_total", r.kept);
@@ -246,8 +258,10 @@ pub fn poll_finished(
             ("duplicate", r.duplicate),
             ("malformed", r.quarantined),
         ] {
-            counter!(name("entries_skipped_total"), "subscription" => sub.clone(), "reason" => reason)
-                .increment(n as u64);
+            if n > 0 {
+                counter!(name("entries_skipped_total"), "subscription" => sub.clone(), "reason" => reason)
+                    .increment(n as u64);
+            }
         }
     }
     if let Some(lag) = lag {

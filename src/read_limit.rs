@@ -10,18 +10,8 @@
 //! between those:
 //! - while polls wait and every permit is taken (a start, when every
 //!   subscription is due at once, or a latency that just rose), the limit
-//!   doubles, like TCP's slow start, so a WAN's hundreds of reads in flight
-//!   are reached in a few seconds instead of a minute;
-//! - like TCP's slow start too, it grows at most twofold per round: the time
-//!   a poll holds its permit, between [`ADJUST_EVERY`] and [`MAX_ROUND`]
-//!   (before any poll has finished, one doubling, then a wait of
-//!   [`MAX_ROUND`]). A poll on a new connection pays the TCP and TLS
-//!   handshakes first (1.5 s at 250 ms one way, three times an empty poll on
-//!   a warm one): growing faster than answers come back only opens
-//!   connections that the next second no longer needs. At the
-//!   10,000-subscription start the limit used to double every 250 ms to its
-//!   cap, and 500 connections (56 KiB of buffers each) were opened where
-//!   about 200 serve the schedule once they are reused;
+//!   doubles at each adjustment, like TCP's slow start, so a WAN's hundreds of
+//!   reads in flight are reached in a second or two instead of a minute;
 //! - when ARM throttles (HTTP 429) a good part of the polls
 //!   ([`THROTTLED_SHARE`] of the recent ones), the limit is cut by a quarter
 //!   and held there for [`THROTTLE_HOLD`]: more reads in flight would only be
@@ -49,17 +39,17 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use crate::config::DEFAULT_READ_CAP as DEFAULT_CAP;
 /// The limit never goes below this, whatever was measured.
 pub const MIN_LIMIT: usize = 4;
-/// The limit a start begins from, before anything is measured.
+/// The least limit a start begins from, before anything is measured.
 const INITIAL_LIMIT: usize = 32;
+/// What a poll is taken to hold its permit for until one has finished: a
+/// List call on a new connection over a WAN (TCP and TLS handshakes first).
+const ASSUMED_HOLD: f64 = 1.0;
 /// How often the limit follows the measurements.
 pub const ADJUST_EVERY: Duration = Duration::from_millis(250);
 /// The limit is this many times what Little's law says is in flight on
 /// average: arrivals are bursty (polls of many subscriptions share a second
 /// of the interval) and round trips vary.
 pub const HEADROOM: f64 = 2.0;
-/// The longest round (see the module's text): the limit may double at least
-/// this often while polls wait, however long a poll holds its permit.
-pub const MAX_ROUND: Duration = Duration::from_secs(2);
 /// After a cut for throttling, the limit does not grow for this long.
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(30);
 /// A cut for throttling leaves this fraction of the limit.
@@ -157,8 +147,6 @@ struct State {
     throttled_since_cut: bool,
     /// The last cut for throttling.
     throttled_at: Option<Instant>,
-    /// The last time the limit grew: it grows at most twofold per round.
-    grown_at: Option<Instant>,
     bound: Bound,
 }
 
@@ -166,19 +154,6 @@ impl State {
     fn cut_lately(&self, now: Instant) -> bool {
         self.throttled_at
             .is_some_and(|t| now.duration_since(t) < CUT_EVERY)
-    }
-
-    /// How far the limit may grow now: twofold once per round, where a round
-    /// is the time a poll holds its permit (between [`ADJUST_EVERY`] and
-    /// [`MAX_ROUND`]; [`MAX_ROUND`] until a poll has finished).
-    fn growth_allowed(&self, now: Instant) -> usize {
-        let round = self.hold.map_or(MAX_ROUND, |h| {
-            Duration::from_secs_f64(h.max(0.0)).clamp(ADJUST_EVERY, MAX_ROUND)
-        });
-        match self.grown_at {
-            Some(t) if now.duration_since(t) < round => self.limit,
-            _ => self.limit.saturating_mul(2),
-        }
     }
 }
 
@@ -207,8 +182,20 @@ pub struct ReadPermit {
 impl ReadLimit {
     /// A limit that follows demand, between [`MIN_LIMIT`] and `cap`.
     pub fn new(cap: usize) -> Self {
+        Self::for_schedule(cap, 0.0)
+    }
+
+    /// A limit that begins where the schedule's polls (`polls_per_second`,
+    /// every subscription once per interval) need it, by Little's law with
+    /// [`ASSUMED_HOLD`] and [`HEADROOM`], at least [`INITIAL_LIMIT`]: a start
+    /// that let polls queue behind a small first limit released them at once
+    /// when it grew, each opening a connection of its own (729 to ARM at the
+    /// 10,000-subscription start, against about 275 when they arrive at the
+    /// schedule's pace).
+    pub fn for_schedule(cap: usize, polls_per_second: f64) -> Self {
         let cap = cap.max(1);
-        let limit = INITIAL_LIMIT.min(cap);
+        let needed = (HEADROOM * polls_per_second.max(0.0) * ASSUMED_HOLD).ceil();
+        let limit = (needed.min(cap as f64) as usize).max(INITIAL_LIMIT).min(cap);
         ReadLimit {
             inner: Arc::new(Inner {
                 semaphore: Arc::new(Semaphore::new(limit)),
@@ -226,7 +213,6 @@ impl ReadLimit {
                     throttled_share: 0.0,
                     throttled_since_cut: false,
                     throttled_at: None,
-                    grown_at: None,
                     bound: Bound::Demand,
                 }),
             }),
@@ -352,17 +338,7 @@ impl Inner {
             target = target.min(s.limit);
         }
         let capped = target > self.cap();
-        let target = target.min(self.cap());
-        let target = if target > s.limit {
-            let allowed = s.growth_allowed(now);
-            if allowed > s.limit {
-                s.grown_at = Some(now);
-            }
-            target.min(allowed)
-        } else {
-            target
-        };
-        self.set(s, target);
+        self.set(s, target.min(self.cap()));
         s.bound = if throttled {
             Bound::Throttled
         } else if capped {
@@ -465,6 +441,20 @@ mod tests {
         l.inner.semaphore.available_permits()
     }
 
+    #[test]
+    fn the_first_limit_follows_the_schedule() {
+        // 10,000 subscriptions every minute: 167 polls a second, 1 s each
+        // until measured, with headroom.
+        let l = ReadLimit::for_schedule(DEFAULT_CAP, 10_000.0 / 60.0);
+        assert_eq!(l.figure().limit, 334);
+        assert_eq!(available(&l), 334);
+        // A few subscriptions: the floor. Many more: the cap.
+        assert_eq!(ReadLimit::for_schedule(DEFAULT_CAP, 1.0).figure().limit, INITIAL_LIMIT);
+        assert_eq!(ReadLimit::for_schedule(DEFAULT_CAP, 1e6).figure().limit, DEFAULT_CAP);
+        assert_eq!(ReadLimit::for_schedule(8, 100.0).figure().limit, 8);
+        assert_eq!(ReadLimit::for_schedule(DEFAULT_CAP, f64::NAN).figure().limit, INITIAL_LIMIT);
+    }
+
     #[tokio::test]
     async fn a_backlog_doubles_the_limit_up_to_the_cap() {
         let l = ReadLimit::new(100);
@@ -482,11 +472,10 @@ mod tests {
         tokio::task::yield_now().await;
         let mut limits = Vec::new();
         for _ in 0..4 {
-            // As if a round had passed.
+            // As if an adjustment window had passed.
             {
                 let mut s = l.inner.lock();
                 s.window_start -= ADJUST_EVERY;
-                s.grown_at = s.grown_at.map(|t| t - MAX_ROUND);
                 l.inner.adjust(&mut s, Instant::now());
             }
             tokio::task::yield_now().await;
@@ -500,67 +489,11 @@ mod tests {
         drop(held);
     }
 
-    /// A backlog at a start over a WAN: the limit doubles once, then once
-    /// per round (how long a poll holds its permit), not at every
-    /// adjustment: the 10,000-subscription start opened 500 connections
-    /// where about 200 serve once they are reused.
-    #[test]
-    fn a_backlog_grows_the_limit_twofold_per_round_not_per_adjustment() {
-        let l = ReadLimit::new(DEFAULT_CAP);
-        let mut s = l.inner.lock();
-        let t0 = Instant::now();
-        s.window_start = t0;
-        let at = |s: &mut State, ms: u64| {
-            s.waiting = 500;
-            s.in_flight = s.limit;
-            s.arrivals = 40;
-            // Every permit taken.
-            l.inner.semaphore.forget_permits(usize::MAX);
-            l.inner.adjust(s, t0 + Duration::from_millis(ms));
-            s.limit
-        };
-        // Nothing finished yet: one doubling, then a wait of MAX_ROUND.
-        assert_eq!(at(&mut s, 250), 64);
-        assert_eq!(at(&mut s, 500), 64);
-        assert_eq!(at(&mut s, 1_000), 64);
-        assert_eq!(at(&mut s, 2_250), 128);
-        // Polls finish holding their permits 1.5 s (a new connection's
-        // handshakes first): a doubling every 1.5 s.
-        s.hold = Some(1.5);
-        assert_eq!(at(&mut s, 2_500), 128);
-        assert_eq!(at(&mut s, 3_500), 128);
-        assert_eq!(at(&mut s, 3_750), 256);
-        assert_eq!(at(&mut s, 4_000), 256);
-        assert_eq!(at(&mut s, 5_250), 512);
-        // A poll held for minutes (a long catch-up) does not stop growth
-        // for minutes: a round is MAX_ROUND at most.
-        drop(s);
-        let l = ReadLimit::new(DEFAULT_CAP);
-        let mut s = l.inner.lock();
-        s.window_start = t0;
-        s.hold = Some(300.0);
-        s.rate = Some(1.0);
-        let at = |s: &mut State, ms: u64| {
-            s.waiting = 500;
-            s.in_flight = s.limit;
-            s.arrivals = 40;
-            // Every permit taken.
-            l.inner.semaphore.forget_permits(usize::MAX);
-            l.inner.adjust(s, t0 + Duration::from_millis(ms));
-            s.limit
-        };
-        assert_eq!(at(&mut s, 250), 64);
-        assert_eq!(at(&mut s, 2_000), 64);
-        assert_eq!(at(&mut s, 2_250), 128);
-    }
-
     #[test]
     fn the_limit_follows_littles_law_and_shrinks_without_interrupting() {
         let l = ReadLimit::new(512);
         {
             let mut s = l.inner.lock();
-            // Within one doubling of what demand asks.
-            l.inner.set(&mut s, 64);
             s.in_flight = 0;
             // 100 polls a second, each holding its permit 0.5 s: 50 in
             // flight on average, 100 with headroom.
