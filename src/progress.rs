@@ -147,7 +147,11 @@ impl Progress {
     /// Turns reporting on and draws a bar per subscription on `screen` (the
     /// first [`MAX_ROWS`]; the rest share a line) until [`Drawing::finish`].
     /// Runs on tokio. Only the first call draws: one run, one set of bars.
-    pub fn show(&self, screen: &Screen, subscriptions: &[Arc<SubscriptionConfig>]) -> Option<Drawing> {
+    pub fn show(
+        &self,
+        screen: &Screen,
+        subscriptions: &[Arc<SubscriptionConfig>],
+    ) -> Option<Drawing> {
         let board = Board {
             born: Instant::now(),
             counts: subscriptions

@@ -195,7 +195,9 @@ impl ReadLimit {
     pub fn for_schedule(cap: usize, polls_per_second: f64) -> Self {
         let cap = cap.max(1);
         let needed = (HEADROOM * polls_per_second.max(0.0) * ASSUMED_HOLD).ceil();
-        let limit = (needed.min(cap as f64) as usize).max(INITIAL_LIMIT).min(cap);
+        let limit = (needed.min(cap as f64) as usize)
+            .max(INITIAL_LIMIT)
+            .min(cap);
         ReadLimit {
             inner: Arc::new(Inner {
                 semaphore: Arc::new(Semaphore::new(limit)),
@@ -449,10 +451,21 @@ mod tests {
         assert_eq!(l.figure().limit, 334);
         assert_eq!(available(&l), 334);
         // A few subscriptions: the floor. Many more: the cap.
-        assert_eq!(ReadLimit::for_schedule(DEFAULT_CAP, 1.0).figure().limit, INITIAL_LIMIT);
-        assert_eq!(ReadLimit::for_schedule(DEFAULT_CAP, 1e6).figure().limit, DEFAULT_CAP);
+        assert_eq!(
+            ReadLimit::for_schedule(DEFAULT_CAP, 1.0).figure().limit,
+            INITIAL_LIMIT
+        );
+        assert_eq!(
+            ReadLimit::for_schedule(DEFAULT_CAP, 1e6).figure().limit,
+            DEFAULT_CAP
+        );
         assert_eq!(ReadLimit::for_schedule(8, 100.0).figure().limit, 8);
-        assert_eq!(ReadLimit::for_schedule(DEFAULT_CAP, f64::NAN).figure().limit, INITIAL_LIMIT);
+        assert_eq!(
+            ReadLimit::for_schedule(DEFAULT_CAP, f64::NAN)
+                .figure()
+                .limit,
+            INITIAL_LIMIT
+        );
     }
 
     #[tokio::test]

@@ -39,6 +39,13 @@ async fn metrics_health_and_readiness(backend: Backend) {
     h.extra = "\n[telemetry]\nlisten = \"127.0.0.1:0\"\n".into();
     h.fakes.deny(SUB_B);
     let entries = h.fakes.add(recent(SUB_A, "m", 7));
+    // Not forwarded: counted as skipped for its status.
+    h.fakes.add(vec![entry(
+        SUB_A,
+        "m-started",
+        Utc::now() - chrono::Duration::milliseconds(150),
+        "Started",
+    )]);
     let d = h.daemon(&[]);
     let addr = admin_addr(&d).await;
     h.fakes
@@ -77,9 +84,9 @@ async fn metrics_health_and_readiness(backend: Backend) {
         metric(
             &m,
             "entries_skipped_total",
-            &[("subscription", SUB_A), ("reason", "duplicate")]
+            &[("subscription", SUB_A), ("reason", "status")]
         )
-        .is_some(),
+        .is_some_and(|n| n >= 1.0),
         "{text}"
     );
     assert_eq!(metric(&m, "outbox_depth", &a), Some(0.0), "{text}");

@@ -4,8 +4,8 @@
 //! unless `[detection] on_unknown = "poll"`. `event_handlers = false` is the
 //! operator's override, warned about at every start.
 
-use std::time::Duration;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{Checks, Detection, START_CHECK_LIMIT, Verdict, explain};
 use crate::config::{EventHandlers, OnUnknown, SubscriptionConfig};
