@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{Semaphore, SemaphorePermit};
 use url::Url;
 
 use super::arm::Arm;
@@ -35,6 +36,36 @@ pub struct Fetched {
     pub requests: usize,
     /// Time spent waiting on `Retry-After`.
     pub throttled: Duration,
+    /// This page's share of [`PAGE_BYTES_IN_HAND`], held until the page is
+    /// dropped: keep the `Fetched` until the page is recorded.
+    pub turn: Option<PageTurn>,
+}
+
+/// The bytes of pages parsed and being recorded at once, in the whole
+/// process. A page's JSON is parsed into entries and normalized events
+/// (about three times its size again) before it is recorded: sixteen
+/// catch-up slices doing that at once held about 30 MiB (a page of 200
+/// entries is about 480 KB of JSON), where the two cores that parse them,
+/// and the one SQLite connection that records them, go no faster with more
+/// than a few. Reads in flight are not limited by it (a page waiting for
+/// its turn holds only its body); an empty poll's page (a few hundred bytes)
+/// takes one KiB of it, so thousands of them never wait.
+pub const PAGE_BYTES_IN_HAND: usize = 2 << 20;
+static IN_HAND: Semaphore = Semaphore::const_new(PAGE_BYTES_IN_HAND / 1024);
+
+/// A page's turn to be parsed and recorded (see [`PAGE_BYTES_IN_HAND`]).
+#[derive(Debug)]
+pub struct PageTurn(#[allow(dead_code)] SemaphorePermit<'static>);
+
+impl PageTurn {
+    /// Waits for `bytes` (whole KiB, at least one, at most the whole budget)
+    /// of `budget`. `None` only if it was closed (never, for [`IN_HAND`]).
+    async fn take(budget: &'static Semaphore, bytes: usize) -> Option<PageTurn> {
+        let total = PAGE_BYTES_IN_HAND / 1024;
+        let kib = (bytes / 1024).clamp(1, total);
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX);
+        budget.acquire_many(kib).await.ok().map(PageTurn)
+    }
 }
 
 #[derive(Debug)]
@@ -103,6 +134,7 @@ impl ActivityLogClient {
         beat: &Heartbeat,
     ) -> Result<Fetched, AzureError> {
         let got = self.get(url, tokens, beat).await?;
+        let turn = PageTurn::take(&IN_HAND, got.body.len()).await;
         let page = Page::parse(&got.body)?;
         Ok(Fetched {
             page,
@@ -110,6 +142,7 @@ impl ActivityLogClient {
             bytes: got.body.len(),
             requests: got.requests,
             throttled: got.throttled,
+            turn,
         })
     }
 
@@ -135,5 +168,40 @@ impl ActivityLogClient {
         self.arm
             .send(|http| http.get(url.clone()), tokens, beat, &reads)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget() -> &'static Semaphore {
+        Box::leak(Box::new(Semaphore::new(PAGE_BYTES_IN_HAND / 1024)))
+    }
+
+    #[tokio::test]
+    async fn full_pages_take_turns_and_empty_ones_pass() {
+        let b = budget();
+        // Four full pages of 512 KiB fill the budget; a fifth waits.
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            held.push(PageTurn::take(b, 512 * 1024).await);
+        }
+        let fifth = tokio::time::timeout(Duration::from_millis(50), PageTurn::take(b, 512 * 1024));
+        assert!(fifth.await.is_err(), "a fifth full page waits for its turn");
+        // Its turn comes when one is recorded (dropped).
+        held.pop();
+        assert!(PageTurn::take(b, 512 * 1024).await.is_some());
+        // A page bigger than the whole budget still gets a turn (alone).
+        drop(held);
+        let huge = PageTurn::take(b, 64 << 20).await;
+        assert!(huge.is_some());
+        drop(huge);
+        // Empty polls' pages: a KiB each, thousands at once.
+        let mut empty = Vec::new();
+        for _ in 0..2000 {
+            empty.push(PageTurn::take(b, 300).await);
+        }
+        assert_eq!(empty.iter().filter(|t| t.is_some()).count(), 2000);
     }
 }
