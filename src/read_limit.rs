@@ -189,9 +189,10 @@ impl ReadLimit {
     /// every subscription once per interval) need it, by Little's law with
     /// [`ASSUMED_HOLD`] and [`HEADROOM`], at least [`INITIAL_LIMIT`]: a start
     /// that let polls queue behind a small first limit released them at once
-    /// when it grew, each opening a connection of its own (729 to ARM at the
-    /// 10,000-subscription start, against about 275 when they arrive at the
-    /// schedule's pace).
+    /// when it grew, each opening a connection of its own (729 to ARM at most
+    /// at the 10,000-subscription start; 594 with this, BENCHMARKS.md
+    /// section 8). It counts every configured subscription, also those
+    /// another instance holds: demand shrinks it once polls are measured.
     pub fn for_schedule(cap: usize, polls_per_second: f64) -> Self {
         let cap = cap.max(1);
         let needed = (HEADROOM * polls_per_second.max(0.0) * ASSUMED_HOLD).ceil();
