@@ -598,7 +598,9 @@ async fn daemon(
     if let Err(e) = crate::detect::at_start(&app.checks).await {
         return fail(&e.into());
     }
-    health.starting(None);
+    // Cleared by the daemon once its polls are started and tracked: until
+    // then there is nothing to judge, and an empty list must not read ready.
+    health.starting(Some("starting the polls"));
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(forward_signals(tx));
     match crate::daemon::run(app, since, rx, args.shutdown_grace).await {

@@ -432,6 +432,8 @@ pub async fn run(
     let keeper = start_leasing(&app).await?;
     let mut sup = Supervisor::new(app.clone(), since);
     sup.follow_leases();
+    // Every subscription held is tracked now: readiness judges them.
+    app.health.starting(None);
     sup.restart_detection(false);
     let mut forwarding = start_forwarder(&app);
     let summarizing = start_summary(&app);

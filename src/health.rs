@@ -33,7 +33,11 @@ struct SubscriptionHealth {
 }
 
 /// What readiness is judged on, updated by every poll.
-#[derive(Debug, Default)]
+///
+/// A new one is starting, so not ready: nothing is tracked yet, and an empty
+/// list must not read as ready. The daemon says it has started once its
+/// polls are tracked.
+#[derive(Debug)]
 pub struct Health {
     subs: Mutex<BTreeMap<String, SubscriptionHealth>>,
     /// The last lease round: (held, share, live instances).
@@ -44,6 +48,17 @@ pub struct Health {
     /// What the daemon is doing before its first poll (opening the state,
     /// checking credentials and event handlers); `None` once it polls.
     starting: Mutex<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            subs: Mutex::default(),
+            leases: Mutex::default(),
+            outages: Arc::default(),
+            starting: Mutex::new(Some("starting".to_string())),
+        }
+    }
 }
 
 /// How many intervals a subscription may go without a successful poll.
@@ -273,4 +288,36 @@ pub async fn bind(
     Ok((local, async move {
         let _ = axum::serve(listener, router).await;
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_until_started_then_until_each_tracked_subscription_polls() {
+        let h = Health::default();
+        assert_eq!(h.not_ready(), vec!["starting: starting".to_string()]);
+        let sub = crate::config::SubscriptionConfig {
+            id: crate::config::SubscriptionId::parse("00000000-0000-4000-8000-000000000001")
+                .unwrap(),
+            name: None,
+            event_handlers: crate::config::EventHandlers::Absent,
+            event_handlers_at: None,
+            schedule: crate::config::Schedule::new(
+                Duration::from_secs(60),
+                Duration::from_secs(600),
+            )
+            .unwrap(),
+            credential: "default".into(),
+            statuses: vec!["Succeeded".into()],
+        };
+        h.track(&sub);
+        h.starting(None);
+        let why = h.not_ready();
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(why[0].ends_with("not polled successfully yet"), "{why:?}");
+        h.succeeded(sub.id.as_str());
+        assert!(h.not_ready().is_empty());
+    }
 }

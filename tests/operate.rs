@@ -25,6 +25,7 @@ fn recent(sub: &str, prefix: &str, n: usize) -> Vec<FakeEntry> {
 // What operators use next to a running daemon works the same on either state.
 crate::on_both_backends!(
     metrics_health_and_readiness,
+    readyz_is_not_ready_before_the_first_poll_answers,
     status_and_dead_letters_next_to_a_running_daemon,
     sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one,
     systemd_notifications_ready_status_watchdog_reloading_stopping,
@@ -119,6 +120,52 @@ async fn metrics_health_and_readiness(backend: Backend) {
     if backend == Backend::Postgres {
         readiness_follows_the_share_of_leases(&h, &addr).await;
     }
+    d.stop_cleanly().await;
+}
+
+/// From the moment the admin server answers, `/readyz` says 503 until a
+/// poll has been answered: a load balancer or an orchestrator never sees an
+/// instance ready that has not read Azure yet (the leases taken and the
+/// polls started but none tracked was such a moment).
+async fn readyz_is_not_ready_before_the_first_poll_answers(backend: Backend) {
+    let mut h = Harness::on(backend).await;
+    h.set_subscriptions(&[SUB_A]);
+    h.extra = "\n[telemetry]\nlisten = \"127.0.0.1:0\"\n".into();
+    h.fakes.set_arm_latency(Duration::from_millis(700));
+    let entries = h.fakes.add(recent(SUB_A, "r", 2));
+    let d = h.daemon(&[]);
+    let addr = admin_addr(&d).await;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // What the fake had answered before /readyz was asked.
+        let answered = h.fakes.azure.lock().unwrap().requests.len();
+        let (code, body) = get(&addr, "/readyz").await;
+        if code == 200 {
+            assert!(
+                answered > 0,
+                "/readyz said ready before any poll was answered; before it: {seen:?}"
+            );
+            break;
+        }
+        assert_eq!(code, 503, "{body}");
+        seen.push(body.lines().nth(1).unwrap_or_default().to_string());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready: {seen:?}\n{}",
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // It was asked while starting, and said why.
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("starting") || l.contains("not polled")),
+        "{seen:?}"
+    );
+    h.fakes
+        .wait_for_delivery(&entries, Duration::from_secs(30))
+        .await;
     d.stop_cleanly().await;
 }
 
