@@ -25,8 +25,8 @@ and a one-line summary with its target on stderr):
             poller's CPU and peak RSS, and its log lines a second at INFO.
 
 LAT_GUARDRAILS="max_concurrency = 256" adds settings to [guardrails] (to compare with the
-default). LAT_SDK=0 skips the SDK's listing; LAT_KEEP=1 keeps each run's directory (the
-poller's log, the proxy's stats). Settings are the poller's defaults: the emulator's poller.toml pins
+default). LAT_SAMPLE_S samples the catch-ups and bursts' deliveries every that many seconds (10). LAT_SDK=0 skips the SDK's listing; LAT_KEEP=1 keeps each run's directory (the
+poller's log, the proxy's stats); LAT_RUST_LOG replaces the poller's RUST_LOG. Settings are the poller's defaults: the emulator's poller.toml pins
 [guardrails] concurrency and retry pauses, which are removed here.
 """
 import json, math, os, re, signal, ssl, statistics, subprocess, sys, tempfile, time, urllib.request
@@ -135,7 +135,7 @@ class Run:
         # A quiet poll's line is at debug (the per-minute summary stands for
         # it at INFO): the scenarios count every poll, so they ask for them.
         env.update(SSL_CERT_FILE=self.path("ca.pem"),
-                   RUST_LOG="info,azure_activity_poller::scheduler=debug")
+                   RUST_LOG=os.environ.get("LAT_RUST_LOG", "info,azure_activity_poller::scheduler=debug"))
         return env
 
     def poller(self, extra, seconds, sample_every=None, stop_when=None):
@@ -332,7 +332,7 @@ def catchup_run(name, capacity=None, n=None, span="50m"):
     run = Run(name, args)
     try:
         run.proxy(arm_ms, ingest_ms)
-        poller, samples = run.poller(["--once", "--since", "1h"], TIMEOUT, sample_every=10)
+        poller, samples = run.poller(["--once", "--since", "1h"], TIMEOUT, sample_every=env_float("LAT_SAMPLE_S", 10))
         final = run.report()
         proxy = run.proxy_stats()
         got = delivered(final)

@@ -146,11 +146,8 @@ struct Round {
 }
 
 pub struct Forwarder {
-    http: reqwest::Client,
-    url: IngestUrl,
-    format: Format,
-    limit: Concurrency,
-    timeout: Duration,
+    poster: Poster,
+    limit: Arc<Concurrency>,
     store: Store,
     backoff: Backoff,
     pub delivered: Delivered,
@@ -184,47 +181,21 @@ type Accepted = (i64, u16, String);
 /// The smallest outbox read, so that a low limit does not mean tiny reads.
 const MIN_BATCH: usize = 32;
 
-impl Forwarder {
-    pub fn new(
-        http: reqwest::Client,
-        config: &GuardrailsConfig,
-        store: Store,
-        backoff: Backoff,
-        delivered: Delivered,
-        outages: Arc<Outages>,
-    ) -> Self {
-        Forwarder {
-            http,
-            url: config.ingest_url.clone(),
-            format: config.format,
-            limit: match config.concurrency {
-                DeliveryConcurrency::Adaptive { max } => Concurrency::adaptive(1, max),
-                DeliveryConcurrency::Fixed(n) => Concurrency::fixed(n),
-            },
-            timeout: config.timeout,
-            store,
-            backoff,
-            delivered,
-            not_before: Mutex::new(HashMap::new()),
-            last_served: Mutex::new(None),
-            outages,
-            unwritten: Mutex::new(Unwritten::default()),
-            progress: crate::progress::Progress::default(),
-        }
-    }
+/// What a POST needs, owned: each one runs as a task of its own, so that it
+/// makes progress (and its round trip is timed) however busy the round that
+/// started it is with the state database.
+#[derive(Clone)]
+struct Poster {
+    http: reqwest::Client,
+    url: IngestUrl,
+    format: Format,
+    timeout: Duration,
+    limit: Arc<Concurrency>,
+}
 
-    /// Deliveries counted for a `--once` run's progress bars as well.
-    pub fn with_progress(self, progress: crate::progress::Progress) -> Self {
-        Forwarder { progress, ..self }
-    }
-
-    /// POSTs allowed in flight now.
-    pub fn concurrency_limit(&self) -> usize {
-        self.limit.limit()
-    }
-
+impl Poster {
     /// POSTs one event, and tells the concurrency limit how it went.
-    pub async fn deliver(&self, event: &OutboxEvent) -> Delivery {
+    async fn deliver(&self, event: &OutboxEvent) -> Delivery {
         let started = Instant::now();
         let outcome = self.post(event).await;
         let signal = match &outcome {
@@ -286,6 +257,117 @@ impl Forwarder {
         }
     }
 
+    /// Delivers `ev`, not before `slot`.
+    async fn deliver_at(
+        self,
+        ev: OutboxEvent,
+        slot: Option<tokio::time::Instant>,
+    ) -> (OutboxEvent, Delivery) {
+        if let Some(at) = slot {
+            tokio::time::sleep_until(at).await;
+        }
+        let outcome = self.deliver(&ev).await;
+        (ev, outcome)
+    }
+}
+
+/// A POST's task: aborted when dropped (a round abandoned at shutdown), and
+/// a task that failed (a panic) is a failed delivery of its event, retried.
+struct Flight {
+    task: tokio::task::JoinHandle<(OutboxEvent, Delivery)>,
+    /// The event's identity, for a task that ends without its outcome.
+    event: OutboxEvent,
+}
+
+impl Flight {
+    fn start(poster: &Poster, ev: OutboxEvent, slot: Option<tokio::time::Instant>) -> Flight {
+        let event = OutboxEvent {
+            seq: ev.seq,
+            subscription_id: ev.subscription_id.clone(),
+            event_data_id: ev.event_data_id.clone(),
+            entry: String::new(),
+            attempts: ev.attempts,
+        };
+        Flight {
+            task: tokio::spawn(poster.clone().deliver_at(ev, slot)),
+            event,
+        }
+    }
+}
+
+impl std::future::Future for Flight {
+    type Output = (OutboxEvent, Delivery);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        std::pin::Pin::new(&mut this.task)
+            .poll(cx)
+            .map(|r| match r {
+                Ok(done) => done,
+                Err(e) => (
+                    this.event.clone(),
+                    Delivery::Retry {
+                        reason: format!("the delivery's task ended without an answer: {e}"),
+                        after: None,
+                        kind: RetryKind::Failed,
+                    },
+                ),
+            })
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Forwarder {
+    pub fn new(
+        http: reqwest::Client,
+        config: &GuardrailsConfig,
+        store: Store,
+        backoff: Backoff,
+        delivered: Delivered,
+        outages: Arc<Outages>,
+    ) -> Self {
+        let limit = Arc::new(match config.concurrency {
+            DeliveryConcurrency::Adaptive { max } => Concurrency::adaptive(1, max),
+            DeliveryConcurrency::Fixed(n) => Concurrency::fixed(n),
+        });
+        Forwarder {
+            poster: Poster {
+                http,
+                url: config.ingest_url.clone(),
+                format: config.format,
+                timeout: config.timeout,
+                limit: limit.clone(),
+            },
+            limit,
+            store,
+            backoff,
+            delivered,
+            not_before: Mutex::new(HashMap::new()),
+            last_served: Mutex::new(None),
+            outages,
+            unwritten: Mutex::new(Unwritten::default()),
+            progress: crate::progress::Progress::default(),
+        }
+    }
+
+    /// Deliveries counted for a `--once` run's progress bars as well.
+    pub fn with_progress(self, progress: crate::progress::Progress) -> Self {
+        Forwarder { progress, ..self }
+    }
+
+    /// POSTs allowed in flight now.
+    pub fn concurrency_limit(&self) -> usize {
+        self.limit.limit()
+    }
+
     /// Delivers waiting events, as many POSTs in flight as the limit allows,
     /// refilling as they complete, until the outbox is empty (but for events
     /// told to wait) or delivery must pause: the URL is refused, or nothing
@@ -327,7 +409,7 @@ impl Forwarder {
                     flying.push(ev.seq);
                     self.limit.started(in_flight.len() + 1);
                     let slot = self.pace(&mut next_slot);
-                    in_flight.push(self.deliver_at(ev, slot));
+                    in_flight.push(Flight::start(&self.poster, ev, slot));
                 }
             }
             let Some(first) = in_flight.next().await else {
@@ -337,6 +419,9 @@ impl Forwarder {
             while let Some(Some(more)) = futures::FutureExt::now_or_never(in_flight.next()) {
                 done.push(more);
             }
+            // The freed slots are filled only once these outcomes are
+            // written: what a crash can leave acknowledged but not written
+            // (and so sent again) stays within the limit.
             round.attempted += done.len();
             stop |= self.settle(&done, &mut round).await?;
             stop |= round.store_error.is_some();
@@ -394,19 +479,6 @@ impl Forwarder {
         Some(at)
     }
 
-    /// Delivers `ev`, not before `slot`.
-    async fn deliver_at(
-        &self,
-        ev: OutboxEvent,
-        slot: Option<tokio::time::Instant>,
-    ) -> (OutboxEvent, Delivery) {
-        if let Some(at) = slot {
-            tokio::time::sleep_until(at).await;
-        }
-        let outcome = self.deliver(&ev).await;
-        (ev, outcome)
-    }
-
     fn lock_last(&self) -> std::sync::MutexGuard<'_, Option<String>> {
         self.last_served.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -434,8 +506,6 @@ impl Forwarder {
         done: &[(OutboxEvent, Delivery)],
         round: &mut Round,
     ) -> Result<bool, StoreError> {
-        let mut misconfigured = false;
-        let mut retried = false;
         let mut acks = Vec::new();
         let mut rejects = Vec::new();
         let mut failures = Vec::new();
@@ -451,17 +521,11 @@ impl Forwarder {
                     );
                     rejects.push((ev.seq, reason.clone()));
                 }
-                Delivery::Retry {
-                    reason,
-                    after,
-                    kind,
-                } => {
+                Delivery::Retry { reason, after, .. } => {
                     failures.push((ev.seq, reason.clone()));
                     if let Some(a) = after {
                         self.lock_waiting().insert(ev.seq, Instant::now() + *a);
                     }
-                    misconfigured |= *kind == RetryKind::Misconfigured;
-                    retried = true;
                     let after = round.retry.as_ref().and_then(|(_, a)| *a).max(*after);
                     round.retry = Some((reason.clone(), after));
                 }
@@ -488,14 +552,27 @@ impl Forwarder {
                 round.store_error.get_or_insert(e);
             }
         }
-        // A refused URL pauses delivery at once. Other retries pause it only
-        // when nothing gets through even at the lowest limit; while the limit
-        // can still shrink, or some POSTs succeed, delivery goes on.
-        let pause = misconfigured || (retried && !any_acked && self.limit.at_floor());
+        let pause = self.pauses(done);
         if !pause && any_acked {
             round.retry = None;
         }
         Ok(pause)
+    }
+
+    /// Whether these outcomes pause delivery. A refused URL pauses it at
+    /// once. Other retries pause it only when nothing gets through even at
+    /// the lowest limit; while the limit can still shrink, or some POSTs
+    /// succeed, delivery goes on.
+    fn pauses(&self, done: &[(OutboxEvent, Delivery)]) -> bool {
+        let retry = |kind: Option<RetryKind>| {
+            done.iter().any(|(_, o)| match o {
+                Delivery::Retry { kind: k, .. } => kind.is_none_or(|want| *k == want),
+                _ => false,
+            })
+        };
+        let any_acked = done.iter().any(|(_, o)| matches!(o, Delivery::Acked(_)));
+        retry(Some(RetryKind::Misconfigured))
+            || (retry(None) && !any_acked && self.limit.at_floor())
     }
 
     /// Writes the outcomes the state database did not take when their POSTs

@@ -338,34 +338,54 @@ impl SqliteStore {
                 rows.collect::<Result<_, _>>()
                     .ctx("listing subscriptions with events waiting")?
             };
-            let mut stmt = c
+            // The order from the index alone (it holds `seq`), then the rows
+            // not skipped by their key: the events in flight are the oldest,
+            // and reading their entries again at every refill was most of
+            // the read.
+            let mut order = c
                 .prepare_cached(
-                    "SELECT seq, subscription_id, event_data_id, entry, attempts FROM outbox
-                     WHERE subscription_id = ?1 ORDER BY event_ts_ns, seq LIMIT ?2",
+                    "SELECT seq FROM outbox WHERE subscription_id = ?1
+                     ORDER BY event_ts_ns, seq LIMIT ?2",
                 )
                 .ctx("preparing outbox read")?;
+            let mut row = c
+                .prepare_cached(
+                    "SELECT seq, subscription_id, event_data_id, entry, attempts FROM outbox
+                     WHERE seq = ?1",
+                )
+                .ctx("preparing outbox read")?;
+            let skip: std::collections::HashSet<i64> = in_flight.iter().copied().collect();
             let mut read = |sub: String, want: usize| -> Result<Vec<OutboxEvent>, StoreError> {
-                let n = i64::try_from(want + in_flight.len()).unwrap_or(i64::MAX);
-                let rows = stmt
-                    .query_map(params![sub, n], |r| {
-                        Ok(OutboxEvent {
-                            seq: r.get(0)?,
-                            subscription_id: r.get(1)?,
-                            event_data_id: r.get(2)?,
-                            entry: r.get(3)?,
-                            attempts: r.get(4)?,
-                        })
-                    })
-                    .ctx("reading the outbox")?;
-                let mut out = Vec::new();
-                for row in rows {
-                    let row = row.ctx("reading the outbox")?;
-                    if !in_flight.contains(&row.seq) {
-                        out.push(row);
-                        if out.len() == want {
+                let n = i64::try_from(want + skip.len()).unwrap_or(i64::MAX);
+                let mut seqs = Vec::with_capacity(want);
+                for seq in order
+                    .query_map(params![sub, n], |r| r.get::<_, i64>(0))
+                    .ctx("reading the outbox")?
+                {
+                    let seq = seq.ctx("reading the outbox")?;
+                    if !skip.contains(&seq) {
+                        seqs.push(seq);
+                        if seqs.len() == want {
                             break;
                         }
                     }
+                }
+                let mut out = Vec::with_capacity(seqs.len());
+                for seq in seqs {
+                    // Gone since the first read (another process): skipped.
+                    let ev = row
+                        .query_row([seq], |r| {
+                            Ok(OutboxEvent {
+                                seq: r.get(0)?,
+                                subscription_id: r.get(1)?,
+                                event_data_id: r.get(2)?,
+                                entry: r.get(3)?,
+                                attempts: r.get(4)?,
+                            })
+                        })
+                        .optional()
+                        .ctx("reading the outbox")?;
+                    out.extend(ev);
                 }
                 Ok(out)
             };
