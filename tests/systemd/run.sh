@@ -6,7 +6,7 @@
 # the configuration with README's own commands (the script checks that README
 # has each of them, verbatim), runs the project's emulator on the guest's
 # loopback as Azure and Guardrails, and checks with systemctl and journalctl:
-# READY, delivery exactly once, reload, stop, exit 78 without restart,
+# READY, delivery exactly once, the open-files limit, reload, stop, exit 78 without restart,
 # README's journal queries, `systemd-analyze security`, and the Debian package
 # (lintian, `apt install`, started as shipped once the secrets are in place).
 #
@@ -322,6 +322,17 @@ check_start() {
 }
 check "secrets, check-config (valid, no warning) and enable --now as README says: active (READY), STATUS= set" check_start
 check "events delivered exactly once (emulator's report)" retry 90 exactly_once "$SUB1"
+
+# What PID 1 gave the process: the unit's LimitNOFILE (systemd's soft default
+# of 1024 is below what 10,000 subscriptions' connections and 512 POSTs in
+# flight can hold at once).
+open_files() {
+    local limits
+    limits=$(g "grep 'Max open files' /proc/$(prop MainPID)/limits")
+    echo "$limits"
+    [[ $limits =~ ^Max\ open\ files\ +65536\ +65536\ +files ]]
+}
+check "the service may hold 65,536 open files (LimitNOFILE, soft and hard)" open_files
 
 staging_silent() { [ "$(report | python3 -c 'import json,sys; print([s["delivered"] for s in json.load(sys.stdin)["subscriptions"]][1])')" = 0 ]; }
 check "an unconfigured subscription gets nothing" staging_silent
