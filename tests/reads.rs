@@ -4,6 +4,9 @@
 //! when ARM answers 429, and `status` shows it; polls that find nothing log
 //! at debug, and one summary line at INFO says what they did.
 //!
+//! The process's threads stay bounded when a thousand subscriptions start at
+//! once on SQLite.
+//!
 //! Scaled down in time and CPU, not in what is measured: 120 subscriptions, a
 //! 4 s interval and ARM answering 1.2 s late (a slow WAN's round trip) are 30
 //! polls a second and 36 in flight on average, past the 32 a start begins
@@ -21,6 +24,61 @@ crate::on_both_backends!(
     the_read_limit_grows_under_latency_and_backs_off_on_429s,
     quiet_polls_log_at_debug_and_a_summary_at_info,
 );
+
+/// The threads of process `pid` now.
+fn threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// A thousand subscriptions due within two seconds, each poll's store calls
+/// waiting for SQLite's one connection: they queue for the runtime's
+/// blocking threads (16) instead of taking a thread each (tokio's default
+/// allows 512; a 10,000-subscription start reached 183 threads, each with
+/// its own malloc arena).
+#[tokio::test]
+async fn threads_stay_bounded_when_a_thousand_subscriptions_start_at_once() {
+    let mut h = Harness::on(Backend::Sqlite).await;
+    let subs = subscriptions(1000);
+    h.set_subscriptions(&subs.iter().map(String::as_str).collect::<Vec<_>>());
+    h.interval = "2s";
+    h.window = "20s";
+    h.extra = "event_handlers = false\n".into();
+    // Each poll finds a page to record: more store work per poll.
+    for sub in subs.iter().step_by(2) {
+        h.fakes.add(vec![entry(
+            sub,
+            &format!("t-{sub}"),
+            Utc::now() - chrono::Duration::seconds(5),
+            "Succeeded",
+        )]);
+    }
+    let d = h.daemon(&[]);
+    let pid = d.child.id().expect("the daemon's pid");
+    let mut peak = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while h.fakes.arm_requests().len() < 2 * subs.len() {
+        peak = peak.max(threads(pid));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} polls made\n{}",
+            h.fakes.arm_requests().len(),
+            2 * subs.len(),
+            d.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    d.stop_cleanly().await;
+    // The workers (one a core), 16 blocking threads, the main thread and a
+    // few of the libraries' own.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let bound = cores + 16 + 6;
+    eprintln!("peak threads: {peak} (at most {bound})");
+    assert!(
+        peak <= bound,
+        "{peak} threads at the start of 1,000 subscriptions, at most {bound} expected"
+    );
+    assert!(peak > 0, "the daemon's threads were read");
+}
 
 /// The limit a start begins from (`read_limit.rs`).
 const INITIAL_LIMIT: f64 = 32.0;
