@@ -307,10 +307,19 @@ impl std::future::Future for Flight {
             .poll(cx)
             .map(|r| match r {
                 Ok(done) => done,
+                // Not the panic's message: it could hold what the POST was
+                // built from (the URL and its token).
                 Err(e) => (
                     this.event.clone(),
                     Delivery::Retry {
-                        reason: format!("the delivery's task ended without an answer: {e}"),
+                        reason: format!(
+                            "the delivery's task {} without an answer",
+                            if e.is_panic() {
+                                "panicked"
+                            } else {
+                                "was cancelled"
+                            }
+                        ),
                         after: None,
                         kind: RetryKind::Failed,
                     },
@@ -715,5 +724,63 @@ impl Forwarder {
             tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64, "delivery to the ingestion endpoint failed; will retry");
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64) -> OutboxEvent {
+        OutboxEvent {
+            seq,
+            subscription_id: "00000000-0000-4000-8000-000000000001".into(),
+            event_data_id: "e-1".into(),
+            entry: String::new(),
+            attempts: 0,
+        }
+    }
+
+    /// A POST's task that panics is a failed delivery of its event (retried,
+    /// never lost or dead-lettered), and the reason does not repeat the
+    /// panic's message.
+    #[tokio::test]
+    async fn a_panicking_post_is_retried_and_its_message_kept_out() {
+        let flight = Flight {
+            task: tokio::spawn(async { panic!("https://ingest.example/api?token=SECRET-TOKEN") }),
+            event: event(7),
+        };
+        let (ev, outcome) = flight.await;
+        assert_eq!(ev.seq, 7);
+        match outcome {
+            Delivery::Retry { reason, kind, .. } => {
+                assert_eq!(kind, RetryKind::Failed);
+                assert!(reason.contains("panicked"), "{reason}");
+                assert!(!reason.contains("SECRET-TOKEN"), "{reason}");
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+
+    /// A flight dropped before its answer (a round abandoned at shutdown)
+    /// stops its POST.
+    #[tokio::test]
+    async fn a_dropped_flight_aborts_its_post() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _keep = tx;
+            std::future::pending::<(OutboxEvent, Delivery)>().await
+        });
+        drop(Flight {
+            task,
+            event: event(8),
+        });
+        // The task's end drops the sender: the receiver sees it closed.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), rx)
+                .await
+                .is_ok(),
+            "the POST's task was not aborted"
+        );
     }
 }
