@@ -35,6 +35,7 @@ use crate::app::App;
 use crate::config::{Config, CredentialConfig, ProcessEnv, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::heartbeat::Heartbeat;
+use crate::stop::Stop;
 use crate::lease;
 use crate::notify;
 use crate::outage::Resource;
@@ -54,7 +55,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 struct Running {
     sub: Arc<SubscriptionConfig>,
-    stop: watch::Sender<bool>,
+    stop: Arc<Stop>,
     task: JoinHandle<()>,
     beat: Arc<Heartbeat>,
 }
@@ -114,14 +115,14 @@ struct Supervisor {
 
 impl Supervisor {
     fn start(&mut self, sub: Arc<SubscriptionConfig>, previous: Option<JoinHandle<()>>) {
-        let (stop, rx) = watch::channel(false);
+        let stop = Arc::new(Stop::default());
         let beat = Arc::new(Heartbeat::default());
         self.app.health.track(&sub);
         let task = tokio::spawn(subscription_task(
             self.app.clone(),
             sub.clone(),
             self.since,
-            rx,
+            stop.clone(),
             beat.clone(),
             previous,
         ));
@@ -186,7 +187,7 @@ impl Supervisor {
     /// Tells a task to stop; returns its handle so a successor can wait for it.
     fn retire(&mut self, id: &str) -> Option<JoinHandle<()>> {
         let r = self.running.remove(id)?;
-        let _ = r.stop.send(true);
+        r.stop.stop();
         Some(r.task)
     }
 
@@ -299,7 +300,7 @@ impl Supervisor {
 
     /// A subscription added by a reload is not polled before its first
     /// check says it may be.
-    fn await_first_check(&self, sub: &SubscriptionConfig) {
+    fn await_first_check(&self, sub: &Arc<SubscriptionConfig>) {
         let id = sub.id.as_str();
         self.app
             .pauses

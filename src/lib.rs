@@ -33,6 +33,7 @@ pub mod read_limit;
 pub mod retry;
 pub mod scheduler;
 pub mod status;
+pub mod stop;
 pub mod store;
 pub mod summary;
 pub mod telemetry;

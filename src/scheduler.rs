@@ -10,7 +10,7 @@
 //! subscriptions a line per poll would be 167 a second, past journald's rate
 //! limit. `--once` writes every line at INFO: a person reads them.
 //!
-//! A subscription task stops when its `watch` channel says so (see `daemon.rs`
+//! A subscription task stops when its [`Stop`] says so (see `daemon.rs`
 //! for who says it): at its next wait, or, past the grace period, by being
 //! dropped mid-poll, which is safe because every page is its own transaction
 //! and an unfinished window is simply queried again.
@@ -28,21 +28,27 @@ use crate::config::SubscriptionConfig;
 use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
 use crate::heartbeat::Heartbeat;
+use crate::stop::Stop;
 use crate::outage::{Resource, quiet_if};
 use crate::poll::{PollError, PollReport};
 use crate::store::{Share, StoreError};
 use crate::summary::PollFacts;
 
 /// Where in each interval a subscription polls: a stable spread from its id,
-/// on a grid of whole seconds, so that the subscriptions sharing a second
-/// wake together (one burst of wake-ups per second instead of one per
-/// subscription: idle CPU measured 0.47% of a core for 1,000 subscriptions
-/// all in one burst, 1.21% spread to the nanosecond).
+/// on a grid of tenths of a second, so that the subscriptions sharing a
+/// tenth wake together (ten bursts of wake-ups a second at most, instead of
+/// one per subscription: idle CPU measured 0.47% of a core for 1,000
+/// subscriptions all in one burst, 1.21% spread to the nanosecond). A grid
+/// of whole seconds woke 167 polls together at 10,000 subscriptions a
+/// minute; over a WAN each burst found the previous one's connections still
+/// busy and opened its own, 600-773 ARM connections where a steady 167 polls
+/// a second at 0.5 s need about 85 (BENCHMARKS.md section 8).
 fn phase(id: &str, interval: Duration) -> Duration {
     let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    Duration::from_secs(h % interval.as_secs().max(1))
+    let tenths = u64::try_from(interval.as_millis() / 100).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis((h % tenths) * 100)
 }
 
 /// When a subscription task started at `now` polls first, and the first
@@ -423,7 +429,7 @@ pub async fn subscription_task(
     app: Arc<App>,
     sub: Arc<SubscriptionConfig>,
     since: Option<Timestamp>,
-    mut stop: watch::Receiver<bool>,
+    stop: Arc<Stop>,
     beat: Arc<Heartbeat>,
     previous: Option<tokio::task::JoinHandle<()>>,
 ) {
@@ -457,7 +463,7 @@ pub async fn subscription_task(
         let was_paused = is_paused(&paused);
         let mut due = None;
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.stopped() => break,
             at = tick.tick() => {
                 due = Some(at);
                 if std::mem::take(&mut first) {
@@ -471,7 +477,7 @@ pub async fn subscription_task(
                 // Resumed: poll now rather than at the next tick.
             }
         }
-        if *stop.borrow() {
+        if stop.is_stopped() {
             break;
         }
         if is_paused(&paused) {
@@ -483,7 +489,7 @@ pub async fn subscription_task(
         let turn = Turn {
             due,
             paused: &mut paused,
-            stop: &mut stop,
+            stop: &stop,
             warned_late: &mut warned_late,
         };
         if !Box::pin(take_turn(&app, &sub, since, &beat, turn)).await {
@@ -498,7 +504,7 @@ struct Turn<'a> {
     /// When the poll was due (`None`: resumed after a pause).
     due: Option<Instant>,
     paused: &'a mut watch::Receiver<crate::detect::Paused>,
-    stop: &'a mut watch::Receiver<bool>,
+    stop: &'a Stop,
     warned_late: &'a mut Option<Instant>,
 }
 
@@ -514,7 +520,7 @@ async fn take_turn(
     let asked = Instant::now();
     let permit = tokio::select! {
         p = app.reads.acquire() => p,
-        _ = turn.stop.changed() => return false,
+        _ = turn.stop.stopped() => return false,
     };
     let Some(_permit) = permit else {
         return false;
@@ -618,7 +624,10 @@ mod tests {
         let phases: Vec<Duration> = (0..1000)
             .map(|i| phase(&format!("00000000-0000-4000-8000-{i:012x}"), minute))
             .collect();
-        assert!(phases.iter().all(|p| *p < minute && p.subsec_nanos() == 0));
+        assert!(phases.iter().all(|p| *p < minute && p.subsec_nanos() % 100_000_000 == 0));
+        // Tenths, not whole seconds: a second's subscriptions do not all wake together.
+        let distinct: std::collections::BTreeSet<_> = phases.iter().collect();
+        assert!(distinct.len() > 300, "{} distinct phases", distinct.len());
         // Spread: every 6-second tenth of the minute gets some.
         for tenth in 0..10 {
             let lo = Duration::from_secs(6 * tenth);

@@ -20,11 +20,23 @@ struct Bucket {
     at: Instant,
 }
 
+/// A full bucket is what an absent one means, so buckets refilled to full
+/// are dropped this often: an idle subscription's bucket refills within a
+/// fraction of a second of its poll, and 10,000 kept for nothing were 2 MiB
+/// and more (a map, a key each).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Buckets {
+    map: HashMap<String, Bucket>,
+    swept: Instant,
+}
+
 #[derive(Debug)]
 pub struct ReadBudget {
     burst: f64,
     per_second: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Buckets>,
 }
 
 impl ReadBudget {
@@ -32,12 +44,31 @@ impl ReadBudget {
         ReadBudget {
             burst: f64::from(burst.max(1)),
             per_second: per_second.max(0.001),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                map: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Bucket>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buckets> {
         self.buckets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops the buckets that are full again (at most once per [`SWEEP_EVERY`]).
+    fn sweep(&self, b: &mut Buckets, now: Instant) {
+        if now.saturating_duration_since(b.swept) < SWEEP_EVERY {
+            return;
+        }
+        b.swept = now;
+        b.map.retain(|_, bucket| {
+            self.refill(bucket, now);
+            bucket.tokens < self.burst
+        });
+        // Give back what a start's or a burst's many buckets took.
+        if b.map.capacity() > 4 * b.map.len().max(16) {
+            b.map.shrink_to_fit();
+        }
     }
 
     fn refill(&self, b: &mut Bucket, now: Instant) {
@@ -52,12 +83,23 @@ impl ReadBudget {
         let started = Instant::now();
         loop {
             let wait = {
-                let mut m = self.lock();
+                let mut guard = self.lock();
                 let now = Instant::now();
-                let b = m.entry(key.to_string()).or_insert(Bucket {
-                    tokens: self.burst,
-                    at: now,
-                });
+                self.sweep(&mut guard, now);
+                let m = &mut guard.map;
+                // The key is copied only for a bucket not yet kept.
+                if !m.contains_key(key) {
+                    m.insert(
+                        key.to_string(),
+                        Bucket {
+                            tokens: self.burst,
+                            at: now,
+                        },
+                    );
+                }
+                let Some(b) = m.get_mut(key) else {
+                    return started.elapsed();
+                };
                 self.refill(b, now);
                 if b.tokens >= 1.0 {
                     b.tokens -= 1.0;
@@ -75,11 +117,26 @@ impl ReadBudget {
 
     /// ARM said `remaining` reads are left for `key`.
     pub fn observe(&self, key: &str, remaining: u64) {
+        let remaining = remaining as f64;
         let mut m = self.lock();
         let now = Instant::now();
-        if let Some(b) = m.get_mut(key) {
-            self.refill(b, now);
-            b.tokens = b.tokens.min(remaining as f64);
+        match m.map.get_mut(key) {
+            Some(b) => {
+                self.refill(b, now);
+                b.tokens = b.tokens.min(remaining);
+            }
+            // Swept while its read was out (full again): full is what ARM
+            // lowers from.
+            None if remaining < self.burst => {
+                m.map.insert(
+                    key.to_string(),
+                    Bucket {
+                        tokens: remaining,
+                        at: now,
+                    },
+                );
+            }
+            None => {}
         }
     }
 
@@ -87,7 +144,7 @@ impl ReadBudget {
     pub fn available(&self, key: &str) -> f64 {
         let mut m = self.lock();
         let now = Instant::now();
-        match m.get_mut(key) {
+        match m.map.get_mut(key) {
             Some(b) => {
                 self.refill(b, now);
                 b.tokens
@@ -167,6 +224,25 @@ mod tests {
         assert!(b.available("k") <= 10.5);
         b.observe("k", 200);
         assert!(b.available("k") <= 10.5);
+    }
+
+    #[test]
+    fn full_buckets_are_dropped_and_arm_s_count_still_lowers_a_dropped_one() {
+        let b = ReadBudget::new(250, 25.0);
+        futures::executor::block_on(b.acquire("idle"));
+        futures::executor::block_on(b.acquire("busy"));
+        b.observe("busy", 10);
+        let later = Instant::now() + Duration::from_secs(2);
+        {
+            let mut m = b.lock();
+            b.sweep(&mut m, later);
+            // "idle" refilled to its burst: dropped; "busy" is at about 60.
+            assert_eq!(m.map.keys().collect::<Vec<_>>(), vec!["busy"]);
+        }
+        assert!(b.available("idle") >= 250.0);
+        // ARM's count for a key swept while its read was out still counts.
+        b.observe("idle", 7);
+        assert!(b.available("idle") <= 7.5, "{}", b.available("idle"));
     }
 
     #[test]
