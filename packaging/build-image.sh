@@ -63,6 +63,7 @@ rmdir "$state"
     --entrypoint '["/usr/bin/azure-activity-poller"]' \
     --cmd '["--config", "/etc/azure-activity-poller/poller.toml"]' \
     --user 65532:65532 \
+    --env MALLOC_ARENA_MAX=2 \
     --workingdir /var/lib/azure-activity-poller \
     --volume /var/lib/azure-activity-poller \
     --port 9464/tcp \

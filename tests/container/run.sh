@@ -185,7 +185,7 @@ described() {
     local line
     for line in 'ENTRYPOINT ["/usr/bin/azure-activity-poller"]' "CMD [\"--config\", \"$ETC/poller.toml\"]" \
         'USER 65532:65532' 'VOLUME ["/var/lib/azure-activity-poller"]' 'EXPOSE 9464/tcp' "ARG VERSION=$VERSION" \
-        "org.opencontainers.image.licenses=\"$LICENSE\""; do
+        "org.opencontainers.image.licenses=\"$LICENSE\"" 'ENV MALLOC_ARENA_MAX=2'; do
         grep -qF "$line" Containerfile || { echo "Containerfile lacks: $line"; bad=1; }
     done
     grep -q "image: ${IMAGE#localhost/} " deploy/kubernetes/azure-activity-poller.yaml ||
@@ -293,10 +293,11 @@ run_case() {
         local pid uid
         pid=$("${P[@]}" inspect --format '{{.State.Pid}}' "aap-$CASE")
         uid=$(awk '/^Uid:/ {print $2, $3}' "/proc/$pid/status")
-        echo "pid $pid runs as uid $uid (real, effective); root filesystem read-only: $("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$CASE")"
-        [ "$uid" = "65532 65532" ] && [ "$("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$CASE")" = true ]
+        echo "pid $pid runs as uid $uid (real, effective); root filesystem read-only: $("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$CASE"); $(tr '\0' '\n' <"/proc/$pid/environ" | grep '^MALLOC_ARENA_MAX=' || echo 'MALLOC_ARENA_MAX unset')"
+        [ "$uid" = "65532 65532" ] && [ "$("${P[@]}" inspect --format '{{.HostConfig.ReadonlyRootfs}}' "aap-$CASE")" = true ] &&
+            tr '\0' '\n' <"/proc/$pid/environ" | grep -qx 'MALLOC_ARENA_MAX=2'
     }
-    check "$CASE: running read-only as 65532" as_user
+    check "$CASE: running read-only as 65532, with the image's MALLOC_ARENA_MAX=2" as_user
     ready() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/readyz")" = 200 ]; }
     readyz() { retry 90 ready && curl -s --max-time 5 "http://127.0.0.1:$port/readyz"; }
     check "$CASE: /readyz 200" readyz

@@ -338,6 +338,14 @@ open_files() {
 }
 check "the service may hold 65,536 open files (LimitNOFILE; at most PID 1's own hard limit)" open_files
 
+arenas() {
+    local env
+    env=$(g "tr '\\0' '\\n' </proc/$(prop MainPID)/environ | grep '^MALLOC_ARENA_MAX=' || true")
+    echo "service: ${env:-MALLOC_ARENA_MAX unset}"
+    [ "$env" = MALLOC_ARENA_MAX=2 ]
+}
+check "the service runs with two malloc arenas (MALLOC_ARENA_MAX=2, the unit's Environment=)" arenas
+
 staging_silent() { [ "$(report | python3 -c 'import json,sys; print([s["delivered"] for s in json.load(sys.stdin)["subscriptions"]][1])')" = 0 ]; }
 check "an unconfigured subscription gets nothing" staging_silent
 
