@@ -35,11 +35,11 @@ use crate::app::App;
 use crate::config::{Config, CredentialConfig, ProcessEnv, SubscriptionConfig};
 use crate::event::Timestamp;
 use crate::heartbeat::Heartbeat;
-use crate::stop::Stop;
 use crate::lease;
 use crate::notify;
 use crate::outage::Resource;
 use crate::scheduler::subscription_task;
+use crate::stop::Stop;
 use crate::store::{Share, StoreError};
 
 /// What the signal handler asks of the supervisor.

@@ -5,13 +5,27 @@
 //! which they arrive times how long each takes. Polls arrive at the rate the
 //! schedule sets (10,000 subscriptions every minute: 167 a second) and each
 //! holds its permit for a round trip or a few (an empty poll is one List
-//! call). So every [`ADJUST_EVERY`] the limit is set to [`HEADROOM`] times the
-//! measured arrival rate times the measured time a poll holds its permit, and
-//! between those:
-//! - while polls wait and every permit is taken (a start, when every
-//!   subscription is due at once, or a latency that just rose), the limit
-//!   doubles at each adjustment, like TCP's slow start, so a WAN's hundreds of
-//!   reads in flight are reached in a second or two instead of a minute;
+//! call). The limit grows only where polls queue, and shrinks to what
+//! demand needs where they do not. Every [`ADJUST_EVERY`]:
+//! - while polls wait and every permit is taken, and the queue would take
+//!   more than [`QUEUE_WAIT`] to drain at the current limit (a start when
+//!   every subscription is owed a poll, or a latency that rose), the limit
+//!   doubles, like TCP's slow start, so a WAN's hundreds of reads in flight
+//!   are reached in a second or two instead of a minute. A shorter queue
+//!   waits: its polls are on time within their interval, and each permit
+//!   that comes back hands its warm connection to the next poll. That is
+//!   what keeps connections few: HTTP/1.1 holds one per read in flight, and
+//!   a limit above what is needed lets every poll that finds no idle
+//!   connection open one, which the client's pool races against a
+//!   connection coming back and keeps too. A start's first polls each open
+//!   a connection (TCP and TLS first: three round trips over a WAN where a
+//!   warm one takes one), and growing on their measured time let 507 ARM
+//!   connections open at the 10,000-subscription start where 230 do now
+//!   (BENCHMARKS.md section 11);
+//! - otherwise the limit comes down to [`HEADROOM`] times the measured
+//!   arrival rate times the measured time a poll holds its permit (Little's
+//!   law, with room for bursty arrivals and varying round trips), never
+//!   below the polls in flight;
 //! - when ARM throttles (HTTP 429) a good part of the polls
 //!   ([`THROTTLED_SHARE`] of the recent ones), the limit is cut by a quarter
 //!   and held there for [`THROTTLE_HOLD`]: more reads in flight would only be
@@ -50,6 +64,9 @@ pub const ADJUST_EVERY: Duration = Duration::from_millis(250);
 /// average: arrivals are bursty (polls of many subscriptions share a second
 /// of the interval) and round trips vary.
 pub const HEADROOM: f64 = 2.0;
+/// A backlog that drains within this at the current limit does not grow
+/// it: its polls wait a little, on connections already open.
+pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// After a cut for throttling, the limit does not grow for this long.
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(30);
 /// A cut for throttling leaves this fraction of the limit.
@@ -187,15 +204,18 @@ impl ReadLimit {
 
     /// A limit that begins where the schedule's polls (`polls_per_second`,
     /// every subscription once per interval) need it, by Little's law with
-    /// [`ASSUMED_HOLD`] and [`HEADROOM`], at least [`INITIAL_LIMIT`]: a start
-    /// that let polls queue behind a small first limit released them at once
-    /// when it grew, each opening a connection of its own (729 to ARM at most
-    /// at the 10,000-subscription start; 594 with this, BENCHMARKS.md
-    /// section 8). It counts every configured subscription, also those
-    /// another instance holds: demand shrinks it once polls are measured.
+    /// [`ASSUMED_HOLD`], at least [`INITIAL_LIMIT`]. Without headroom: the
+    /// first polls open their connections, and a limit that binds then
+    /// keeps them to about this many (each permit that comes back hands its
+    /// connection on), where one that does not let 507 open at the
+    /// 10,000-subscription start. A small first limit that let polls queue
+    /// used to release them at once when it grew (729 connections); the
+    /// queue's own wait ([`QUEUE_WAIT`]) now decides that. It counts every
+    /// configured subscription, also those another instance holds: demand
+    /// shrinks it once polls are measured.
     pub fn for_schedule(cap: usize, polls_per_second: f64) -> Self {
         let cap = cap.max(1);
-        let needed = (HEADROOM * polls_per_second.max(0.0) * ASSUMED_HOLD).ceil();
+        let needed = (polls_per_second.max(0.0) * ASSUMED_HOLD).ceil();
         let limit = (needed.min(cap as f64) as usize)
             .max(INITIAL_LIMIT)
             .min(cap);
@@ -319,29 +339,48 @@ impl Inner {
             .throttled_at
             .is_some_and(|t| now.duration_since(t) < THROTTLE_HOLD);
         let saturated = s.waiting > 0 && self.semaphore.available_permits() == 0;
-        // Little's law, with headroom; until a poll has finished, the hold
-        // time is unknown and only the backlog speaks.
-        let demand = match (s.rate, s.hold) {
-            (Some(rate), Some(hold)) => (HEADROOM * rate * hold).ceil() as usize,
-            _ => s.limit,
-        };
-        let mut target = demand.max(MIN_LIMIT);
-        if saturated {
-            target = target.max(s.limit.saturating_mul(2));
-        } else {
-            if !shrink_ok {
-                // No poll arrived: nothing measured to shrink on.
-                target = target.max(s.limit);
+        let mut target = if saturated {
+            // How long the queue takes to drain at this limit, each poll
+            // holding its permit the mean time (or, before one has
+            // finished, the assumed time).
+            let hold = s.hold.unwrap_or(ASSUMED_HOLD);
+            let drain = s.waiting as f64 * hold / s.limit.max(1) as f64;
+            if drain > QUEUE_WAIT.as_secs_f64() {
+                s.limit.saturating_mul(2)
+            } else {
+                s.limit
             }
-            // Never below what is in flight: a smaller limit would only
-            // show once those finish, and the next window measures again.
-            target = target.max(s.in_flight);
-        }
+        } else if shrink_ok {
+            // Little's law, with headroom: down to what demand needs, never
+            // below what is in flight (a smaller limit would only show once
+            // those finish, and the next window measures again).
+            let demand = match (s.rate, s.hold) {
+                (Some(rate), Some(hold)) => (HEADROOM * rate * hold).ceil() as usize,
+                _ => s.limit,
+            };
+            demand.min(s.limit).max(s.in_flight)
+        } else {
+            // No poll arrived: nothing measured to shrink on.
+            s.limit
+        };
+        target = target.max(MIN_LIMIT);
         if throttled {
             target = target.min(s.limit);
         }
         let capped = target > self.cap();
+        let before = s.limit;
         self.set(s, target.min(self.cap()));
+        if s.limit != before {
+            tracing::debug!(
+                from = before,
+                to = s.limit,
+                in_flight = s.in_flight,
+                waiting = s.waiting,
+                arrivals_per_second = s.rate.unwrap_or(0.0),
+                hold_seconds = s.hold.unwrap_or(0.0),
+                "read limit moved"
+            );
+        }
         s.bound = if throttled {
             Bound::Throttled
         } else if capped {
@@ -411,6 +450,7 @@ impl Drop for ReadPermit {
             Some(h) => h + HOLD_ALPHA * (held - h),
             None => held,
         });
+
         if let Some(p) = self.permit.take() {
             if s.debt > 0 {
                 s.debt -= 1;
@@ -447,10 +487,10 @@ mod tests {
     #[test]
     fn the_first_limit_follows_the_schedule() {
         // 10,000 subscriptions every minute: 167 polls a second, 1 s each
-        // until measured, with headroom.
+        // until measured.
         let l = ReadLimit::for_schedule(DEFAULT_CAP, 10_000.0 / 60.0);
-        assert_eq!(l.figure().limit, 334);
-        assert_eq!(available(&l), 334);
+        assert_eq!(l.figure().limit, 167);
+        assert_eq!(available(&l), 167);
         // A few subscriptions: the floor. Many more: the cap.
         assert_eq!(
             ReadLimit::for_schedule(DEFAULT_CAP, 1.0).figure().limit,
@@ -476,14 +516,21 @@ mod tests {
         for _ in 0..INITIAL_LIMIT {
             held.push(l.acquire().await);
         }
-        // 200 more polls due: they wait.
-        let waiting: Vec<_> = (0..200)
+        // 300 more polls due: they wait (3 s to drain even at the cap).
+        let waiting: Vec<_> = (0..300)
             .map(|_| {
                 let l = l.clone();
                 tokio::spawn(async move { l.acquire().await })
             })
             .collect();
-        tokio::task::yield_now().await;
+        // Until every one waits (the scheduler runs a few dozen at a time).
+        for _ in 0..1000 {
+            if l.figure().waiting == 300 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(l.figure().waiting, 300);
         let mut limits = Vec::new();
         for _ in 0..4 {
             // As if an adjustment window had passed.
@@ -503,9 +550,63 @@ mod tests {
         drop(held);
     }
 
+    #[tokio::test]
+    async fn a_backlog_that_drains_soon_waits_instead_of_doubling_the_limit() {
+        let l = ReadLimit::new(DEFAULT_CAP);
+        let held: Vec<_> = futures::future::join_all((0..INITIAL_LIMIT).map(|_| l.acquire())).await;
+        // 20 polls wait behind 32 in flight of 1 s each: drained in 0.6 s.
+        let waiting: Vec<_> = (0..20)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire().await })
+            })
+            .collect();
+        for _ in 0..1000 {
+            if l.figure().waiting == 20 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        {
+            let mut s = l.inner.lock();
+            assert_eq!(s.waiting, 20);
+            // Arrivals at 10 a second, not the burst this test made.
+            (s.rate, s.arrivals) = (Some(10.0), 0);
+            s.hold = Some(1.0);
+            s.window_start -= ADJUST_EVERY;
+            l.inner.adjust(&mut s, Instant::now());
+            assert_eq!(s.limit, INITIAL_LIMIT, "a short queue does not grow it");
+            // Slower polls (4 s each): 2.5 s to drain, so it doubles.
+            s.hold = Some(4.0);
+            s.window_start -= ADJUST_EVERY;
+            l.inner.adjust(&mut s, Instant::now());
+            assert_eq!(s.limit, 2 * INITIAL_LIMIT);
+        }
+        for w in waiting {
+            w.abort();
+        }
+        drop(held);
+    }
+
+    #[test]
+    fn without_a_queue_the_limit_does_not_grow() {
+        // A start's first polls, each opening its connection: 200 a second
+        // at 1.5 s would be 600 with headroom. Nothing waits, so nothing
+        // grows: a bigger limit would only let more connections open.
+        let l = ReadLimit::for_schedule(DEFAULT_CAP, 167.0);
+        let mut s = l.inner.lock();
+        s.rate = Some(200.0);
+        s.hold = Some(1.5);
+        s.arrivals = 50;
+        s.window_start -= ADJUST_EVERY;
+        l.inner.adjust(&mut s, Instant::now());
+        assert_eq!(s.limit, 167);
+        assert_eq!(s.bound, Bound::Demand);
+    }
+
     #[test]
     fn the_limit_follows_littles_law_and_shrinks_without_interrupting() {
-        let l = ReadLimit::new(512);
+        let l = at_200();
         {
             let mut s = l.inner.lock();
             s.in_flight = 0;

@@ -28,9 +28,9 @@ use crate::config::SubscriptionConfig;
 use crate::event::{Timestamp, rfc3339};
 use crate::forward::ForwardError;
 use crate::heartbeat::Heartbeat;
-use crate::stop::Stop;
 use crate::outage::{Resource, quiet_if};
 use crate::poll::{PollError, PollReport};
+use crate::stop::Stop;
 use crate::store::{Share, StoreError};
 use crate::summary::PollFacts;
 
@@ -47,7 +47,9 @@ fn phase(id: &str, interval: Duration) -> Duration {
     let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    let tenths = u64::try_from(interval.as_millis() / 100).unwrap_or(u64::MAX).max(1);
+    let tenths = u64::try_from(interval.as_millis() / 100)
+        .unwrap_or(u64::MAX)
+        .max(1);
     Duration::from_millis((h % tenths) * 100)
 }
 
@@ -624,7 +626,11 @@ mod tests {
         let phases: Vec<Duration> = (0..1000)
             .map(|i| phase(&format!("00000000-0000-4000-8000-{i:012x}"), minute))
             .collect();
-        assert!(phases.iter().all(|p| *p < minute && p.subsec_nanos() % 100_000_000 == 0));
+        assert!(
+            phases
+                .iter()
+                .all(|p| *p < minute && p.subsec_nanos() % 100_000_000 == 0)
+        );
         // Tenths, not whole seconds: a second's subscriptions do not all wake together.
         let distinct: std::collections::BTreeSet<_> = phases.iter().collect();
         assert!(distinct.len() > 300, "{} distinct phases", distinct.len());

@@ -71,6 +71,10 @@ mod tests {
 
     #[test]
     fn it_is_small() {
-        assert!(std::mem::size_of::<Stop>() <= 64, "{}", std::mem::size_of::<Stop>());
+        assert!(
+            std::mem::size_of::<Stop>() <= 64,
+            "{}",
+            std::mem::size_of::<Stop>()
+        );
     }
 }
