@@ -4,7 +4,8 @@
 //! systemd, and reacts to signals.
 //!
 //! - SIGTERM/SIGINT: every task is told to stop (a `watch` channel, as in
-//!   mini-redis); polls in flight get the grace period, then state is committed
+//!   mini-redis; each subscription's task has its own small `Stop`, see
+//!   `stop.rs`); polls in flight get the grace period, then state is committed
 //!   and the daemon exits 0.
 //! - SIGHUP: the configuration file is read again. If it is invalid (or turns
 //!   on event handlers), the error is logged and the running configuration

@@ -4,6 +4,7 @@
 //! `poll` (query) -> `event` (keep) -> `store` (record) -> `forward` (deliver).
 
 pub mod app;
+pub mod arenas;
 pub mod assets;
 pub mod azure;
 pub mod cli;

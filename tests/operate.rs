@@ -663,6 +663,51 @@ fn man_pages_and_completions_are_generated_from_the_command_line() {
     }
 }
 
+/// The daemon's environment as `/proc` shows it: what glibc read at its start.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn environ(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect()
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poller_started_without_malloc_arena_max_runs_with_two_arenas_unless_told() {
+    // Started as from a shell, without the unit's setting: the same process
+    // (the pid its parent knows) runs with two arenas, and polls as usual.
+    let mut h = Harness::new().await;
+    let d = h.daemon(&[]);
+    let pid = d.child.id().expect("the daemon's pid");
+    eventually(
+        Duration::from_secs(30),
+        "MALLOC_ARENA_MAX=2 in its environment",
+        || environ(pid).iter().any(|v| v == "MALLOC_ARENA_MAX=2"),
+    )
+    .await;
+    d.wait_for_log("poll complete", 1).await;
+    let env = environ(pid);
+    assert!(
+        env.iter().any(|v| v.starts_with("SSL_CERT_FILE=")),
+        "the rest of the environment was kept: {env:?}"
+    );
+    let (code, log) = d.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+
+    // An operator's own value is left as it is.
+    h.env.push(("MALLOC_ARENA_MAX".into(), "4".into()));
+    let d = h.daemon(&[]);
+    let pid = d.child.id().expect("the daemon's pid");
+    d.wait_for_log("poll complete", 1).await;
+    let env = environ(pid);
+    assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=4"), "{env:?}");
+    assert!(!env.iter().any(|v| v == "MALLOC_ARENA_MAX=2"), "{env:?}");
+    let (code, log) = d.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_delivers_everything_exactly_once() {
     // README's first command, shortened: the embedded emulator, late entries,

@@ -305,6 +305,8 @@ statuses = ["Succeeded"]
             .env_remove("SSL_CERT_DIR")
             .env("RUST_LOG", "debug")
             .env_remove("CREDENTIALS_DIRECTORY")
+            // As a shell without the unit's setting starts it (see `arenas.rs`).
+            .env_remove("MALLOC_ARENA_MAX")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(file)
