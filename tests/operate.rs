@@ -54,7 +54,12 @@ async fn metrics_health_and_readiness(backend: Backend) {
         .await;
 
     assert_eq!(get(&addr, "/healthz").await.0, 200);
-    // One subscription cannot be read: not ready, and the body says which.
+    // One subscription cannot be read: not ready, and the body says which,
+    // once its first poll (at its phase of the interval) has failed.
+    eventually_async(Duration::from_secs(30), "B's poll failed", || async {
+        get(&addr, "/readyz").await.1.contains("HTTP 403")
+    })
+    .await;
     let (code, body) = get(&addr, "/readyz").await;
     assert_eq!(code, 503, "{body}");
     assert!(
