@@ -450,7 +450,6 @@ impl Drop for ReadPermit {
             Some(h) => h + HOLD_ALPHA * (held - h),
             None => held,
         });
-
         if let Some(p) = self.permit.take() {
             if s.debt > 0 {
                 s.debt -= 1;
@@ -482,6 +481,25 @@ mod tests {
 
     fn available(l: &ReadLimit) -> usize {
         l.inner.semaphore.available_permits()
+    }
+
+    /// `n` polls that wait for a permit, once every one of them does.
+    async fn queue(l: &ReadLimit, n: usize) -> Vec<tokio::task::JoinHandle<Option<ReadPermit>>> {
+        let waiting: Vec<_> = (0..n)
+            .map(|_| {
+                let l = l.clone();
+                tokio::spawn(async move { l.acquire().await })
+            })
+            .collect();
+        // The scheduler runs a few dozen at a time.
+        for _ in 0..1000 {
+            if l.figure().waiting == n {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(l.figure().waiting, n);
+        waiting
     }
 
     #[test]
@@ -517,20 +535,7 @@ mod tests {
             held.push(l.acquire().await);
         }
         // 300 more polls due: they wait (3 s to drain even at the cap).
-        let waiting: Vec<_> = (0..300)
-            .map(|_| {
-                let l = l.clone();
-                tokio::spawn(async move { l.acquire().await })
-            })
-            .collect();
-        // Until every one waits (the scheduler runs a few dozen at a time).
-        for _ in 0..1000 {
-            if l.figure().waiting == 300 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(l.figure().waiting, 300);
+        let waiting = queue(&l, 300).await;
         let mut limits = Vec::new();
         for _ in 0..4 {
             // As if an adjustment window had passed.
@@ -555,21 +560,9 @@ mod tests {
         let l = ReadLimit::new(DEFAULT_CAP);
         let held: Vec<_> = futures::future::join_all((0..INITIAL_LIMIT).map(|_| l.acquire())).await;
         // 20 polls wait behind 32 in flight of 1 s each: drained in 0.6 s.
-        let waiting: Vec<_> = (0..20)
-            .map(|_| {
-                let l = l.clone();
-                tokio::spawn(async move { l.acquire().await })
-            })
-            .collect();
-        for _ in 0..1000 {
-            if l.figure().waiting == 20 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
+        let waiting = queue(&l, 20).await;
         {
             let mut s = l.inner.lock();
-            assert_eq!(s.waiting, 20);
             // Arrivals at 10 a second, not the burst this test made.
             (s.rate, s.arrivals) = (Some(10.0), 0);
             s.hold = Some(1.0);

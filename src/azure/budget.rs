@@ -71,6 +71,17 @@ impl ReadBudget {
         }
     }
 
+    /// Takes a read from `b` if it has one; otherwise how long until it will.
+    fn take(&self, b: &mut Bucket, now: Instant) -> Option<Duration> {
+        self.refill(b, now);
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            None
+        } else {
+            Some(Duration::from_secs_f64((1.0 - b.tokens) / self.per_second))
+        }
+    }
+
     fn refill(&self, b: &mut Bucket, now: Instant) {
         let elapsed = now.saturating_duration_since(b.at).as_secs_f64();
         b.tokens = (b.tokens + elapsed * self.per_second).min(self.burst);
@@ -86,26 +97,18 @@ impl ReadBudget {
                 let mut guard = self.lock();
                 let now = Instant::now();
                 self.sweep(&mut guard, now);
-                let m = &mut guard.map;
                 // The key is copied only for a bucket not yet kept.
-                if !m.contains_key(key) {
-                    m.insert(
-                        key.to_string(),
-                        Bucket {
+                match guard.map.get_mut(key) {
+                    Some(b) => self.take(b, now),
+                    None => {
+                        let mut b = Bucket {
                             tokens: self.burst,
                             at: now,
-                        },
-                    );
-                }
-                let Some(b) = m.get_mut(key) else {
-                    return started.elapsed();
-                };
-                self.refill(b, now);
-                if b.tokens >= 1.0 {
-                    b.tokens -= 1.0;
-                    None
-                } else {
-                    Some(Duration::from_secs_f64((1.0 - b.tokens) / self.per_second))
+                        };
+                        let wait = self.take(&mut b, now);
+                        guard.map.insert(key.to_string(), b);
+                        wait
+                    }
                 }
             };
             match wait {
