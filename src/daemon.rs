@@ -1,12 +1,13 @@
-//! The daemon's supervisor: starts a task per subscription, the forwarder and
+//! The daemon's supervisor: puts each subscription on the timetable (one
+//! timer for all, `timetable.rs`), starts the forwarder and
 //! the summary (one INFO line a minute for the quiet polls, and the read
 //! limit published for `status`), serves metrics and health, talks to
 //! systemd, and reacts to signals.
 //!
 //! - SIGTERM/SIGINT: every task is told to stop (a `watch` channel, as in
-//!   mini-redis; each subscription's task has its own small `Stop`, see
-//!   `stop.rs`); polls in flight get the grace period, then state is committed
-//!   and the daemon exits 0.
+//!   mini-redis; each subscription has its own small `Stop`, see `stop.rs`);
+//!   polls in flight get the grace period, then state is committed and the
+//!   daemon exits 0.
 //! - SIGHUP: the configuration file is read again. If it is invalid (or turns
 //!   on event handlers), the error is logged and the running configuration
 //!   stays. Otherwise added subscriptions start, removed ones stop, changed ones
@@ -15,11 +16,12 @@
 //!   `[azure] concurrency` moves the cap of the shared read limit. The state
 //!   path and the telemetry address need a restart; a change is logged.
 //! - The watchdog (`WatchdogSec=`) is pinged from this loop, only while the
-//!   forwarder runs and no subscription task is stuck in a poll without
-//!   progress; a hung scheduler therefore gets the service restarted.
-//! - Leases (`lease.rs`): a subscription task runs only while this instance
-//!   holds the subscription; the supervisor follows the store's `held`
-//!   channel, starting and stopping tasks as leases are taken, given back or
+//!   forwarder runs and no subscription is stuck in a poll without
+//!   progress; a hung poll therefore gets the service restarted, and a
+//!   timetable that stops stops the daemon.
+//! - Leases (`lease.rs`): a subscription is on the timetable only while this
+//!   instance holds it; the supervisor follows the store's `held` channel,
+//!   adding and stopping subscriptions as leases are taken, given back or
 //!   lost. With SQLite it holds every configured subscription. At a clean
 //!   stop the leases are given back, so another instance takes over at once.
 
@@ -39,9 +41,9 @@ use crate::heartbeat::Heartbeat;
 use crate::lease;
 use crate::notify;
 use crate::outage::Resource;
-use crate::scheduler::subscription_task;
 use crate::stop::Stop;
 use crate::store::{Share, StoreError};
+use crate::timetable::{Ticket, Timetable};
 
 /// What the signal handler asks of the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +58,7 @@ const STALL_LIMIT: Duration = Duration::from_secs(20 * 60);
 
 struct Running {
     sub: Arc<SubscriptionConfig>,
-    stop: Arc<Stop>,
-    task: JoinHandle<()>,
+    ticket: Ticket,
     beat: Arc<Heartbeat>,
 }
 
@@ -104,38 +105,30 @@ struct Supervisor {
     app: Arc<App>,
     since: Option<Timestamp>,
     running: BTreeMap<String, Running>,
+    timetable: Timetable,
     retiring: JoinSet<()>,
     /// The live event handler checks (`detect/watch.rs`), restarted on reload.
     detecting: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The subscriptions this instance holds (see `lease.rs`).
     held: watch::Receiver<std::collections::BTreeSet<String>>,
-    /// Tasks stopped because their lease went, until they end: a task
+    /// Subscriptions stopped because their lease went, until they end: one
     /// started again for the same subscription waits for its predecessor.
-    released: BTreeMap<String, JoinHandle<()>>,
+    released: BTreeMap<String, Arc<Stop>>,
 }
 
 impl Supervisor {
-    fn start(&mut self, sub: Arc<SubscriptionConfig>, previous: Option<JoinHandle<()>>) {
-        let stop = Arc::new(Stop::default());
+    fn start(&mut self, sub: Arc<SubscriptionConfig>, previous: Option<Arc<Stop>>) {
         let beat = Arc::new(Heartbeat::default());
         self.app.health.track(&sub);
-        let task = tokio::spawn(subscription_task(
+        let ticket = self.timetable.add(
             self.app.clone(),
             sub.clone(),
             self.since,
-            stop.clone(),
             beat.clone(),
             previous,
-        ));
-        self.running.insert(
-            sub.id.to_string(),
-            Running {
-                sub,
-                stop,
-                task,
-                beat,
-            },
         );
+        self.running
+            .insert(sub.id.to_string(), Running { sub, ticket, beat });
     }
 
     /// Starts the tasks of held subscriptions and stops those of subscriptions
@@ -158,7 +151,7 @@ impl Supervisor {
             }
             self.app.health.untrack(&id);
         }
-        self.released.retain(|_, t| !t.is_finished());
+        self.released.retain(|_, t| !t.is_ended());
         let start: Vec<Arc<SubscriptionConfig>> = self
             .app
             .config
@@ -185,11 +178,12 @@ impl Supervisor {
             .collect()
     }
 
-    /// Tells a task to stop; returns its handle so a successor can wait for it.
-    fn retire(&mut self, id: &str) -> Option<JoinHandle<()>> {
+    /// Stops a subscription; returns what says it has ended, for a
+    /// successor to wait on.
+    fn retire(&mut self, id: &str) -> Option<Arc<Stop>> {
         let r = self.running.remove(id)?;
-        r.stop.stop();
-        Some(r.task)
+        self.timetable.stop(&r.ticket);
+        Some(r.ticket.ending())
     }
 
     /// (Re)starts the periodic event handler checks on the current
@@ -289,10 +283,8 @@ impl Supervisor {
     fn retire_unwanted(&mut self, wanted: &BTreeMap<String, Arc<SubscriptionConfig>>) -> usize {
         let gone = self.running_but_not(|id| wanted.contains_key(id));
         for id in &gone {
-            if let Some(task) = self.retire(id) {
-                self.retiring.spawn(async move {
-                    let _ = task.await;
-                });
+            if let Some(ending) = self.retire(id) {
+                self.retiring.spawn(async move { ending.ended().await });
             }
             self.app.health.untrack(id);
         }
@@ -545,11 +537,13 @@ async fn wait_for_forwarder(forwarding: Forwarding, deadline: Instant) -> Result
 
 impl Supervisor {
     fn new(app: Arc<App>, since: Option<Timestamp>) -> Supervisor {
+        let timetable = Timetable::spawn(app.pauses.clone());
         Supervisor {
             held: app.store.held(),
             app,
             since,
             running: BTreeMap::new(),
+            timetable,
             retiring: JoinSet::new(),
             detecting: None,
             released: BTreeMap::new(),
@@ -588,6 +582,10 @@ impl Supervisor {
                     Ok(Err(e)) => e,
                     Err(e) => StoreError::Task(e.to_string()),
                 }),
+                // It ends only when told to, and a panic's text is left out.
+                _ = self.timetable.task() => return Some(StoreError::Task(
+                    "the timetable stopped: nothing would poll any more".into(),
+                )),
                 _ = tick.tick() => self.watchdog_tick(watchdog.is_some()),
             }
         }
@@ -629,22 +627,18 @@ impl Supervisor {
         notify::status(&self.status_line());
     }
 
-    /// Tells every subscription task to stop (those whose lease went too);
-    /// returns them to wait for.
+    /// Stops every subscription (those whose lease went too); returns
+    /// their ends to wait for.
     fn stop_polls(&mut self) -> JoinSet<()> {
         let ids: Vec<String> = self.running.keys().cloned().collect();
         let mut tasks = JoinSet::new();
         for id in ids {
-            if let Some(t) = self.retire(&id) {
-                tasks.spawn(async move {
-                    let _ = t.await;
-                });
+            if let Some(ending) = self.retire(&id) {
+                tasks.spawn(async move { ending.ended().await });
             }
         }
-        for (_, t) in std::mem::take(&mut self.released) {
-            tasks.spawn(async move {
-                let _ = t.await;
-            });
+        for (_, ending) in std::mem::take(&mut self.released) {
+            tasks.spawn(async move { ending.ended().await });
         }
         tasks
     }
@@ -663,6 +657,7 @@ impl Supervisor {
             );
             tasks.abort_all();
             self.retiring.abort_all();
+            self.timetable.abort();
         }
     }
 }

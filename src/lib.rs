@@ -38,6 +38,7 @@ pub mod stop;
 pub mod store;
 pub mod summary;
 pub mod telemetry;
+pub mod timetable;
 pub mod trace;
 
 /// `text` followed by the causes of an error (its `source()` chain, from

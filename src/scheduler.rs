@@ -10,10 +10,11 @@
 //! subscriptions a line per poll would be 167 a second, past journald's rate
 //! limit. `--once` writes every line at INFO: a person reads them.
 //!
-//! A subscription task stops when its [`Stop`] says so (see `daemon.rs`
-//! for who says it): at its next wait, or, past the grace period, by being
-//! dropped mid-poll, which is safe because every page is its own transaction
-//! and an unfinished window is simply queried again.
+//! In the daemon, when each subscription's next poll is due is the
+//! timetable's (`timetable.rs`: one timer for all of them); what a poll
+//! does when it is due is here. A poll dropped mid-way (past the grace
+//! period) is safe: every page is its own transaction and an unfinished
+//! window is simply queried again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use chrono::Utc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 use crate::app::App;
 use crate::config::SubscriptionConfig;
@@ -30,7 +31,6 @@ use crate::forward::ForwardError;
 use crate::heartbeat::Heartbeat;
 use crate::outage::{Resource, quiet_if};
 use crate::poll::{PollError, PollReport};
-use crate::stop::Stop;
 use crate::store::{Share, StoreError};
 use crate::summary::PollFacts;
 
@@ -43,7 +43,7 @@ use crate::summary::PollFacts;
 /// minute; over a WAN each burst found the previous one's connections still
 /// busy and opened its own, 600-773 ARM connections where a steady 167 polls
 /// a second at 0.5 s need about 85 (BENCHMARKS.md section 8).
-fn phase(id: &str, interval: Duration) -> Duration {
+pub(crate) fn phase(id: &str, interval: Duration) -> Duration {
     let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
@@ -64,7 +64,7 @@ fn phase(id: &str, interval: Duration) -> Duration {
 /// a schedule that asks for 167 polls a second. A subscription that is
 /// `owed` a poll (see [`overdue`]), or a task started an interval or more
 /// after the process (a reload, a lease taken over), polls at once.
-fn first_poll(
+pub(crate) fn first_poll(
     origin: Instant,
     now: Instant,
     phase: Duration,
@@ -89,15 +89,12 @@ fn first_poll(
     (first, next)
 }
 
-/// How many tasks read their watermark for [`overdue`] at once.
-static OVERDUE_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
-
 /// Whether a subscription is owed a poll at once, before its turn in the
 /// first interval: its watermark is more than two intervals behind (the
 /// daemon was stopped for a while, or the instance that held it stopped
 /// polling it), so entries wait. One never polled owes nothing yet: its
 /// first poll places its look-back (one window) from then.
-async fn overdue(app: &App, sub: &SubscriptionConfig) -> bool {
+pub(crate) async fn overdue(app: &App, sub: &SubscriptionConfig) -> bool {
     let Ok(Some(cursor)) = app.store.cursor(sub.id.as_str()).await else {
         return false;
     };
@@ -131,7 +128,7 @@ impl OnceSummary {
 
 /// How a poll's line is written.
 #[derive(Debug, Clone, Copy)]
-enum Reporting {
+pub(crate) enum Reporting {
     /// `--once`: at INFO, every one.
     Once,
     /// The daemon: counted in the summary; at debug when there is nothing
@@ -417,129 +414,10 @@ async fn poll_held(
     polls
 }
 
-/// One subscription's loop in the daemon: poll, wait for the next tick, until
-/// `stop` turns true. A `previous` task of the same subscription (replaced by a
-/// reload) is awaited first, so that two never poll the same subscription.
-///
-/// While the subscription is paused (something else feeds it, see
-/// `detect/watch.rs`) no poll starts, and a poll in flight when the pause
-/// comes is abandoned: nothing more of it is queued. Pages already recorded
-/// stay; the watermark has not moved, so the window is queried again on
-/// resume, and the seen ids keep what was queued from being queued twice.
-/// When the pause lifts, it polls at once, from its watermark.
-pub async fn subscription_task(
-    app: Arc<App>,
-    sub: Arc<SubscriptionConfig>,
-    since: Option<Timestamp>,
-    stop: Arc<Stop>,
-    beat: Arc<Heartbeat>,
-    previous: Option<tokio::task::JoinHandle<()>>,
-) {
-    if let Some(p) = previous {
-        let _ = p.await;
-    }
-    let id = sub.id.to_string();
-    let mut paused = app.pauses.subscribe();
-    let is_paused = |p: &watch::Receiver<crate::detect::Paused>| p.borrow().contains_key(&id);
-    let interval = sub.schedule.interval();
-    let owed = {
-        // A few at a time: at a start every task asks at once, and each
-        // read's state (kilobytes) waiting for the store would add up.
-        let _turn = OVERDUE_CHECKS.acquire().await;
-        Box::pin(overdue(&app, &sub)).await
-    };
-    let (first_at, next) = first_poll(
-        app.started,
-        Instant::now(),
-        phase(&id, interval),
-        interval,
-        owed,
-    );
-    // The first tick is the first poll; the grid goes on from `next`.
-    let mut first = true;
-    let mut tick = tokio::time::interval_at(first_at, interval);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut warned_late: Option<Instant> = None;
-    loop {
-        beat.set_busy(false);
-        let was_paused = is_paused(&paused);
-        let mut due = None;
-        tokio::select! {
-            _ = stop.stopped() => break,
-            at = tick.tick() => {
-                due = Some(at);
-                if std::mem::take(&mut first) {
-                    tick.reset_at(next);
-                }
-            }
-            changed = paused.changed(), if was_paused => {
-                if changed.is_err() || is_paused(&paused) {
-                    continue;
-                }
-                // Resumed: poll now rather than at the next tick.
-            }
-        }
-        if stop.is_stopped() {
-            break;
-        }
-        if is_paused(&paused) {
-            continue;
-        }
-        // On the heap, and only while it waits or runs: the permit's wait
-        // and the poll's state would otherwise make every idle task as large
-        // (see the size test below).
-        let turn = Turn {
-            due,
-            paused: &mut paused,
-            stop: &stop,
-            warned_late: &mut warned_late,
-        };
-        if !Box::pin(take_turn(&app, &sub, since, &beat, turn)).await {
-            break;
-        }
-    }
-    beat.set_busy(false);
-}
-
-/// What one turn of a subscription's loop works with besides the poll's own.
-struct Turn<'a> {
-    /// When the poll was due (`None`: resumed after a pause).
-    due: Option<Instant>,
-    paused: &'a mut watch::Receiver<crate::detect::Paused>,
-    stop: &'a Stop,
-    warned_late: &'a mut Option<Instant>,
-}
-
-/// Waits for a read permit, then polls (unless paused meanwhile); false
-/// when told to stop while waiting.
-async fn take_turn(
-    app: &App,
-    sub: &SubscriptionConfig,
-    since: Option<Timestamp>,
-    beat: &Heartbeat,
-    turn: Turn<'_>,
-) -> bool {
-    let asked = Instant::now();
-    let permit = tokio::select! {
-        p = app.reads.acquire() => p,
-        _ = turn.stop.stopped() => return false,
-    };
-    let Some(_permit) = permit else {
-        return false;
-    };
-    let late = turn
-        .due
-        .is_some_and(|due| note_start_delay(app, sub, due, asked.elapsed(), turn.warned_late));
-    beat.set_busy(true);
-    let reporting = Reporting::Daemon { late };
-    poll_unless_paused(app, sub, since, beat, turn.paused, reporting).await;
-    true
-}
-
 /// How late a poll due at `due` starts (after waiting `waited` for the read
 /// limit); a warning (at most every [`LATE_WARNING_EVERY`]) that says what
 /// held it when it is later than a whole interval. Whether it was.
-fn note_start_delay(
+pub(crate) fn note_start_delay(
     app: &App,
     sub: &SubscriptionConfig,
     due: Instant,
@@ -581,7 +459,7 @@ fn note_start_delay(
 }
 
 /// One poll, abandoned if the subscription is paused while it runs.
-async fn poll_unless_paused(
+pub(crate) async fn poll_unless_paused(
     app: &App,
     sub: &SubscriptionConfig,
     since: Option<Timestamp>,
@@ -685,19 +563,5 @@ mod tests {
         let second = Duration::from_secs(1);
         let (first, next) = first_poll(origin, origin, Duration::ZERO, second, false);
         assert_eq!((first, next), (origin, origin + second));
-    }
-
-    /// The size of what a function returns (here: a future, before it runs).
-    fn size_of_output<A, B, C, D, E, G, R>(_: impl FnOnce(A, B, C, D, E, G) -> R) -> usize {
-        std::mem::size_of::<R>()
-    }
-
-    #[test]
-    fn an_idle_subscription_task_is_small() {
-        // One per subscription, alive for the daemon's life: at 10,000
-        // subscriptions every kilobyte here is 10 MB.
-        let size = size_of_output(subscription_task);
-        println!("subscription task: {size} bytes");
-        assert!(size <= 1024, "{size} bytes");
     }
 }

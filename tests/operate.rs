@@ -272,6 +272,33 @@ async fn sighup_applies_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
     h.fakes.assert_delivered_exactly_once(&[a, b].concat());
 }
 
+/// Between polls a subscription is an entry on the daemon's one timer
+/// (`timetable.rs`), not a task: a stop, or a reload that restarts it, must
+/// end it at once rather than at its next tick an hour away.
+#[tokio::test]
+async fn subscriptions_waiting_an_hour_stop_and_restart_at_once() {
+    let mut h = Harness::new().await;
+    h.interval = "1h";
+    h.window = "2h";
+    h.set_subscriptions(&[SUB_A, SUB_B]);
+    h.write_config();
+    let d = h.daemon(&["--shutdown-grace", "50s"]);
+    d.wait_for_log("held by this instance: polling it", 2).await;
+    // A's interval changes: its entry is replaced, the new one waits for the
+    // old one to end.
+    h.extra = format!("[[subscription]]\nid = \"{SUB_A}\"\ninterval = \"30m\"\n");
+    h.set_subscriptions(&[SUB_B]);
+    h.write_config();
+    d.signal("HUP");
+    d.wait_for_log("configuration reloaded", 1).await;
+    let log = d.stop_cleanly().await;
+    assert!(log.contains("1 restarted"), "{log}");
+    assert!(
+        !log.contains("grace period over"),
+        "an idle subscription held up the stop until the grace period ended:\n{log}"
+    );
+}
+
 async fn status_and_dead_letters_next_to_a_running_daemon(backend: Backend) {
     let mut h = Harness::on(backend).await;
     h.fakes.reject("rejected-1");
