@@ -126,6 +126,16 @@ pub fn http_client() -> Result<reqwest::Client, StartError> {
         .map_err(|e| StartError::Http(e.to_string()))
 }
 
+/// The shortest interval configured (a minute when there is none).
+pub fn shortest_interval(config: &Config) -> Duration {
+    config
+        .subscriptions
+        .iter()
+        .map(|s| s.schedule.interval())
+        .min()
+        .unwrap_or(Duration::from_secs(60))
+}
+
 /// The polls a second the schedule asks for: every subscription once per interval.
 fn polls_per_second(config: &Config) -> f64 {
     config
@@ -219,6 +229,7 @@ impl App {
         let http = http_client()?;
         let budget = read_budget(&config);
         let reads = ReadLimit::for_schedule(config.azure.concurrency, polls_per_second(&config));
+        reads.follow_intervals(shortest_interval(&config));
         Self::assemble(
             config,
             Kept {
@@ -360,6 +371,22 @@ impl App {
             source.token().await?;
         }
         Ok(())
+    }
+
+    /// Opens the ARM connections a `--once` run's first reads will use
+    /// while the token and the start check are still on their way (see
+    /// [`crate::http::warm`]): as many as its catch-ups' first slices, up to
+    /// the read limit, and one for the check.
+    pub fn warm_reads(&self) {
+        let first_reads = (self.config.subscriptions.len())
+            .saturating_mul(self.config.azure.catch_up_slices)
+            .min(self.reads.figure().limit);
+        crate::http::warm(
+            &self.http,
+            &self.config.azure.resource_manager_url,
+            first_reads + 1,
+            self.config.azure.request_timeout,
+        );
     }
 
     pub fn tokens_for(&self, sub: &SubscriptionConfig) -> Option<Arc<TokenSource>> {

@@ -504,6 +504,7 @@ async fn once(
     args: &RunArgs,
     screen: Option<Screen>,
 ) -> ExitCode {
+    app.warm_reads();
     if let Err(e) = crate::detect::at_start(&app.checks).await {
         return fail(&e.into());
     }

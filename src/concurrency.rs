@@ -39,6 +39,13 @@ pub enum Signal {
     BackPressure,
 }
 
+/// Where an adaptive limit starts: like TCP's initial window (RFC 6928's
+/// ten segments), a first round trip that any endpoint takes, so that slow
+/// start reaches a WAN's hundreds of POSTs four round trips sooner than
+/// from one. An endpoint that cannot take it pushes back, and the limit
+/// halves.
+pub const INITIAL_WINDOW: usize = 16;
+
 /// The weight of the newest window in the long-run means.
 const EWMA_ALPHA: f64 = 0.4;
 /// A window this much slower than the long-run mean (in standard deviations,

@@ -236,6 +236,8 @@ impl Supervisor {
             // what it measured stays.
             new.reads.set_cap(nc.azure.concurrency);
         }
+        new.reads
+            .follow_intervals(crate::app::shortest_interval(nc));
         let wanted: BTreeMap<String, Arc<SubscriptionConfig>> = nc
             .subscriptions
             .iter()

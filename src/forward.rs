@@ -344,7 +344,9 @@ impl Forwarder {
         outages: Arc<Outages>,
     ) -> Self {
         let limit = Arc::new(match config.concurrency {
-            DeliveryConcurrency::Adaptive { max } => Concurrency::adaptive(1, max),
+            DeliveryConcurrency::Adaptive { max } => {
+                Concurrency::adaptive(crate::concurrency::INITIAL_WINDOW, max)
+            }
             DeliveryConcurrency::Fixed(n) => Concurrency::fixed(n),
         });
         Forwarder {

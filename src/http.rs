@@ -148,6 +148,35 @@ where
     Ok(Bytes::from(body))
 }
 
+/// Opens `n` connections to `origin` (its root, unauthenticated: no token
+/// and nothing of a subscription goes with them) and leaves them in
+/// `client`'s pool, for requests that will need them once something
+/// sequential before them is done: a `--once` run's first pages wait for
+/// the token and the start check (three round trips each on a new TLS
+/// connection, one on a warm one). Whatever the answer, its body (at most
+/// 16 KiB) is read so that the connection is kept; errors are only logged at
+/// debug. Returns at once; the requests run on their own.
+pub fn warm(client: &reqwest::Client, origin: &url::Url, n: usize, timeout: std::time::Duration) {
+    let mut root = origin.clone();
+    root.set_path("/");
+    root.set_query(None);
+    for _ in 0..n {
+        let (client, root) = (client.clone(), root.clone());
+        tokio::spawn(async move {
+            let answer = match client.get(root.clone()).timeout(timeout).send().await {
+                Ok(resp) => read(resp, Limit::kib(16))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(describe(&e)),
+            };
+            if let Err(e) = answer {
+                tracing::debug!(origin = %crate::http::origin(&root), error = %e, "a connection opened ahead did not stay open");
+            }
+        });
+    }
+}
+
 /// `scheme://host:port` of `url` (the port when not the scheme's own):
 /// nothing of its path, query or user, where tokens may be.
 pub fn origin(url: &url::Url) -> String {

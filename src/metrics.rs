@@ -50,6 +50,10 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const PREFIX: &str = "azure_activity_poller_";
 
+/// How often the recorder drains its histograms' samples (the crate's own
+/// default for the exporters it runs itself).
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 #[error("cannot install the metrics recorder: {0}")]
 pub struct MetricsError(String);
@@ -79,6 +83,20 @@ pub fn install() -> Result<Exporter, MetricsError> {
         .map_err(|e| MetricsError(e.to_string()))?
         .install_recorder()
         .map_err(|e| MetricsError(e.to_string()))?;
+    // `install_recorder` leaves upkeep to its caller: until it runs, a
+    // histogram keeps every sample (one a poll, and one each time a read
+    // waits for its budget: at 10,000 subscriptions megabytes an hour), so a daemon nobody scrapes
+    // would grow without end. Each scrape runs it too.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        let upkeep = handle.clone();
+        runtime.spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                every.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+    }
     let process = metrics_process::Collector::default();
     process.describe();
     describe();

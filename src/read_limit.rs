@@ -8,7 +8,8 @@
 //! call). The limit grows only where polls queue, and shrinks to what
 //! demand needs where they do not. Every [`ADJUST_EVERY`]:
 //! - while polls wait and every permit is taken, and the queue would take
-//!   more than [`QUEUE_WAIT`] to drain at the current limit (a start when
+//!   more than a tenth of the shortest interval (1 to 10 s, see
+//!   [`ReadLimit::follow_intervals`]) to drain at the current limit (a start when
 //!   every subscription is owed a poll, or a latency that rose), the limit
 //!   doubles, like TCP's slow start, so a WAN's hundreds of reads in flight
 //!   are reached in a second or two instead of a minute. A shorter queue
@@ -65,8 +66,17 @@ pub const ADJUST_EVERY: Duration = Duration::from_millis(250);
 /// of the interval) and round trips vary.
 pub const HEADROOM: f64 = 2.0;
 /// A backlog that drains within this at the current limit does not grow
-/// it: its polls wait a little, on connections already open.
+/// it: its polls wait a little, on connections already open. Until the
+/// schedule says otherwise ([`ReadLimit::follow_intervals`]).
 pub const QUEUE_WAIT: Duration = Duration::from_secs(2);
+/// The wait a backlog may take follows the schedule: a tenth of the
+/// shortest interval (a poll that waits that long is on time by a wide
+/// margin), within these bounds. At 10,000 subscriptions a minute, 2 s was
+/// short enough that a start's first polls, each opening its connection
+/// (three round trips where a warm one takes one) on two busy cores,
+/// sometimes doubled the limit: 544 ARM connections where 232 do.
+const QUEUE_WAIT_MIN: Duration = Duration::from_secs(1);
+const QUEUE_WAIT_MAX: Duration = Duration::from_secs(10);
 /// After a cut for throttling, the limit does not grow for this long.
 pub const THROTTLE_HOLD: Duration = Duration::from_secs(30);
 /// A cut for throttling leaves this fraction of the limit.
@@ -165,6 +175,8 @@ struct State {
     /// The last cut for throttling.
     throttled_at: Option<Instant>,
     bound: Bound,
+    /// See [`ReadLimit::follow_intervals`].
+    queue_wait: Duration,
 }
 
 impl State {
@@ -237,6 +249,7 @@ impl ReadLimit {
                     throttled_since_cut: false,
                     throttled_at: None,
                     bound: Bound::Demand,
+                    queue_wait: QUEUE_WAIT,
                 }),
             }),
         }
@@ -244,6 +257,13 @@ impl ReadLimit {
 
     pub fn cap(&self) -> usize {
         self.inner.cap()
+    }
+
+    /// How long a backlog may take to drain before the limit grows: a tenth
+    /// of `shortest`, the shortest interval configured (between 1 and 10 s).
+    pub fn follow_intervals(&self, shortest: Duration) {
+        let wait = (shortest / 10).clamp(QUEUE_WAIT_MIN, QUEUE_WAIT_MAX);
+        self.inner.lock().queue_wait = wait;
     }
 
     /// A reload changed `[azure] concurrency`: the limit keeps what it
@@ -345,7 +365,7 @@ impl Inner {
             // finished, the assumed time).
             let hold = s.hold.unwrap_or(ASSUMED_HOLD);
             let drain = s.waiting as f64 * hold / s.limit.max(1) as f64;
-            if drain > QUEUE_WAIT.as_secs_f64() {
+            if drain > s.queue_wait.as_secs_f64() {
                 s.limit.saturating_mul(2)
             } else {
                 s.limit
@@ -574,6 +594,36 @@ mod tests {
             s.window_start -= ADJUST_EVERY;
             l.inner.adjust(&mut s, Instant::now());
             assert_eq!(s.limit, 2 * INITIAL_LIMIT);
+        }
+        for w in waiting {
+            w.abort();
+        }
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn the_wait_a_backlog_may_take_follows_the_shortest_interval() {
+        let l = ReadLimit::new(DEFAULT_CAP);
+        l.follow_intervals(Duration::from_secs(60));
+        let held: Vec<_> = futures::future::join_all((0..INITIAL_LIMIT).map(|_| l.acquire())).await;
+        // 100 polls wait behind 32 in flight of 1.5 s each (a start's
+        // polls, each opening its connection): drained in 4.7 s, well
+        // within a minute's interval.
+        let waiting = queue(&l, 100).await;
+        {
+            let mut s = l.inner.lock();
+            (s.rate, s.arrivals, s.hold) = (Some(10.0), 0, Some(1.5));
+            s.window_start -= ADJUST_EVERY;
+            l.inner.adjust(&mut s, Instant::now());
+            assert_eq!(s.limit, INITIAL_LIMIT, "a minute's interval waits 6 s");
+        }
+        // Every 10 s: a poll that waits 4.7 s is too late for comfort.
+        l.follow_intervals(Duration::from_secs(10));
+        {
+            let mut s = l.inner.lock();
+            s.window_start -= ADJUST_EVERY;
+            l.inner.adjust(&mut s, Instant::now());
+            assert_eq!(s.limit, 2 * INITIAL_LIMIT, "a 10 s interval waits 1 s");
         }
         for w in waiting {
             w.abort();
