@@ -378,7 +378,10 @@ impl App {
     /// [`crate::http::warm`]): as many as its catch-ups' first slices, up to
     /// the read limit, and one for the check.
     pub fn warm_reads(&self) {
-        let first_reads = (self.config.subscriptions.len())
+        let first_reads = self
+            .config
+            .subscriptions
+            .len()
             .saturating_mul(self.config.azure.catch_up_slices)
             .min(self.reads.figure().limit);
         crate::http::warm(

@@ -148,7 +148,7 @@ where
     Ok(Bytes::from(body))
 }
 
-/// Opens `n` connections to `origin` (its root, unauthenticated: no token
+/// Opens `n` connections to `base`'s origin (its root, unauthenticated: no token
 /// and nothing of a subscription goes with them) and leaves them in
 /// `client`'s pool, for requests that will need them once something
 /// sequential before them is done: a `--once` run's first pages wait for
@@ -156,8 +156,8 @@ where
 /// connection, one on a warm one). Whatever the answer, its body (at most
 /// 16 KiB) is read so that the connection is kept; errors are only logged at
 /// debug. Returns at once; the requests run on their own.
-pub fn warm(client: &reqwest::Client, origin: &url::Url, n: usize, timeout: std::time::Duration) {
-    let mut root = origin.clone();
+pub fn warm(client: &reqwest::Client, base: &url::Url, n: usize, timeout: std::time::Duration) {
+    let mut root = base.clone();
     root.set_path("/");
     root.set_query(None);
     for _ in 0..n {
@@ -171,7 +171,7 @@ pub fn warm(client: &reqwest::Client, origin: &url::Url, n: usize, timeout: std:
                 Err(e) => Err(describe(&e)),
             };
             if let Err(e) = answer {
-                tracing::debug!(origin = %crate::http::origin(&root), error = %e, "a connection opened ahead did not stay open");
+                tracing::debug!(origin = %origin(&root), error = %e, "a connection opened ahead did not stay open");
             }
         });
     }
@@ -309,5 +309,80 @@ mod tests {
         assert_eq!(Limit::kib(64).to_string(), "64 KiB");
         assert_eq!(size(1), "1 byte");
         assert_eq!(size((64 << 20) + 1), "67108865 bytes");
+    }
+
+    /// What a request to the recording server carried.
+    #[derive(Debug, Clone)]
+    struct Seen {
+        peer: std::net::SocketAddr,
+        uri: String,
+        authorized: bool,
+    }
+
+    #[tokio::test]
+    async fn warm_connections_carry_nothing_and_serve_the_requests_after_them() {
+        use axum::extract::ConnectInfo;
+        use axum::http::{HeaderMap, Uri};
+        let seen: Arc<std::sync::Mutex<Vec<Seen>>> = Arc::default();
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(
+            move |ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+                  uri: Uri,
+                  headers: HeaderMap| {
+                let record = record.clone();
+                async move {
+                    let authorized = headers.contains_key("authorization");
+                    let uri = uri.to_string();
+                    record.lock().unwrap().push(Seen {
+                        peer,
+                        uri,
+                        authorized,
+                    });
+                    (axum::http::StatusCode::NOT_FOUND, "no such route")
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        // A base with a path and a query (where a token could be): neither goes.
+        let base = url::Url::parse(&format!("http://{addr}/api/{TOKEN}?token={TOKEN}")).unwrap();
+        warm(&client, &base, 3, std::time::Duration::from_secs(10));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while seen.lock().unwrap().len() < 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the warm requests did not arrive"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let warm_seen = seen.lock().unwrap().clone();
+        for s in &warm_seen {
+            assert_eq!(s.uri, "/", "{s:?}");
+            assert!(!s.authorized, "{s:?}");
+        }
+        let opened: std::collections::BTreeSet<_> = warm_seen.iter().map(|s| s.peer).collect();
+        assert_eq!(opened.len(), 3, "three connections: {warm_seen:?}");
+        // Once answered, the connections wait in the pool: three requests at
+        // once open none of their own.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let url = format!("http://{addr}/next");
+        loop {
+            let before = seen.lock().unwrap().len();
+            let sent = futures::future::join_all((0..3).map(|_| client.get(&url).send())).await;
+            assert!(sent.iter().all(|r| r.is_ok()));
+            let after: Vec<Seen> = seen.lock().unwrap()[before..].to_vec();
+            if after.iter().all(|s| opened.contains(&s.peer)) {
+                break;
+            }
+            // A warm answer read a moment after its request was counted.
+            assert!(
+                std::time::Instant::now() < deadline,
+                "new connections: {after:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }

@@ -85,8 +85,9 @@ pub fn install() -> Result<Exporter, MetricsError> {
         .map_err(|e| MetricsError(e.to_string()))?;
     // `install_recorder` leaves upkeep to its caller: until it runs, a
     // histogram keeps every sample (one a poll, and one each time a read
-    // waits for its budget: at 10,000 subscriptions megabytes an hour), so a daemon nobody scrapes
-    // would grow without end. Each scrape runs it too.
+    // waits for its budget: at 10,000 subscriptions megabytes an hour), so
+    // a daemon nobody scrapes would grow without end. Each scrape runs it
+    // too.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         let upkeep = handle.clone();
         runtime.spawn(async move {

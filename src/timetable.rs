@@ -3,7 +3,7 @@
 //! One task holds every subscription held by this instance in a
 //! `DelayQueue` (tokio-util's hashed timer wheel) and drives each poll when
 //! it is due, alongside the others; between polls a subscription is an
-//! [`Entry`] of about 200 bytes, not a task of its own. A task per
+//! [`Entry`] of 112 bytes, not a task of its own. A task per
 //! subscription, each with its own timer, was 768 bytes of task plus its
 //! timer's allocation: 7.7 MiB of the daemon's heap at 10,000 subscriptions
 //! (BENCHMARKS.md section 11).
@@ -23,7 +23,7 @@
 //!   or after the late tick.
 //! - **Paused** when due: it is parked and polls at once when the pause
 //!   lifts, then goes on on its grid.
-//! - **Stopped** (the supervisor's [`Ticket::stop`]): an idle one leaves at
+//! - **Stopped** (the supervisor's [`Timetable::stop`]): an idle one leaves at
 //!   once, a poll waiting for its permit gives up, a poll running finishes
 //!   (the supervisor's grace period bounds it). Then [`Stop::end`] says it
 //!   is over. A poll that panics is logged and the subscription goes on.
