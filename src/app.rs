@@ -301,7 +301,7 @@ impl App {
         let used: std::collections::BTreeSet<&str> = config
             .subscriptions
             .iter()
-            .map(|s| s.credential.as_str())
+            .map(|s| &*s.credential)
             .collect();
         let tokens = token_sources(&config, used, &http)?;
         let checks = Arc::new(crate::detect::Checks {
@@ -393,6 +393,6 @@ impl App {
     }
 
     pub fn tokens_for(&self, sub: &SubscriptionConfig) -> Option<Arc<TokenSource>> {
-        self.tokens.get(&sub.credential).cloned()
+        self.tokens.get(&*sub.credential).cloned()
     }
 }

@@ -104,16 +104,16 @@ fn start_forwarder(app: &Arc<App>) -> Forwarding {
 struct Supervisor {
     app: Arc<App>,
     since: Option<Timestamp>,
-    running: BTreeMap<String, Running>,
+    running: BTreeMap<Arc<str>, Running>,
     timetable: Timetable,
     retiring: JoinSet<()>,
     /// The live event handler checks (`detect/watch.rs`), restarted on reload.
     detecting: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     /// The subscriptions this instance holds (see `lease.rs`).
-    held: watch::Receiver<std::collections::BTreeSet<String>>,
+    held: watch::Receiver<std::collections::BTreeSet<Arc<str>>>,
     /// Subscriptions stopped because their lease went, until they end: one
     /// started again for the same subscription waits for its predecessor.
-    released: BTreeMap<String, Arc<Stop>>,
+    released: BTreeMap<Arc<str>, Arc<Stop>>,
 }
 
 impl Supervisor {
@@ -128,7 +128,7 @@ impl Supervisor {
             previous,
         );
         self.running
-            .insert(sub.id.to_string(), Running { sub, ticket, beat });
+            .insert(sub.id.shared(), Running { sub, ticket, beat });
     }
 
     /// Starts the tasks of held subscriptions and stops those of subscriptions
@@ -170,10 +170,10 @@ impl Supervisor {
     }
 
     /// The subscriptions with a task here that `keep` does not keep.
-    fn running_but_not(&self, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    fn running_but_not(&self, keep: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
         self.running
             .keys()
-            .filter(|id| !keep(id.as_str()))
+            .filter(|id| !keep(id))
             .cloned()
             .collect()
     }
@@ -238,14 +238,13 @@ impl Supervisor {
         }
         new.reads
             .follow_intervals(crate::app::shortest_interval(nc));
-        let wanted: BTreeMap<String, Arc<SubscriptionConfig>> = nc
+        let wanted: BTreeMap<Arc<str>, Arc<SubscriptionConfig>> = nc
             .subscriptions
             .iter()
-            .map(|s| (s.id.to_string(), s.clone()))
+            .map(|s| (s.id.shared(), s.clone()))
             .collect();
         let removed = self.retire_unwanted(&wanted);
-        let keep: Vec<String> = wanted.keys().cloned().collect();
-        self.app.pauses.retain(&keep);
+        self.app.pauses.retain(|id| wanted.contains_key(id));
         let (mut added, mut changed) = (0, 0);
         for (id, sub) in wanted {
             if sub.event_handlers == crate::config::EventHandlers::Detect
@@ -282,7 +281,7 @@ impl Supervisor {
     }
 
     /// Stops the tasks of subscriptions no longer configured; how many.
-    fn retire_unwanted(&mut self, wanted: &BTreeMap<String, Arc<SubscriptionConfig>>) -> usize {
+    fn retire_unwanted(&mut self, wanted: &BTreeMap<Arc<str>, Arc<SubscriptionConfig>>) -> usize {
         let gone = self.running_but_not(|id| wanted.contains_key(id));
         for id in &gone {
             if let Some(ending) = self.retire(id) {
@@ -409,14 +408,6 @@ fn reload(current: &App, path: &Path) -> Result<Arc<App>, String> {
         .map_err(|e| e.to_string())
 }
 
-fn configured_ids(config: &Config) -> Vec<String> {
-    config
-        .subscriptions
-        .iter()
-        .map(|s| s.id.to_string())
-        .collect()
-}
-
 /// Runs the daemon until a [`Signal::Stop`] (or the channel closes).
 pub async fn run(
     app: Arc<App>,
@@ -486,17 +477,17 @@ pub async fn run(
 /// once it answers.
 async fn start_leasing(app: &App) -> Result<lease::Keeper, StoreError> {
     let ha = app.config.ha;
-    let first = match lease::round(&app.store, &configured_ids(&app.config), ha, Share::Fair).await
-    {
-        Ok(first) => first,
-        Err(e) if e.is_config() => return Err(e),
-        Err(e) => {
-            let declared = app.health.outages.failed(Resource::StateStore, &e);
-            crate::log_at!(crate::outage::quiet_if(declared), error = %e,
+    let first =
+        match lease::round(&app.store, &lease::configured(&app.config), ha, Share::Fair).await {
+            Ok(first) => first,
+            Err(e) if e.is_config() => return Err(e),
+            Err(e) => {
+                let declared = app.health.outages.failed(Resource::StateStore, &e);
+                crate::log_at!(crate::outage::quiet_if(declared), error = %e,
                 "cannot take leases; starting with none and retrying");
-            return Ok(keeper(app));
-        }
-    };
+                return Ok(keeper(app));
+            }
+        };
     app.health.leases(first.held.len(), first.share, first.live);
     if app.store.shared() {
         tracing::info!(
@@ -518,7 +509,7 @@ fn keeper(app: &App) -> lease::Keeper {
         app.health.clone(),
         app.config.ha,
         Share::Fair,
-        configured_ids(&app.config),
+        lease::configured(&app.config),
     )
 }
 
@@ -600,7 +591,7 @@ impl Supervisor {
         tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
         match reload(&self.app, path) {
             Ok(new) => {
-                keeper.want(configured_ids(&new.config));
+                keeper.want(lease::configured(&new.config));
                 let summary = self.apply(new, forwarding);
                 self.follow_leases();
                 self.restart_detection(true);
@@ -632,7 +623,7 @@ impl Supervisor {
     /// Stops every subscription (those whose lease went too); returns
     /// their ends to wait for.
     fn stop_polls(&mut self) -> JoinSet<()> {
-        let ids: Vec<String> = self.running.keys().cloned().collect();
+        let ids: Vec<Arc<str>> = self.running.keys().cloned().collect();
         let mut tasks = JoinSet::new();
         for id in ids {
             if let Some(ending) = self.retire(&id) {
@@ -667,18 +658,18 @@ impl Supervisor {
 /// takeover names what moved), one line with a count and the first few for
 /// many (a start with 10,000 subscriptions is one line, not 10,000; each is
 /// at debug).
-fn log_lease_changes(what: &str, subscriptions: &[String]) {
+fn log_lease_changes<S: AsRef<str>>(what: &str, subscriptions: &[S]) {
     const NAMED: usize = 10;
     match subscriptions.len() {
         0 => {}
         n if n <= NAMED => {
             for s in subscriptions {
-                tracing::info!(subscription = %s, "{what}");
+                tracing::info!(subscription = %s.as_ref(), "{what}");
             }
         }
         n => tracing::info!(
             subscriptions = n,
-            first = %subscriptions[..NAMED].join(", "),
+            first = %subscriptions[..NAMED].iter().map(AsRef::as_ref).collect::<Vec<&str>>().join(", "),
             "{what}"
         ),
     }

@@ -28,9 +28,9 @@ struct SubscriptionHealth {
     /// When this instance began polling it: the poll age before a success.
     since: Instant,
     last_ok: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<Box<str>>,
     /// Why polling is paused (Guardrails feeds it), while it is.
-    paused: Option<String>,
+    paused: Option<Box<str>>,
 }
 
 /// What readiness is judged on, updated by every poll.
@@ -40,7 +40,8 @@ struct SubscriptionHealth {
 /// polls are tracked.
 #[derive(Debug)]
 pub struct Health {
-    subs: Mutex<BTreeMap<String, SubscriptionHealth>>,
+    /// Keyed by the configuration's id, shared.
+    subs: Mutex<BTreeMap<Arc<str>, SubscriptionHealth>>,
     /// The last lease round: (held, share, live instances).
     leases: Mutex<Option<(usize, usize, usize)>>,
     /// The resources out now (`outage.rs`): each one makes the instance
@@ -68,14 +69,14 @@ const READY_INTERVALS: u32 = 3;
 const READY_SLACK: Duration = Duration::from_secs(30);
 
 impl Health {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SubscriptionHealth>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Arc<str>, SubscriptionHealth>> {
         self.subs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Starts judging `sub` (again, after a reload).
     pub fn track(&self, sub: &Arc<SubscriptionConfig>) {
         let mut m = self.lock();
-        let e = m.entry(sub.id.to_string()).or_insert(SubscriptionHealth {
+        let e = m.entry(sub.id.shared()).or_insert(SubscriptionHealth {
             sub: sub.clone(),
             since: Instant::now(),
             last_ok: None,
@@ -119,13 +120,13 @@ impl Health {
 
     pub fn failed(&self, id: &str, error: &str) {
         if let Some(e) = self.lock().get_mut(id) {
-            e.last_error = Some(error.to_string());
+            e.last_error = Some(error.into());
         }
     }
 
     pub fn paused(&self, id: &str, why: &str) {
         if let Some(e) = self.lock().get_mut(id) {
-            e.paused = Some(why.to_string());
+            e.paused = Some(why.into());
         }
     }
 
@@ -309,7 +310,7 @@ mod tests {
             )
             .unwrap(),
             credential: "default".into(),
-            statuses: vec!["Succeeded".into()],
+            statuses: vec!["Succeeded".into()].into(),
         };
         let sub = Arc::new(sub);
         h.track(&sub);

@@ -18,15 +18,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::config::HaConfig;
+use crate::config::{Config, HaConfig};
 use crate::health::Health;
 use crate::outage::Resource;
 use crate::store::{LeaseReport, Share, Store, StoreError};
 
+/// The configured subscriptions' ids, shared with the configuration: each
+/// round reads them, and the list is passed on, not copied.
+pub type Wanted = Arc<[Arc<str>]>;
+
+/// Every configured subscription's id.
+pub fn configured(config: &Config) -> Wanted {
+    config.subscriptions.iter().map(|s| s.id.shared()).collect()
+}
+
 /// The lease round task; stopped (and its leases kept until [`Store::leave`])
 /// when dropped through [`Keeper::stop`].
 pub struct Keeper {
-    wanted: watch::Sender<Vec<String>>,
+    wanted: watch::Sender<Wanted>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -35,7 +44,7 @@ pub struct Keeper {
 /// that may already be lost.
 pub async fn round(
     store: &Store,
-    wanted: &[String],
+    wanted: &[Arc<str>],
     ha: HaConfig,
     share: Share,
 ) -> Result<LeaseReport, StoreError> {
@@ -55,7 +64,7 @@ impl Keeper {
         health: Arc<Health>,
         ha: HaConfig,
         share: Share,
-        wanted: Vec<String>,
+        wanted: Wanted,
     ) -> Keeper {
         let (wanted, wanted_rx) = watch::channel(wanted);
         let (stop, stop_rx) = watch::channel(false);
@@ -64,7 +73,7 @@ impl Keeper {
     }
 
     /// The configured subscriptions changed (a reload): a round now.
-    pub fn want(&self, wanted: Vec<String>) {
+    pub fn want(&self, wanted: Wanted) {
         self.wanted.send_replace(wanted);
     }
 
@@ -79,7 +88,7 @@ async fn run(
     health: Arc<Health>,
     ha: HaConfig,
     share: Share,
-    mut wanted: watch::Receiver<Vec<String>>,
+    mut wanted: watch::Receiver<Wanted>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(ha.renew_every().max(Duration::from_millis(100)));

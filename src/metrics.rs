@@ -45,6 +45,8 @@
 //! series of 0 and their memory), and `rate()`/`increase()` read a missing
 //! series as no entries.
 
+use std::sync::Arc;
+
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -373,7 +375,8 @@ pub fn leases<'a>(configured: impl IntoIterator<Item = (&'a str, bool)>) {
 /// One polled subscription as `/readyz` sees it, at a scrape.
 #[derive(Debug, Clone)]
 pub struct PollAge {
-    pub subscription: String,
+    /// Shared with the configuration, and so with the labels (10,000 of each).
+    pub subscription: Arc<str>,
     pub interval: f64,
     /// Seconds since the last successful poll; 0 while paused.
     pub age: f64,

@@ -291,8 +291,8 @@ fn log_complete(
 /// to one lease for those another instance holds (a killed one's expire).
 async fn take_leases(
     app: &App,
-    ids: &[String],
-) -> Result<std::collections::BTreeSet<String>, String> {
+    ids: &[Arc<str>],
+) -> Result<std::collections::BTreeSet<Arc<str>>, String> {
     let ha = app.config.ha;
     let deadline = Instant::now() + ha.lease + ha.renew_every();
     loop {
@@ -319,12 +319,7 @@ pub async fn run_once(
 ) -> OnceSummary {
     // On shared state, only the subscriptions no other live instance holds,
     // kept for the whole run.
-    let ids: Vec<String> = app
-        .config
-        .subscriptions
-        .iter()
-        .map(|s| s.id.to_string())
-        .collect();
+    let ids = crate::lease::configured(&app.config);
     let taken = take_leases(&app, &ids).await;
     let held = taken.clone().unwrap_or_default();
     let keeper = crate::lease::Keeper::spawn(
@@ -364,7 +359,7 @@ pub async fn run_once(
 async fn poll_held(
     app: &Arc<App>,
     since: Option<Timestamp>,
-    taken: &Result<std::collections::BTreeSet<String>, String>,
+    taken: &Result<std::collections::BTreeSet<Arc<str>>, String>,
 ) -> Vec<OnceResult> {
     let mut tasks = JoinSet::new();
     let mut polls = Vec::new();

@@ -254,7 +254,7 @@ async fn lease_rounds_at_10000_subscriptions_share_fairly() {
 
     let (_server, url) = postgres::PgServer::with_database("leases").await;
     let state = StateConfig::Postgres(DatabaseUrl::parse(&url).expect("database URL"));
-    let wanted: Vec<String> = (0..10_000).map(subscription).collect();
+    let wanted: Vec<std::sync::Arc<str>> = (0..10_000).map(|i| subscription(i).into()).collect();
     let ha = HaConfig::default();
     let a = Store::open(&state, &Instance::new()).await.expect("open a");
     let b = Store::open(&state, &Instance::new()).await.expect("open b");
@@ -288,6 +288,6 @@ async fn lease_rounds_at_10000_subscriptions_share_fairly() {
     }
     assert_eq!((held_a.len(), held_b.len()), (5_000, 5_000));
     assert!(held_a.is_disjoint(&held_b));
-    let all: HashSet<&String> = held_a.iter().chain(&held_b).collect();
+    let all: HashSet<&std::sync::Arc<str>> = held_a.iter().chain(&held_b).collect();
     assert_eq!(all.len(), wanted.len());
 }

@@ -243,7 +243,7 @@ pub async fn detect_all(
         .iter()
         .map(|s| Asked {
             id: s.id.as_str(),
-            tokens: tokens.get(&s.credential),
+            tokens: tokens.get(&*s.credential),
         })
         .collect();
     let detections = detector.detect_many(&asked).await;

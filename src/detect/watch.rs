@@ -60,11 +60,11 @@ impl Pauses {
         self.tx.send_if_modified(|m| m.remove(id).is_some())
     }
 
-    /// Forgets every subscription not in `keep`.
-    pub fn retain(&self, keep: &[String]) {
+    /// Forgets every subscription `keep` does not keep.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
         self.tx.send_if_modified(|m| {
             let before = m.len();
-            m.retain(|k, _| keep.contains(k));
+            m.retain(|k, _| keep(k));
             m.len() != before
         });
     }
@@ -230,7 +230,7 @@ mod tests {
         assert!(p.resume("a"));
         assert!(!p.resume("a"));
         p.pause("b", "x");
-        p.retain(&[]);
+        p.retain(|_| false);
         assert!(!p.is_paused("b"));
     }
 }

@@ -279,7 +279,7 @@ pub enum Share {
 /// What a lease round found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseReport {
-    pub held: BTreeSet<String>,
+    pub held: BTreeSet<Arc<str>>,
     /// Live instances, this one included.
     pub live: usize,
     /// How many this instance should hold.
@@ -289,7 +289,8 @@ pub struct LeaseReport {
 /// Subscriptions this instance holds, shared by the store (which filters
 /// delivery and drops a subscription whose fenced write was refused) and the
 /// supervisor (which polls exactly these).
-pub type Held = Arc<watch::Sender<BTreeSet<String>>>;
+/// An id is shared with the configuration's, not copied (10,000 of them).
+pub type Held = Arc<watch::Sender<BTreeSet<Arc<str>>>>;
 
 #[derive(Clone, Debug)]
 enum Backend {
@@ -419,7 +420,7 @@ impl Store {
     }
 
     /// The subscriptions this instance holds, as they change.
-    pub fn held(&self) -> watch::Receiver<BTreeSet<String>> {
+    pub fn held(&self) -> watch::Receiver<BTreeSet<Arc<str>>> {
         self.held.subscribe()
     }
 
@@ -631,18 +632,22 @@ impl Store {
     /// (see [`Store::held`]). SQLite: every subscription, at once.
     pub async fn lease_round(
         &self,
-        wanted: &[String],
+        wanted: &[Arc<str>],
         lease: Duration,
         share: Share,
     ) -> Result<LeaseReport, StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => {
-                let held: BTreeSet<String> = wanted.iter().cloned().collect();
+                // Built again only when the configuration changed (ids are
+                // unique): a round every few seconds, on every subscription.
                 self.held.send_if_modified(|h| {
-                    let changed = *h != held;
-                    *h = held.clone();
-                    changed
+                    let same = h.len() == wanted.len() && wanted.iter().all(|w| h.contains(w));
+                    if !same {
+                        *h = wanted.iter().cloned().collect();
+                    }
+                    !same
                 });
+                let held = self.held.borrow().clone();
                 Ok(LeaseReport {
                     share: held.len(),
                     held,

@@ -444,7 +444,7 @@ impl PgStore {
         self.held.send_if_modified(|h| {
             let before = h.len();
             for s in subs {
-                h.remove(s);
+                h.remove(s.as_str());
             }
             h.len() != before
         });

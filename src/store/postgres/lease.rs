@@ -33,14 +33,15 @@ impl PgStore {
     /// lease/3 away, and a round that fails for a whole lease drops them all.
     pub async fn lease_round(
         &self,
-        wanted: &[String],
+        configured: &[Arc<str>],
         lease: Duration,
         share: Share,
     ) -> Result<LeaseReport, StoreError> {
         let secs = lease.as_secs_f64();
         let c = self.client(LEASE_ROUND).await?;
         self.heartbeat(&c, secs).await?;
-        let wanted = self.owed(&c, wanted).await?;
+        let ids: Vec<String> = configured.iter().map(|s| s.to_string()).collect();
+        let wanted = self.owed(&c, &ids).await?;
         self.give_back(&c, &wanted).await?;
         let mut mine = self.renew(&c, secs).await?;
         let live = self.live_instances(&c).await?;
@@ -53,6 +54,7 @@ impl PgStore {
         } else if mine.len() < share {
             self.take_free(&c, &wanted, &mut mine, share, secs).await?;
         }
+        let mine = share_ids(mine, configured);
         self.held.send_if_modified(|h| {
             let changed = *h != mine;
             h.clone_from(&mine);
@@ -235,6 +237,18 @@ impl PgStore {
             .ctx("giving up leases")?;
         Ok(())
     }
+}
+
+/// `held` as the configuration's ids (shared, not copied), and any other
+/// (a subscription no longer configured, with events still owed) as its own.
+fn share_ids(held: BTreeSet<String>, configured: &[Arc<str>]) -> BTreeSet<Arc<str>> {
+    let configured: BTreeSet<Arc<str>> = configured.iter().cloned().collect();
+    held.into_iter()
+        .map(|s| match configured.get(s.as_str()) {
+            Some(c) => Arc::clone(c),
+            None => Arc::from(s),
+        })
+        .collect()
 }
 
 /// The subscription ids (the first column) a lease round's statement returns.

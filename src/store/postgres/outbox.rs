@@ -15,7 +15,7 @@ impl PgStore {
         in_flight: &[i64],
         after: Option<&str>,
     ) -> Result<Vec<OutboxEvent>, StoreError> {
-        let held: Vec<String> = self.held.borrow().iter().cloned().collect();
+        let held: Vec<String> = self.held.borrow().iter().map(|s| s.to_string()).collect();
         if limit == 0 || held.is_empty() {
             return Ok(Vec::new());
         }
