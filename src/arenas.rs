@@ -3,7 +3,7 @@
 //!
 //! glibc gives each thread that allocates an arena of its own, up to eight
 //! per core, and each arena keeps memory it no longer uses. The poller's
-//! threads (tokio's workers, the blocking pool that runs SQLite) spread
+//! threads (tokio's workers, the blocking pool, SQLite's thread) spread
 //! their allocations over many: the 1,000,000-entry catch-up peaked at 56.1
 //! MiB with glibc's default and 46.0 MiB with two arenas, for the same rate
 //! (BENCHMARKS.md section 11). glibc reads `MALLOC_ARENA_MAX` once, before

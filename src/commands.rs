@@ -432,11 +432,11 @@ fn demo(duration: std::time::Duration) -> ExitCode {
     }
 }
 
-/// Threads for blocking work: SQLite calls (one connection, so callers take
-/// turns anyway), DNS lookups, file reads. Tokio's default (512) let 10,000
-/// subscriptions' store calls, each waiting for the one SQLite connection on a
-/// thread of its own, grow the process to 183 threads (and as many malloc
-/// arenas) at the start; more calls than this wait in the queue instead.
+/// Threads for blocking work: DNS lookups, file reads, opening the state.
+/// (SQLite's calls have their own thread: `store/sqlite.rs`.) Tokio's
+/// default (512) let 10,000 subscriptions' store calls, when they ran here,
+/// grow the process to 183 threads (and as many malloc arenas) at the
+/// start; more calls than this wait in the queue instead.
 const BLOCKING_THREADS: usize = 16;
 
 /// The async runtime, or the exit code for a process that cannot have one.

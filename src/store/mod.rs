@@ -7,7 +7,8 @@
 //! One async interface, [`Store`], over two backends with the same schema
 //! concepts and the same transaction boundaries:
 //! - `sqlite.rs`: one file, one process (the default). Its connection is
-//!   synchronous and runs on tokio's blocking pool. Leases are trivially held.
+//!   synchronous and every call runs on a thread of its own, in turn.
+//!   Leases are trivially held.
 //! - `postgres.rs`: a PostgreSQL database shared by every instance (`[state]
 //!   url`), for running two or more for high availability. Leases live in the
 //!   database, taken and renewed on its clock; every write that moves a
@@ -307,16 +308,23 @@ pub struct Store {
     journal: bool,
 }
 
-/// Runs a closure on the SQLite store on the blocking pool, so that disk
-/// waits do not stall the runtime.
+/// Runs a closure on the SQLite store's thread, so that disk waits do not
+/// stall the runtime.
 async fn blocking<R: Send + 'static>(
     store: &SqliteStore,
     f: impl FnOnce(&SqliteStore) -> Result<R, StoreError> + Send + 'static,
 ) -> Result<R, StoreError> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let s = store.clone();
+    if !store.submit(Box::new(move || {
+        let _ = tx.send(f(&s));
+    })) {
+        return Err(StoreError::Task(
+            "the state store's thread has ended".into(),
+        ));
+    }
+    rx.await
+        .map_err(|_| StoreError::Task("a state store call panicked".into()))?
 }
 
 impl Store {

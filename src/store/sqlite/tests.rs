@@ -380,3 +380,24 @@ fn without_the_journal_nothing_is_journaled() {
     assert!(store.trace(&q).unwrap().is_empty());
     assert!(store.journal_span().unwrap().unwrap().off_since.is_some());
 }
+
+/// Every call runs on the store's one thread, in turn; one that panics
+/// drops only its own answer, and the thread takes the next.
+#[test]
+fn calls_run_on_the_store_thread_and_survive_a_panicking_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("s.db")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    assert!(store.submit(Box::new(|| panic!("a call that panics"))));
+    let s = store.clone();
+    assert!(store.submit(Box::new(move || {
+        let name = std::thread::current().name().map(str::to_string);
+        let cursor = s.init_cursor("sub", parse_timestamp("2026-01-01T00:00:00Z").unwrap());
+        let _ = tx.send((name, cursor.is_ok()));
+    })));
+    let (name, ok) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the call after a panicking one ran");
+    assert_eq!(name.as_deref(), Some("state-store"));
+    assert!(ok);
+}
