@@ -34,16 +34,18 @@ SDK=${SDK:-1}
 JOURNAL=${JOURNAL:-1}
 out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
-bin=target/release
+# BIN=DIR runs another build's binaries (an A/B against an older commit)
+# instead of building this one.
+bin=$(realpath "${BIN:-target/release}")
 
-cargo build --release --locked --bins >&2
+[ -n "${BIN:-}" ] || cargo build --release --locked --bins >&2
 {
     echo "date: $(date -u +%FT%TZ)"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs) x $(nproc)"
     echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
     echo "kernel: $(uname -r)"
     echo "rustc: $(rustc -V)"
-    echo "commit: $(git rev-parse --short HEAD)"
+    echo "commit: $(git rev-parse --short HEAD)${BIN:+ (binaries: $BIN)}"
 } > "$out/machine.txt"
 cat "$out/machine.txt" >&2
 
@@ -176,7 +178,7 @@ catchup() {
         local poller s0 s1
         s0=$(pg_ticks)
         poller=$(cd "$dir" && python3 "$OLDPWD/bench/measure.py" --env SSL_CERT_FILE="$dir/ca.pem" --env RUST_LOG=info \
-            --stderr "$dir/poller.log" -- "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" --once --since 1h --log-format json)
+            --stderr "$dir/poller.log" -- "$bin/azure-activity-poller" --config "$dir/poller.toml" --once --since 1h --log-format json)
         s1=$(pg_ticks)
         local server_cpu; server_cpu=$(python3 -c "print(round(($s1 - $s0) / $(getconf CLK_TCK), 2))")
         # The poll phase alone (fetch, keep, record), from the poll line.
@@ -227,7 +229,7 @@ idle() {
     sed -i "s/^concurrency = 4$/concurrency = 16/" "$dir/poller.toml"
     use_state "$dir"
     use_journal "$dir"
-    (cd "$dir" && SSL_CERT_FILE="$dir/ca.pem" RUST_LOG=warn "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" 2> "$dir/poller.log") &
+    (cd "$dir" && SSL_CERT_FILE="$dir/ca.pem" RUST_LOG=warn "$bin/azure-activity-poller" --config "$dir/poller.toml" 2> "$dir/poller.log") &
     local pid=$!
     # Let the first round (a probe and a poll each) pass, then measure.
     sleep $((interval * 2))
@@ -265,7 +267,7 @@ overlap() {
     for window in 20 40 80 160; do
         local dir; dir=$(mktemp -d)
         start_emulator "$dir" --subscriptions 1 --rate 600 --backlog 2000 --backlog-span 5m --interval 10s --window "${window}s"
-        (cd "$dir" && SSL_CERT_FILE="$dir/ca.pem" RUST_LOG=info "$OLDPWD/$bin/azure-activity-poller" --config "$dir/poller.toml" --log-format json 2> "$dir/poller.log") &
+        (cd "$dir" && SSL_CERT_FILE="$dir/ca.pem" RUST_LOG=info "$bin/azure-activity-poller" --config "$dir/poller.toml" --log-format json 2> "$dir/poller.log") &
         local pid=$!
         sleep 65
         kill -TERM "$(pgrep -P "$pid" azure-activity || echo "$pid")" 2>/dev/null || true; wait "$pid" || true

@@ -64,6 +64,7 @@ rmdir "$state"
     --cmd '["--config", "/etc/azure-activity-poller/poller.toml"]' \
     --user 65532:65532 \
     --env MALLOC_ARENA_MAX=2 \
+    --env MALLOC_MMAP_THRESHOLD_=131072 \
     --workingdir /var/lib/azure-activity-poller \
     --volume /var/lib/azure-activity-poller \
     --port 9464/tcp \

@@ -708,15 +708,20 @@ fn environ(pid: u32) -> Vec<String> {
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poller_started_without_malloc_arena_max_runs_with_two_arenas_unless_told() {
-    // Started as from a shell, without the unit's setting: the same process
-    // (the pid its parent knows) runs with two arenas, and polls as usual.
+    // Started as from a shell, without the unit's settings: the same process
+    // (the pid its parent knows) runs with two arenas and a fixed mmap
+    // threshold, and polls as usual.
     let mut h = Harness::new().await;
     let d = h.daemon(&[]);
     let pid = d.child.id().expect("the daemon's pid");
     eventually(
         Duration::from_secs(30),
-        "MALLOC_ARENA_MAX=2 in its environment",
-        || environ(pid).iter().any(|v| v == "MALLOC_ARENA_MAX=2"),
+        "MALLOC_ARENA_MAX=2 and MALLOC_MMAP_THRESHOLD_=131072 in its environment",
+        || {
+            let env = environ(pid);
+            env.iter().any(|v| v == "MALLOC_ARENA_MAX=2")
+                && env.iter().any(|v| v == "MALLOC_MMAP_THRESHOLD_=131072")
+        },
     )
     .await;
     d.wait_for_log("poll complete", 1).await;
@@ -736,6 +741,11 @@ async fn a_poller_started_without_malloc_arena_max_runs_with_two_arenas_unless_t
     let env = environ(pid);
     assert!(env.iter().any(|v| v == "MALLOC_ARENA_MAX=4"), "{env:?}");
     assert!(!env.iter().any(|v| v == "MALLOC_ARENA_MAX=2"), "{env:?}");
+    // The setting it left out is still added.
+    assert!(
+        env.iter().any(|v| v == "MALLOC_MMAP_THRESHOLD_=131072"),
+        "{env:?}"
+    );
     let (code, log) = d.stop().await;
     assert_eq!(code, Some(0), "{log}");
 }

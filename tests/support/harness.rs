@@ -307,6 +307,7 @@ statuses = ["Succeeded"]
             .env_remove("CREDENTIALS_DIRECTORY")
             // As a shell without the unit's setting starts it (see `arenas.rs`).
             .env_remove("MALLOC_ARENA_MAX")
+            .env_remove("MALLOC_MMAP_THRESHOLD_")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(file)
