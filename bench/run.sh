@@ -36,7 +36,7 @@ out=bench/results/$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out"
 # BIN=DIR runs another build's binaries (an A/B against an older commit)
 # instead of building this one.
-bin=$(realpath "${BIN:-target/release}")
+bin=$(realpath -m "${BIN:-target/release}")
 
 [ -n "${BIN:-}" ] || cargo build --release --locked --bins >&2
 {

@@ -634,7 +634,8 @@ impl Store {
         }
     }
 
-    /// One lease round over the configured subscriptions `wanted`: renews
+    /// One lease round over the configured subscriptions `wanted` (each id
+    /// once, as the configuration guarantees): renews
     /// what this instance holds, takes free and expired leases up to its
     /// `share`, gives back what it holds beyond it, and publishes the result
     /// (see [`Store::held`]). SQLite: every subscription, at once.
@@ -646,6 +647,10 @@ impl Store {
     ) -> Result<LeaseReport, StoreError> {
         match &self.backend {
             Backend::Sqlite(_) => {
+                debug_assert!(
+                    wanted.iter().collect::<BTreeSet<_>>().len() == wanted.len(),
+                    "a subscription wanted twice"
+                );
                 // Built again only when the configuration changed (ids are
                 // unique): a round every few seconds, on every subscription.
                 self.held.send_if_modified(|h| {
@@ -680,9 +685,14 @@ impl Store {
 
     /// Gives up every lease and the heartbeat, at a clean stop, so that the
     /// other instances take over at once rather than after the lease.
+    ///
+    /// On SQLite, waits for every call queued on the store's thread: a
+    /// write whose caller the grace period abandoned (an outbox row settled
+    /// after its 2xx) still commits before the process ends, as tokio's
+    /// blocking pool, which ran them before, waited for its calls.
     pub async fn leave(&self) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite(_) => Ok(()),
+            Backend::Sqlite(s) => blocking(s, |_| Ok(())).await,
             Backend::Postgres(p) => p.leave().await,
         }
     }
@@ -748,4 +758,34 @@ where
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A write whose caller is gone (the grace period abandoned it) still
+    /// commits before the process ends: leaving waits for it.
+    #[tokio::test]
+    async fn leaving_waits_for_every_call_queued_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateConfig::Sqlite(dir.path().join("s.db"));
+        let store = Store::open(&state, &Instance::new()).await.unwrap();
+        let Backend::Sqlite(s) = &store.backend else {
+            panic!("a SQLite store");
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        assert!(s.submit(Box::new(move || {
+            // A slow write, nobody waiting for its answer.
+            std::thread::sleep(Duration::from_millis(300));
+            d.store(true, Ordering::SeqCst);
+        })));
+        store.leave().await.unwrap();
+        assert!(
+            done.load(Ordering::SeqCst),
+            "left before the queued call ended"
+        );
+    }
 }

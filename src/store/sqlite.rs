@@ -64,6 +64,8 @@ impl StoreThread {
                 while let Ok(job) = rx.recv() {
                     // A call that panics drops its answer (its caller gets
                     // an error); the thread goes on with the next.
+                    // Its text is not logged (as a panicking poll's:
+                    // `timetable.rs`).
                     if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                         tracing::error!("a state store call panicked");
                     }
