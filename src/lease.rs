@@ -136,3 +136,17 @@ async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    /// The keeper's list references the configuration's ids, not copies.
+    #[test]
+    fn the_wanted_list_shares_the_configured_ids() {
+        let c = crate::config::sample(&["00000000-0000-4000-8000-000000000001"]);
+        let ids = super::configured(&c);
+        assert_eq!(ids.len(), 1);
+        assert!(Arc::ptr_eq(&ids[0], &c.subscriptions[0].id.shared()));
+    }
+}

@@ -251,3 +251,18 @@ fn validate(
         warnings: Vec::new(),
     })
 }
+
+/// A valid configuration with `ids` as its subscriptions, for unit tests.
+#[cfg(test)]
+pub(crate) fn sample(ids: &[&str]) -> Config {
+    let mut text = String::from(
+        "[state]\npath = \"state.db\"\n[credentials.mi]\nkind = \"managed_identity\"\n\
+         [guardrails]\ningest_url = \"https://example.turbot.com/api/v5/events/raw?token=abc\"\n\
+         [defaults]\ncredential = \"mi\"\n",
+    );
+    for id in ids {
+        text.push_str(&format!("[[subscription]]\nid = \"{id}\"\n"));
+    }
+    let env = std::collections::BTreeMap::new();
+    Config::parse(&text, std::path::Path::new("p.toml"), &env).expect("a valid configuration")
+}

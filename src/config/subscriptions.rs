@@ -418,31 +418,18 @@ mod tests {
     /// and the statuses added up to megabytes: they are shared.
     #[test]
     fn subscriptions_share_their_id_credential_and_statuses() {
-        let text = r#"
-[state]
-path = "state.db"
-[credentials.mi]
-kind = "managed_identity"
-[guardrails]
-ingest_url = "https://example.turbot.com/api/v5/events/raw?token=abc"
-[defaults]
-credential = "mi"
-[[subscription]]
-id = "00000000-0000-4000-8000-000000000001"
-[[subscription]]
-id = "00000000-0000-4000-8000-000000000002"
-"#;
-        let env = std::collections::BTreeMap::new();
-        let c = super::super::Config::parse(text, std::path::Path::new("p.toml"), &env)
-            .expect("a valid configuration");
+        let c = super::super::sample(&[
+            "00000000-0000-4000-8000-000000000001",
+            "00000000-0000-4000-8000-000000000002",
+        ]);
         let [a, b] = &c.subscriptions[..] else {
             panic!("two subscriptions: {:?}", c.subscriptions);
         };
         assert!(Arc::ptr_eq(&a.credential, &b.credential));
         assert!(Arc::ptr_eq(&a.statuses, &b.statuses));
         assert!(a.keeps("succeeded") && !a.keeps("Failed"));
-        let ids = crate::lease::configured(&c);
-        assert!(Arc::ptr_eq(&ids[1], &b.id.shared()));
-        assert_eq!(&*ids[1], "00000000-0000-4000-8000-000000000002");
+        // A copy of the id is a reference to the same text.
+        assert!(Arc::ptr_eq(&b.id.clone().shared(), &b.id.shared()));
+        assert_eq!(b.id.as_str(), "00000000-0000-4000-8000-000000000002");
     }
 }
